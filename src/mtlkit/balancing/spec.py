@@ -1,0 +1,35 @@
+"""Config side of balancers: ``balancer: {name: fixed, options: {...}}``.
+
+Example:
+    >>> from mtlkit.tasks import Task
+    >>> b = build_balancer(BalancerSpec(), [Task(name="a", kind="binary", loss_weight=2.0)])
+    >>> b.current_weights()
+    {'a': 2.0}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mtlkit.balancing.base import BALANCERS, Balancer
+from mtlkit.tasks import Task
+
+
+class BalancerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "fixed"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BalancerSpec":
+        if self.name not in BALANCERS:
+            raise ValueError(f"unknown balancer {self.name!r}; choose one of: {', '.join(BALANCERS.names())}")
+        BALANCERS.get(self.name).Options(**self.options)
+        return self
+
+
+def build_balancer(spec: BalancerSpec, tasks: Sequence[Task]) -> Balancer:
+    cls = BALANCERS.get(spec.name)
+    return cls([t.name for t in tasks], cls.Options(**spec.options), {t.name: t.loss_weight for t in tasks})

@@ -1,0 +1,17 @@
+"""Backbones (a registry: one file + one line per architecture) and the assembled model."""
+
+from mtlkit.models import shared_bottom, single_task  # noqa: F401  (register backbones)
+from mtlkit.models.base import BACKBONES, Backbone, BackboneOptions
+from mtlkit.models.build import ModelSpec, build_model
+from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel, TaskHead
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneOptions",
+    "IndependentTaskModels",
+    "ModelSpec",
+    "MultiTaskModel",
+    "TaskHead",
+    "build_model",
+]

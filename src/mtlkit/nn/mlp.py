@@ -1,0 +1,44 @@
+"""A plain multi-layer perceptron: Linear → activation → dropout per hidden layer.
+
+Example:
+    >>> import torch
+    >>> mlp = MLP(8, [16, 4])
+    >>> mlp(torch.zeros(1, 8)).shape, mlp.output_dim
+    (torch.Size([1, 4]), 4)
+    >>> MLP(8, []).output_dim   # no hidden layer: the identity
+    8
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+
+class MLP(nn.Sequential):
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = input_dim
+        for size in hidden:
+            layers.append(nn.Linear(width, size))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        super().__init__(*layers)
+        self.output_dim = width
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Sequential semantics
+        return super().forward(x)

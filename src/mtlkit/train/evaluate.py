@@ -1,0 +1,80 @@
+"""Whole-split evaluation: logits gathered on the device, one transfer, vectorised metrics.
+
+Example:
+    >>> import torch
+    >>> from mtlkit.data.batch import EncodedTable
+    >>> from mtlkit.tasks import Task
+    >>> class Echo(torch.nn.Module):
+    ...     def forward(self, inputs):
+    ...         return {"y": inputs["numeric"][:, 0]}
+    >>> table = EncodedTable(inputs={"numeric": torch.tensor([[-2.0], [3.0], [1.0], [-1.0]])},
+    ...                      targets={"y": torch.tensor([0.0, 1.0, 1.0, 1.0])},
+    ...                      masks={"y": torch.tensor([True, True, True, False])})
+    >>> result = evaluate(Echo(), [Task(name="y", kind="binary")], table)
+    >>> result["y"]["auc"], result["y"]["rows"]      # the masked-out row is not scored
+    (1.0, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlkit.data.batch import EncodedTable
+from mtlkit.metrics import METRICS
+from mtlkit.tasks import Task
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, table: EncodedTable, batch_size: int = 8192, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Logits of every task for every row of ``table``, on the CPU."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    try:
+        for step in table.batches(batch_size).epoch():
+            for batch in step:
+                for name, logits in model(batch.to(device).inputs).items():
+                    chunks.setdefault(name, []).append(logits.float())
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(parts).cpu() for name, parts in chunks.items()}
+
+
+def evaluate(
+    model: nn.Module,
+    tasks: Sequence[Task],
+    table: EncodedTable,
+    batch_size: int = 8192,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Per task: its loss, every configured metric, and the number of rows scored."""
+    logits = predict_logits(model, table, batch_size, device)
+    results: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        if task.name not in table.targets:
+            continue
+        mask = table.masks[task.name]
+        weight = table.weights.get(task.name)
+        task_logits, target = logits[task.name], table.targets[task.name]
+        result = {"loss": float(task.compute_loss(task_logits, target, weight, mask)), "rows": int(mask.sum())}
+        keep = mask.numpy()
+        predictions = task.predict(task_logits).numpy()[keep]
+        labels = target.numpy()[keep]
+        groups = table.extras[task.group_column].numpy()[keep] if task.group_column else None
+        for name in task.metrics or []:
+            result[name] = METRICS.get(name)(predictions, labels, groups)
+        results[task.name] = result
+    return results
+
+
+def flatten_metrics(results: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
+    """``{"income": {"auc": .9}}`` → ``{"val/income/auc": .9}``."""
+    return {f"{prefix}/{task}/{name}": value for task, metrics in results.items() for name, value in metrics.items()}
+
+
+def is_finite(value: float) -> bool:
+    return bool(np.isfinite(value))

@@ -1,0 +1,36 @@
+"""Training options, validated before any work starts."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSpec(BaseModel):
+    """Optimiser, schedule, selection and logging settings of one run.
+
+    ``monitor`` chooses the validation score for early stopping and the best checkpoint:
+    ``"loss"`` (sum of the tasks' weighted validation losses, lower is better), a metric name
+    such as ``"auc"`` (its mean over the tasks that report it), or ``"task/metric"``.
+    The test split is never used for either.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    grad_clip: Optional[float] = Field(default=None, gt=0)
+    monitor: str = "loss"
+    patience: Optional[int] = Field(default=3, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    checkpoint_every: Optional[int] = Field(default=None, ge=1)
+    tensorboard: bool = False
+    threads: Optional[int] = Field(default=None, ge=1)
+    device: str = "cpu"
+    progress: bool = True

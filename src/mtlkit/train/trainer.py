@@ -1,0 +1,389 @@
+"""The training loop: steps, schedule, validation, early stopping, checkpoints, resumption.
+
+One step takes a list of batches (one for a shared table, one per task for per-task datasets),
+computes every present task's loss, hands them to the balancer for the backward pass, clips and
+steps. Losses are accumulated on the device and read back only every ``log_every`` steps and at
+the end of an epoch.
+
+Checkpoints (``last.pt``) hold the model, optimiser, scheduler and balancer states, the RNG
+state, the position (epoch and step) and the history. Because the shuffle order of an epoch is a
+function of the seed and the epoch number, resuming from a checkpoint — saved at epoch ends,
+every ``checkpoint_every`` steps, or on Ctrl-C — continues with exactly the batches and random
+draws the uninterrupted run would have seen. The best model (``best.pt``) is chosen on the
+validation split only; an independent-task model (the single-task baseline) keeps each task's
+best epoch separately.
+
+Example:
+    >>> import torch
+    >>> from mtlkit.data.batch import EncodedTable
+    >>> from mtlkit.tasks import Task
+    >>> from mtlkit.balancing import BalancerSpec, build_balancer
+    >>> tasks = [Task(name="y", kind="regression")]
+    >>> x = torch.randn(256, 1)
+    >>> table = EncodedTable({"numeric": x}, {"y": 3 * x[:, 0]}, {"y": torch.ones(256, dtype=torch.bool)})
+    >>> class Linear(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = torch.nn.Linear(1, 1)
+    ...     def forward(self, inputs):
+    ...         return {"y": self.w(inputs["numeric"]).squeeze(-1)}
+    >>> trainer = Trainer(Linear(), tasks, build_balancer(BalancerSpec(), tasks),
+    ...                   TrainSpec(epochs=30, batch_size=32, lr=0.05, progress=False, patience=None))
+    >>> result = trainer.fit(table.batches(32, shuffle=True), table)
+    >>> result.best_results["y"]["rmse"] < 0.05
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.balancing import Balancer
+from mtlkit.data.batch import Batch, EncodedTable
+from mtlkit.errors import ConfigError
+from mtlkit.tasks import Task
+from mtlkit.train.evaluate import evaluate, flatten_metrics
+from mtlkit.train.selection import check_monitor, selection_score, task_score
+from mtlkit.train.spec import TrainSpec
+
+CHECKPOINT_VERSION = 1
+
+
+class Callback:
+    """Hooks into training; a callback may add entries to the epoch record before it is written."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any], validation: EncodedTable) -> None:
+        pass
+
+    def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
+        pass
+
+
+class BatchSource:
+    """What the trainer iterates: ``len()`` steps per epoch, each a list of batches."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[list[Batch]]: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: dict[str, int]
+    best_results: dict[str, dict[str, float]]
+    stopped_early: bool
+    seconds: float
+    train_samples: int = 0
+
+
+@dataclass
+class _Position:
+    epoch: int = 0
+    step: int = 0  # steps already done in `epoch`
+    global_step: int = 0
+    best_score: dict[str, float] = field(default_factory=dict)
+    best_epoch: dict[str, int] = field(default_factory=dict)
+    stale_epochs: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_results: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _schedule(spec: TrainSpec, total_steps: int):
+    def factor(step: int) -> float:
+        if spec.warmup_steps and step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        progress = (step - spec.warmup_steps) / max(1, total_steps - spec.warmup_steps)
+        if spec.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if spec.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file then rename, so a crash never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        balancer: Balancer,
+        spec: TrainSpec,
+        run_dir: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        check_monitor(spec.monitor, tasks)
+        self.model = model
+        self.tasks = list(tasks)
+        self.balancer = balancer
+        self.spec = spec
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else ("cpu" if spec.device == "auto" else spec.device))
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.model.to(self.device)
+        self.balancer.to(self.device)
+        params = [p for p in [*model.parameters(), *balancer.parameters()] if p.requires_grad]
+        optimizer_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.independent = bool(getattr(model, "independent_tasks", False))
+        # Selection units: one per task for independent networks, else one for the whole model.
+        self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
+        self._tb = None
+
+    # -- public API -------------------------------------------------------------------------
+    def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
+        steps_per_epoch = len(train)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(self.spec, self.spec.epochs * steps_per_epoch))
+        pos = _Position()
+        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if resume and self.run_dir is not None and (self.run_dir / "last.pt").exists():
+            pos, best_state = self._load(scheduler)
+        self._rewrite_metric_files(pos.history)
+        start = time.perf_counter()
+        stopped_early = self._finished(pos)
+        samples = 0
+        while pos.epoch < self.spec.epochs and not stopped_early:
+            samples += self._train_epoch(train, scheduler, pos, steps_per_epoch, best_state)
+            results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
+            improved = self._select(results, pos, best_state)
+            record = {
+                "epoch": pos.epoch + 1,
+                "step": pos.global_step,
+                "lr": scheduler.get_last_lr()[0],
+                **{f"train/{k}/loss": v for k, v in self._epoch_losses.items()},
+                **flatten_metrics(results, "val"),
+                "score": selection_score(results, self.tasks, self.spec.monitor),
+                "improved": improved,
+            }
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, record, validation)
+            pos.history.append(record)
+            self.balancer.epoch_end(pos.epoch, self._epoch_losses)
+            pos.epoch, pos.step = pos.epoch + 1, 0
+            self._append_metrics(record)
+            stopped_early = self._finished(pos)
+            self._checkpoint(scheduler, pos, best_state)
+        self.model.load_state_dict(best_state)
+        if self._tb is not None:
+            self._tb.close()
+        result = FitResult(pos.history, dict(pos.best_epoch), pos.best_results, stopped_early and pos.epoch < self.spec.epochs,
+                           time.perf_counter() - start, samples)
+        for callback in self.callbacks:
+            callback.on_fit_end(self, result)
+        return result
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def _train_epoch(self, train: BatchSource, scheduler, pos: _Position, steps_per_epoch: int, best_state) -> int:
+        self.model.train()
+        names = [t.name for t in self.tasks]
+        by_name = {t.name: t for t in self.tasks}
+        saved = getattr(self, "_resumed_sums", None)
+        loss_sum = saved[0].to(self.device) if saved else torch.zeros(len(names), device=self.device)
+        row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
+        self._resumed_sums = None
+        samples = 0
+        progress = _progress(self.spec.progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
+        try:
+            with progress as bar:
+                for step_batches in train.epoch(pos.epoch, pos.step):
+                    losses: dict[str, Tensor] = {}
+                    rows: dict[str, Tensor] = {}
+                    for batch in step_batches:
+                        batch = batch.to(self.device)
+                        samples += batch.size
+                        logits = self.model(batch.inputs)
+                        for name in batch.tasks:
+                            task = by_name[name]
+                            weight, mask = batch.weights.get(name), batch.masks[name]
+                            losses[name] = task.compute_loss(logits[name], batch.targets[name], weight, mask)
+                            rows[name] = mask.sum()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.balancer.backward(losses, self.model)
+                    if self.spec.grad_clip:
+                        nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
+                    self.optimizer.step()
+                    scheduler.step()
+                    with torch.no_grad():
+                        for i, name in enumerate(names):
+                            if name in losses:
+                                loss_sum[i] += losses[name].detach() * rows[name]
+                                row_sum[i] += rows[name]
+                    pos.step += 1
+                    pos.global_step += 1
+                    if pos.step % self.spec.log_every == 0 or pos.step == steps_per_epoch:
+                        means = (loss_sum / row_sum.clamp_min(1)).tolist()  # one sync per log interval
+                        bar.update(pos.step, {n: m for n, m in zip(names, means)})
+                        self._tensorboard({f"train/{n}/loss": m for n, m in zip(names, means)}, pos.global_step)
+                    if self.spec.checkpoint_every and pos.step % self.spec.checkpoint_every == 0 and pos.step < steps_per_epoch:
+                        self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
+        except KeyboardInterrupt:
+            self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
+            raise
+        means = (loss_sum / row_sum.clamp_min(1)).tolist()
+        self._epoch_losses = {n: m for n, m in zip(names, means)}
+        return samples
+
+    # -- model selection ----------------------------------------------------------------------
+    def _select(self, results, pos: _Position, best_state) -> bool:
+        improved_any = False
+        state = None
+        for unit, prefix in self.units.items():
+            score = selection_score(results, self.tasks, self.spec.monitor) if unit == "model" else task_score(results, self._task(unit), self.spec.monitor)
+            if math.isnan(score):
+                score = float("-inf")
+            if unit not in pos.best_score or score > pos.best_score[unit]:
+                pos.best_score[unit], pos.best_epoch[unit], pos.stale_epochs[unit] = score, pos.epoch + 1, 0
+                state = state if state is not None else self.model.state_dict()
+                best_state.update({k: v.detach().clone() for k, v in state.items() if k.startswith(prefix)})
+                for task in self.tasks:
+                    if unit == "model" or unit == task.name:
+                        pos.best_results[task.name] = dict(results[task.name])
+                improved_any = True
+            else:
+                pos.stale_epochs[unit] = pos.stale_epochs.get(unit, 0) + 1
+        if improved_any and self.run_dir is not None:
+            atomic_save({"model": best_state, "best_epoch": dict(pos.best_epoch), "results": pos.best_results}, self.run_dir / "best.pt")
+        return improved_any
+
+    def _finished(self, pos: _Position) -> bool:
+        if self.spec.patience is None or not pos.stale_epochs:
+            return False
+        return all(pos.stale_epochs.get(u, 0) >= self.spec.patience for u in self.units)
+
+    def _task(self, name: str) -> Task:
+        return next(t for t in self.tasks if t.name == name)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint(self, scheduler, pos: _Position, best_state, sums: tuple[Tensor, Tensor] | None = None) -> None:
+        if self.run_dir is None:
+            return
+        atomic_save(
+            {
+                "version": CHECKPOINT_VERSION,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "balancer": self.balancer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "position": pos.__dict__,
+                "sums": [s.detach().cpu() for s in sums] if sums else None,
+            },
+            self.run_dir / "last.pt",
+        )
+
+    def _load(self, scheduler) -> tuple[_Position, dict[str, Tensor]]:
+        assert self.run_dir is not None
+        ckpt = torch.load(self.run_dir / "last.pt", map_location=self.device, weights_only=True)
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"{self.run_dir / 'last.pt'}: unsupported checkpoint version {ckpt.get('version')!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        self.balancer.load_state_dict(ckpt["balancer"])
+        torch.set_rng_state(ckpt["rng"].cpu())
+        if ckpt["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+        self._resumed_sums = ckpt["sums"]
+        pos = _Position(**ckpt["position"])
+        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if (self.run_dir / "best.pt").exists():
+            best_state.update(torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)["model"])
+        return pos, best_state
+
+    # -- logging -------------------------------------------------------------------------------
+    def _rewrite_metric_files(self, history: list[dict[str, Any]]) -> None:
+        if self.run_dir is None:
+            return
+        for name in ("metrics.jsonl", "metrics.csv"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        for record in history:
+            self._append_metrics(record, tensorboard=False)
+
+    def _append_metrics(self, record: Mapping[str, Any], tensorboard: bool = True) -> None:
+        if tensorboard:
+            self._tensorboard({k: v for k, v in record.items() if k.startswith("val/")}, int(record["step"]))
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        csv_path = self.run_dir / "metrics.csv"
+        new = not csv_path.exists()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(record))
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+
+    def _tensorboard(self, values: Mapping[str, float], step: int) -> None:
+        if not self.spec.tensorboard or self.run_dir is None:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("train.tensorboard: install the extra `mtlkit[tensorboard]`") from None
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in values.items():
+            self._tb.add_scalar(key, value, step)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
+        pass
+
+
+class _RichProgress(_NoProgress):
+    def __init__(self, description: str, total: int, completed: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+            transient=False,
+        )
+        self.task = self.progress.add_task(description, total=total, completed=completed, losses="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
+        text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
+        self.progress.update(self.task, completed=step, losses=text)
+
+
+def _progress(enabled: bool, description: str, total: int, completed: int):
+    return _RichProgress(description, total, completed) if enabled else _NoProgress()
+
+
+__all__ = ["BatchSource", "Callback", "FitResult", "Trainer", "atomic_save"]
