@@ -237,7 +237,7 @@ def _float_column(table: pa.Table, name: str, source: str, allow_missing: bool =
         values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DataError(f"{source}: column {name!r} must be numeric, found {column.type}") from None
-    values = np.asarray(values, dtype=np.float64)
+    values = np.array(values, dtype=np.float64)  # a writable copy: torch.from_numpy needs one
     if not allow_missing and np.isnan(values).any():
         raise DataError(f"{source}: column {name!r} row {int(np.flatnonzero(np.isnan(values))[0])}: missing value")
     return values

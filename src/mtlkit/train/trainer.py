@@ -136,6 +136,8 @@ class Trainer:
         self.balancer = balancer
         self.spec = spec
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
         self.device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else ("cpu" if spec.device == "auto" else spec.device))
         if spec.threads:

@@ -1,0 +1,163 @@
+"""The run configuration: one YAML file, validated completely before any work starts.
+
+Example:
+    >>> config = RunConfig.model_validate({
+    ...     "data": {"train": "train.csv", "split": {"validation": 0.1, "test": 0.1}},
+    ...     "features": {"categorical": ["user", "item"], "numeric": [{"name": "price", "transform": "log1p"}]},
+    ...     "tasks": [{"name": "click", "kind": "binary"}],
+    ...     "model": {"backbone": "shared_bottom", "options": {"hidden": [64]}},
+    ... })
+    >>> config.features.categorical[0].name, config.model.options
+    ('user', {'hidden': [64]})
+    >>> load_config_text("data: {train: a.csv}\\nmodle: {}\\n", "run.yaml")
+    Traceback (most recent call last):
+    ...
+    mtlkit.errors.ConfigError: run.yaml: key 'modle': unknown key
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtlkit.balancing import BalancerSpec
+from mtlkit.data.schema import SchemaSpec
+from mtlkit.errors import ConfigError
+from mtlkit.models import ModelSpec
+from mtlkit.tasks import Task
+from mtlkit.train.spec import TrainSpec
+
+BUILTIN_DATASETS = ("census_income", "mmoe_synthetic")
+
+
+class SplitSpec(BaseModel):
+    """Seeded split of the training file when validation/test files are not given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class DataSpec(BaseModel):
+    """Either files (``train`` plus optional ``validation``/``test``) or a built-in ``dataset``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    train: Optional[Path] = None
+    validation: Optional[Path] = None
+    test: Optional[Path] = None
+    split: Optional[SplitSpec] = None
+    dataset: Optional[Literal["census_income", "mmoe_synthetic"]] = None
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if (self.train is None) == (self.dataset is None):
+            raise ValueError("give either `train` (a file) or `dataset` (one of: " + ", ".join(BUILTIN_DATASETS) + ")")
+        if self.dataset is not None and (self.validation or self.test or self.split):
+            raise ValueError("a built-in dataset brings its own splits: drop validation/test/split")
+        if self.dataset is None and self.dataset_options:
+            raise ValueError("dataset_options needs `dataset`")
+        return self
+
+
+class FeaturesSpec(SchemaSpec):
+    """Feature lists; a bare column name stands for a feature with default settings."""
+
+    @field_validator("categorical", "numeric", mode="before")
+    @classmethod
+    def _names_to_specs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 0
+    data: DataSpec
+    features: Optional[FeaturesSpec] = None
+    tasks: Optional[list[Task]] = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    balancer: BalancerSpec = Field(default_factory=BalancerSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "RunConfig":
+        if self.data.dataset is None:
+            if self.features is None:
+                raise ValueError("`features` is required when training on your own files")
+            if not self.tasks:
+                raise ValueError("`tasks` is required when training on your own files")
+        if self.tasks is not None:
+            names = [t.name for t in self.tasks]
+            if len(set(names)) != len(names):
+                raise ValueError(f"task names must be unique, got {names}")
+        return self
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    # Pydantic inserts validator-only segments (e.g. 'function-after[...]'); users never wrote them.
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union["))]
+    return ".".join(parts)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = _format_location(first["loc"])
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    if first["type"] == "missing":
+        message = "required key is missing"
+    message = message.removeprefix("Value error, ")
+    where = f"key '{location}': " if location else ""
+    return f"{source}: {where}{message}"
+
+
+def load_config_text(text: str, source: str = "config") -> RunConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+    except ConfigError as error:  # raised by registries inside validators
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML file")
+    config = load_config_text(path.read_text(), str(path))
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    """Relative data paths are relative to the config file's directory; stored absolute."""
+    updates = {}
+    for key in ("train", "validation", "test"):
+        value = getattr(config.data, key)
+        if value is not None and not value.is_absolute():
+            updates[key] = (base / value).resolve()
+    options = dict(config.data.dataset_options)
+    if "root" in options and options["root"] is not None and not Path(options["root"]).is_absolute():
+        options["root"] = str((base / options["root"]).resolve())
+    data = config.data.model_copy(update={**updates, "dataset_options": options})
+    return config.model_copy(update={"data": data})
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,278 @@
+"""End-to-end runs: data → schema → model → training → run directory, and back.
+
+A run directory holds ``config.yaml`` (resolved: tasks and features filled in), ``schema.json``,
+``best.pt`` / ``last.pt``, ``metrics.jsonl`` / ``metrics.csv``, ``test_metrics.json`` and
+``summary.json``. ``summary.json`` is written last: a directory without it is an unfinished run,
+which ``train`` resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from mtlkit.balancing import build_balancer
+from mtlkit.config import RunConfig, dump_config, load_config
+from mtlkit.data.batch import EncodedTable
+from mtlkit.data.readers import read_table
+from mtlkit.data.schema import FittedSchema, SchemaSpec
+from mtlkit.data.split import seeded_split
+from mtlkit.errors import ConfigError, DataError
+from mtlkit.models import build_model
+from mtlkit.tasks import Task, TaskKind
+from mtlkit.train import Callback, Trainer, evaluate, predict_logits
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class PreparedData:
+    """Raw splits plus the resolved tasks and feature spec; ``names`` say where each came from."""
+
+    train: pa.Table
+    validation: pa.Table
+    test: Optional[pa.Table]
+    tasks: list[Task]
+    features: SchemaSpec
+    names: dict[str, str]
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Read every split named by the config; raises DataError naming the file on any problem."""
+    data = config.data
+    if data.dataset == "census_income":
+        from mtlkit.data.datasets.census import load_census
+
+        options = {"root": None, "group": 1, **data.dataset_options}
+        unknown = set(options) - {"root", "group"}
+        if unknown:
+            raise ConfigError(f"data.dataset_options: unknown key {sorted(unknown)[0]!r} for census_income (root, group)")
+        census = load_census(options["root"], int(options["group"]))
+        names = {s: f"census_income/{s}" for s in ("train", "validation", "test")}
+        return PreparedData(census.train, census.validation, census.test, config.tasks or census.tasks,
+                            config.features or census.schema, names)
+    if data.dataset == "mmoe_synthetic":
+        from mtlkit.data.datasets.synthetic import mmoe_synthetic, mmoe_synthetic_schema, mmoe_synthetic_tasks
+
+        options = dict(data.dataset_options)
+        try:
+            table = mmoe_synthetic(**options)
+        except TypeError as error:
+            raise ConfigError(f"data.dataset_options: {error}") from None
+        parts = seeded_split(table, {"validation": 0.1, "test": 0.1}, seed=options.get("seed", 0))
+        names = {s: f"mmoe_synthetic/{s}" for s in parts}
+        return PreparedData(parts["train"], parts["validation"], parts["test"], config.tasks or mmoe_synthetic_tasks(),
+                            config.features or mmoe_synthetic_schema(options.get("d", 100)), names)
+    assert data.train is not None and config.features is not None and config.tasks is not None
+    train = read_table(data.train)
+    names = {"train": str(data.train)}
+    validation = read_table(data.validation) if data.validation else None
+    test = read_table(data.test) if data.test else None
+    if validation is None or (test is None and data.split is not None and data.split.test > 0):
+        split = data.split or _default_split()
+        fractions = {"validation": split.validation} if validation is None else {}
+        if test is None and split.test > 0:
+            fractions["test"] = split.test
+        parts = seeded_split(train, fractions, seed=split.seed)
+        train, validation, test = parts["train"], parts.get("validation", validation), parts.get("test", test)
+        names.update({k: f"{data.train} ({k} split)" for k in fractions})
+    if data.validation:
+        names["validation"] = str(data.validation)
+    if data.test:
+        names["test"] = str(data.test)
+    return PreparedData(train, validation, test, list(config.tasks), config.features, names)
+
+
+def _default_split():
+    from mtlkit.config import SplitSpec
+
+    return SplitSpec()
+
+
+def _check_columns(prepared: PreparedData) -> None:
+    """Every column a task needs must exist in every split: fail before any work starts."""
+    needed: list[str] = []
+    for task in prepared.tasks:
+        needed += [task.label, task.weight_column, task.mask.column if task.mask else None, task.group_column]  # type: ignore[list-item]
+    for split, table in (("train", prepared.train), ("validation", prepared.validation), ("test", prepared.test)):
+        if table is None:
+            continue
+        for column in [*(f.name for f in [*prepared.features.categorical, *prepared.features.numeric]), *needed]:
+            if column is not None and column not in table.column_names:
+                raise DataError(f"{prepared.names[split]}: missing column {column!r}")
+
+
+@dataclass
+class EncodedData:
+    schema: FittedSchema
+    train: EncodedTable
+    validation: EncodedTable
+    test: Optional[EncodedTable]
+
+
+def encode_data(prepared: PreparedData) -> EncodedData:
+    _check_columns(prepared)
+    schema = prepared.features.fit(prepared.train, prepared.names["train"])
+    encode = lambda split, table: schema.encode(table, prepared.tasks, prepared.names[split])  # noqa: E731
+    test = encode("test", prepared.test) if prepared.test is not None else None
+    return EncodedData(schema, encode("train", prepared.train), encode("validation", prepared.validation), test)
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """Return True when an unfinished run there should be resumed."""
+    if not run_dir.exists():
+        return False
+    if (run_dir / SUMMARY).exists():
+        if not overwrite:
+            raise ConfigError(f"{run_dir}: already holds a finished run (pass --overwrite to replace it)")
+        shutil.rmtree(run_dir)
+        return False
+    if (run_dir / "last.pt").exists() and not overwrite:
+        return True
+    if any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{run_dir}: exists and is not an mtlkit run (pass --overwrite to replace it)")
+    shutil.rmtree(run_dir)
+    return False
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_run(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Optional[bool] = None,
+    callbacks: Sequence[Callback] = (),
+    encoded: Optional[EncodedData] = None,
+    prepared: Optional[PreparedData] = None,
+) -> dict:
+    """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
+    prepared = prepared or prepare_data(config)
+    encoded = encoded or encode_data(prepared)
+    resolved = config.model_copy(update={"tasks": prepared.tasks, "features": prepared.features})
+    if progress is not None:
+        resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
+    path = Path(run_dir) if run_dir is not None else None
+    resume = _prepare_run_dir(path, overwrite) if path is not None else False
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (path / "config.yaml").write_text(dump_config(resolved))
+            encoded.schema.save(path / "schema.json")
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, encoded.schema, prepared.tasks)
+    balancer = build_balancer(config.balancer, prepared.tasks)
+    trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)
+    batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
+    result = trainer.fit(batches, encoded.validation, resume=resume)
+    test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
+    summary = {
+        "backbone": config.model.backbone,
+        "balancer": config.balancer.name,
+        "tasks": [t.name for t in prepared.tasks],
+        "parameters": count_parameters(model),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "validation": result.best_results,
+        "test": test,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": result.train_samples / result.seconds if result.seconds > 0 else None,
+    }
+    if path is not None:
+        if test is not None:
+            (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
+        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    schema: FittedSchema
+    tasks: list[Task]
+    model: nn.Module
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild the model of a finished (or interrupted) run with its best weights."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "schema.json", "best.pt"):
+        if not (run_dir / name).exists():
+            raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
+    config = load_config(run_dir / "config.yaml")  # data paths in it are absolute
+    schema = FittedSchema.load(run_dir / "schema.json")
+    tasks = list(config.tasks or [])
+    model = build_model(config.model, schema, tasks)
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(config, schema, tasks, model)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics of the best model on the run's validation and test splits, or on ``data``."""
+    run = load_run(run_dir)
+    batch = run.config.train.eval_batch_size
+    if data is not None:
+        table = run.schema.encode(read_table(data), run.tasks, str(data))
+        return {str(data): evaluate(run.model, run.tasks, table, batch)}
+    prepared = prepare_data(run.config)
+    out = {"validation": evaluate(run.model, run.tasks, run.schema.encode(prepared.validation, run.tasks, prepared.names["validation"]), batch)}
+    if prepared.test is not None:
+        out["test"] = evaluate(run.model, run.tasks, run.schema.encode(prepared.test, run.tasks, prepared.names["test"]), batch)
+    return out
+
+
+def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
+    """One output column per task: probability (binary), value (regression), class (multiclass)."""
+    encoded = run.schema.encode(table, run.tasks, source, with_targets=False)
+    logits = predict_logits(run.model, encoded, run.config.train.eval_batch_size)
+    columns: dict[str, np.ndarray] = {}
+    for task in run.tasks:
+        prediction = task.predict(logits[task.name]).numpy()
+        if task.kind is TaskKind.MULTICLASS:
+            columns[task.name] = prediction.argmax(axis=1)
+            for c in range(prediction.shape[1]):
+                columns[f"{task.name}_p{c}"] = prediction[:, c]
+        else:
+            columns[task.name] = prediction
+    return columns
+
+
+def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, keep: Sequence[str] = ()) -> int:
+    run = load_run(run_dir)
+    table = read_table(data)
+    missing = [c for c in keep if c not in table.column_names]
+    if missing:
+        raise DataError(f"{data}: missing column {missing[0]!r} (asked to keep it)")
+    columns = {c: table.column(c) for c in keep}
+    columns.update({name: pa.array(values) for name, values in predict_table(run, table, str(data)).items()})
+    result = pa.table(columns)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix.lower() in {".parquet", ".pq"}:
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, tmp)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, tmp)
+    tmp.replace(out)
+    return result.num_rows
+
+
+def train_from_file(config_path: str | Path, run_dir: str | Path, **kwargs) -> dict:
+    return train_run(load_config(config_path), run_dir, **kwargs)

@@ -1,0 +1,132 @@
+import json
+
+import pytest
+import torch
+
+from mtlkit.balancing import BalancerSpec, build_balancer
+from mtlkit.models import ModelSpec, build_model
+from mtlkit.train import Trainer, TrainSpec
+
+from test_models import SPEC, TASKS, toy_table
+
+
+def make(run_dir=None, backbone="shared_bottom", **train):
+    table, valid = toy_table(400, 0), toy_table(200, 1)
+    schema = SPEC.fit(table)
+    torch.manual_seed(0)
+    # Dropout makes the global RNG matter, so resumption must restore it.
+    model = build_model(ModelSpec(backbone=backbone, options={"hidden": [16], "dropout": 0.2}, tower=[4]), schema, TASKS)
+    spec = TrainSpec(**{"epochs": 4, "batch_size": 32, "progress": False, "patience": None, **train})
+    trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(), TASKS), spec, run_dir)
+    return trainer, schema.encode(table, TASKS).batches(32, shuffle=True, seed=3), schema.encode(valid, TASKS)
+
+
+class InterruptAfter:
+    """A batch source that raises KeyboardInterrupt (like Ctrl-C) after `steps` steps."""
+
+    def __init__(self, source, steps):
+        self.source, self.steps, self.seen = source, steps, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def epoch(self, epoch=0, start_step=0):
+        for batches in self.source.epoch(epoch, start_step):
+            if self.seen == self.steps:
+                raise KeyboardInterrupt
+            self.seen += 1
+            yield batches
+
+
+def final_weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("interrupt_at_step", [13, 26])  # mid-epoch, and exactly at an epoch end
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, interrupt_at_step):
+    trainer, batches, valid = make(tmp_path / "straight")
+    trainer.fit(batches, valid)
+    expected = final_weights(trainer)
+    history = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+
+    trainer, batches, valid = make(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(InterruptAfter(batches, interrupt_at_step), valid)
+    torch.manual_seed(1234)  # a new process would start from a different RNG state
+    trainer, batches, valid = make(tmp_path / "resumed")
+    trainer.fit(batches, valid)
+    assert_same(final_weights(trainer), expected)
+    resumed = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(history) == 4
+    assert [json.loads(r) for r in resumed] == [json.loads(h) for h in history]
+
+
+def test_periodic_checkpoints_resume_exactly(tmp_path):
+    trainer, batches, valid = make(tmp_path / "a", checkpoint_every=5)
+    trainer.fit(batches, valid)
+    expected = final_weights(trainer)
+    trainer, batches, valid = make(tmp_path / "b", checkpoint_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(InterruptAfter(batches, 17), valid)
+    trainer, batches, valid = make(tmp_path / "b", checkpoint_every=5)
+    trainer.fit(batches, valid)
+    assert_same(final_weights(trainer), expected)
+
+
+def test_same_seed_same_result():
+    results = []
+    for _ in range(2):
+        trainer, batches, valid = make()
+        results.append(trainer.fit(batches, valid).history)
+    assert results[0] == results[1]
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    trainer, batches, valid = make(tmp_path)
+    trainer.fit(batches, valid)
+    for name in ("last.pt", "best.pt"):
+        torch.load(tmp_path / name, weights_only=True)
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 5  # header + 4 epochs
+
+
+def test_best_epoch_is_chosen_on_validation_and_restored():
+    trainer, batches, valid = make(epochs=6, lr=0.05)  # a high rate makes validation loss bounce
+    result = trainer.fit(batches, valid)
+    scores = [r["score"] for r in result.history]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    assert result.best_epoch["model"] == best + 1
+    from mtlkit.train import evaluate
+
+    restored = evaluate(trainer.model, TASKS, valid)
+    assert restored["a"]["loss"] == pytest.approx(result.best_results["a"]["loss"], rel=1e-6)
+
+
+def test_early_stopping_stops_after_patience():
+    trainer, batches, valid = make(epochs=50, lr=0.2, patience=2)
+    result = trainer.fit(batches, valid)
+    assert result.stopped_early
+    assert len(result.history) == max(result.best_epoch.values()) + 2
+
+
+def test_single_task_models_select_their_own_best_epoch():
+    trainer, batches, valid = make(backbone="single_task", epochs=8, lr=0.05)
+    result = trainer.fit(batches, valid)
+    assert set(result.best_epoch) == {"a", "b", "c"}
+    for task in ("a", "b", "c"):
+        losses = [r[f"val/{task}/loss"] for r in result.history]
+        assert result.best_epoch[task] == losses.index(min(losses)) + 1
+        assert result.best_results[task]["loss"] == min(losses)
+    assert len(set(result.best_epoch.values())) > 1, "the tasks should peak at different epochs here"
+
+
+def test_unknown_monitor_is_a_config_error():
+    from mtlkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.monitor"):
+        make(monitor="gauc")
