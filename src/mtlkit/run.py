@@ -29,6 +29,7 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.tasks import Task, TaskKind
 from mtlkit.train import Callback, Trainer, evaluate, predict_logits
+from mtlkit.train.selection import check_monitor
 
 SUMMARY = "summary.json"
 
@@ -162,6 +163,7 @@ def train_run(
     resolved = config.model_copy(update={"tasks": prepared.tasks, "features": prepared.features})
     if progress is not None:
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
+    check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     path = Path(run_dir) if run_dir is not None else None
     resume = _prepare_run_dir(path, overwrite) if path is not None else False
     if path is not None:
@@ -187,7 +189,7 @@ def train_run(
         "validation": result.best_results,
         "test": test,
         "train_seconds": result.seconds,
-        "train_samples_per_second": result.train_samples / result.seconds if result.seconds > 0 else None,
+        "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
     }
     if path is not None:
         if test is not None:

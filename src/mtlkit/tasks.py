@@ -159,5 +159,5 @@ class Task(BaseModel):
             expected = "a finite number"
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            return f"data row {row + 1}: value {values[row]!r} (expected {expected})"
+            return f"data row {row + 1}: value {float(values[row])!r} (expected {expected})"
         return None

@@ -85,6 +85,7 @@ class FitResult:
     stopped_early: bool
     seconds: float
     train_samples: int = 0
+    train_seconds: float = 0.0  # the training loop alone, without evaluation or checkpoints
 
 
 @dataclass
@@ -163,9 +164,11 @@ class Trainer:
         self._rewrite_metric_files(pos.history)
         start = time.perf_counter()
         stopped_early = self._finished(pos)
-        samples = 0
+        samples, train_seconds = 0, 0.0
         while pos.epoch < self.spec.epochs and not stopped_early:
+            epoch_start = time.perf_counter()
             samples += self._train_epoch(train, scheduler, pos, steps_per_epoch, best_state)
+            train_seconds += time.perf_counter() - epoch_start
             results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
             improved = self._select(results, pos, best_state)
             record = {
@@ -189,7 +192,7 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         result = FitResult(pos.history, dict(pos.best_epoch), pos.best_results, stopped_early and pos.epoch < self.spec.epochs,
-                           time.perf_counter() - start, samples)
+                           time.perf_counter() - start, samples, train_seconds)
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
         return result
