@@ -193,3 +193,20 @@ def test_demo_quick(tmp_path):
     assert set(rows["correlation"].to_pylist()) == {0.5, 0.9, 1.0}
     assert "single_task" in rows["backbone"].to_pylist() and "shared_bottom" in rows["backbone"].to_pylist()
     assert (tmp_path / "demo_results.png").stat().st_size > 10_000
+
+
+def test_tensorboard_without_the_extra_is_a_clear_error(workdir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    config = write_config(workdir, {**CONFIG, "train": {**CONFIG["train"], "tensorboard": True}})
+    result = runner.invoke(app, ["train", str(config), "--out", str(workdir / "tb")])
+    assert result.exit_code == 2 and "mtlkit[tensorboard]" in result.output
+    assert not (workdir / "tb").exists()
+
+
+def test_seeded_split_when_only_train_is_given(workdir):
+    config = {**CONFIG, "data": {"train": "train.csv", "split": {"validation": 0.25, "test": 0.25, "seed": 7}}}
+    path = write_config(workdir, config)
+    result = runner.invoke(app, ["train", str(path), "--out", str(workdir / "split"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "split" / "summary.json").read_text())
+    assert summary["validation"]["click"]["rows"] == 200 and summary["test"]["click"]["rows"] == 200

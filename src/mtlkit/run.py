@@ -166,15 +166,13 @@ def train_run(
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     path = Path(run_dir) if run_dir is not None else None
     resume = _prepare_run_dir(path, overwrite) if path is not None else False
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (path / "config.yaml").write_text(dump_config(resolved))
-            encoded.schema.save(path / "schema.json")
     torch.manual_seed(config.seed)
     model = build_model(config.model, encoded.schema, prepared.tasks)
     balancer = build_balancer(config.balancer, prepared.tasks)
-    trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)
+    trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
+    if path is not None and not resume:
+        (path / "config.yaml").write_text(dump_config(resolved))
+        encoded.schema.save(path / "schema.json")
     batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
     result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None

@@ -132,6 +132,11 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
     ) -> None:
         check_monitor(spec.monitor, tasks)
+        if spec.tensorboard and run_dir is not None:
+            try:  # fail now, not after the first epoch
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise ConfigError("train.tensorboard: install the extra `mtlkit[tensorboard]`") from None
         self.model = model
         self.tasks = list(tasks)
         self.balancer = balancer
@@ -183,6 +188,8 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record, validation)
             pos.history.append(record)
+            if self.spec.progress:
+                _print_epoch(record, results)
             self.balancer.epoch_end(pos.epoch, self._epoch_losses)
             pos.epoch, pos.step = pos.epoch + 1, 0
             self._append_metrics(record)
@@ -385,6 +392,17 @@ class _RichProgress(_NoProgress):
     def update(self, step: int, losses: Mapping[str, float]) -> None:
         text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
         self.progress.update(self.task, completed=step, losses=text)
+
+
+def _print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]) -> None:
+    from rich.console import Console
+
+    parts = []
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "rows")
+        parts.append(f"[bold]{task}[/] {shown}")
+    mark = " [green]*best[/]" if record["improved"] else ""
+    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False)
 
 
 def _progress(enabled: bool, description: str, total: int, completed: int):
