@@ -130,3 +130,27 @@ def test_unknown_monitor_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.monitor"):
         make(monitor="gauc")
+
+
+def test_each_task_with_its_own_dataset():
+    """Heterogeneous data: task a's rows carry no label for b and vice versa."""
+    from mtlkit.data.batch import EncodedTable
+    from mtlkit.data.multi import PerTaskBatches
+
+    tasks = TASKS[:2]
+    schema = SPEC.fit(toy_table(400, 0))
+    full = schema.encode(toy_table(600, 0), tasks)
+    only = lambda name, rows: EncodedTable(  # noqa: E731
+        {k: v[rows] for k, v in full.inputs.items()}, {name: full.targets[name][rows]}, {name: full.masks[name][rows]})
+    tables = {"a": only("a", slice(0, 400)), "b": only("b", slice(400, 600))}
+    valid = schema.encode(toy_table(300, 1), tasks)
+    for schedule in ("round", "single"):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(backbone="shared_bottom", options={"hidden": [16]}), schema, tasks)
+        trainer = Trainer(model, tasks, build_balancer(BalancerSpec(), tasks),
+                          TrainSpec(epochs=10, batch_size=32, lr=0.01, progress=False, patience=None))
+        result = trainer.fit(PerTaskBatches(tables, 32, schedule=schedule), valid)
+        assert result.best_results["a"]["auc"] > 0.9, schedule
+        assert result.best_results["b"]["rmse"] < 1.0, schedule
+        steps = 13 if schedule == "round" else 13 + 7
+        assert result.history[0]["step"] == steps
