@@ -15,7 +15,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: a second OpenMP thread only spin-waits on a shared 2-core box
 
 
 @pytest.fixture

@@ -210,3 +210,17 @@ def test_seeded_split_when_only_train_is_given(workdir):
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "split" / "summary.json").read_text())
     assert summary["validation"]["click"]["rows"] == 200 and summary["test"]["click"]["rows"] == 200
+
+
+def test_gated_backbone_run_writes_and_shows_gate_diagnostics(workdir):
+    config = {**CONFIG, "model": {"backbone": "mmoe", "options": {"experts": 3, "expert_hidden": [8]}, "embedding_dim": 4}}
+    path = write_config(workdir, config)
+    run_dir = workdir / "gated"
+    assert runner.invoke(app, ["train", str(path), "--out", str(run_dir), "--no-progress"]).exit_code == 0
+    assert (run_dir / "gates.csv").exists() and (run_dir / "gates.png").exists()
+    first_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"gates/click/entropy", "gates/buy/collapsed"} <= set(first_epoch)
+    result = runner.invoke(app, ["evaluate", str(run_dir), "--json", str(workdir / "e.json")])
+    assert result.exit_code == 0 and "gates" in result.output and "entropy" in result.output
+    gates = json.loads((workdir / "e.json").read_text())["gates"]
+    assert sum(gates["click"]["mean_weight"]) == pytest.approx(1.0, abs=1e-5)

@@ -154,3 +154,22 @@ def test_each_task_with_its_own_dataset():
         assert result.best_results["b"]["rmse"] < 1.0, schedule
         steps = 13 if schedule == "round" else 13 + 7
         assert result.history[0]["step"] == steps
+
+
+def test_trainer_adds_the_backbones_regularization_loss():
+    """SNR's L0 penalty is not a task loss: the trainer back-propagates it besides the balancer."""
+    from mtlkit.balancing.base import LossWeighting
+
+    class NoTaskLoss(LossWeighting):
+        def combine(self, losses):
+            return sum(l * 0 for l in losses.values())
+
+    table = toy_table(200, 0)
+    schema = SPEC.fit(table)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone="snr_aver", options={"l0_weight": 1.0}), schema, TASKS)
+    before = model.regularization_loss().item()
+    trainer = Trainer(model, TASKS, NoTaskLoss([t.name for t in TASKS], NoTaskLoss.Options()),
+                      TrainSpec(epochs=10, batch_size=32, lr=0.2, progress=False, patience=None))
+    trainer.fit(schema.encode(table, TASKS).batches(32), schema.encode(table, TASKS))
+    assert model.regularization_loss().item() < 0.8 * before  # only the penalty can have closed codes

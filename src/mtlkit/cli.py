@@ -58,16 +58,21 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ) -> None:
     """Evaluate the best checkpoint of a run."""
-    from mtlkit.report import metrics_table, print_table
+    from dataclasses import asdict
+
+    from mtlkit.report import gate_table, metrics_table, print_table
     from mtlkit.run import evaluate_run
 
     try:
-        results = evaluate_run(run_dir, data)
+        evaluation = evaluate_run(run_dir, data)
     except MtlkitError as error:
         _fail(error)
-    print_table(metrics_table(str(run_dir), results), console)
+    print_table(metrics_table(str(run_dir), evaluation.metrics), console)
+    if evaluation.gates:
+        print_table(gate_table(evaluation.gates), console)
     if json_out:
-        json_out.write_text(json.dumps(results, indent=1))
+        gates = {name: asdict(s) for name, s in (evaluation.gates or {}).items()}
+        json_out.write_text(json.dumps({**evaluation.metrics, **({"gates": gates} if gates else {})}, indent=1))
 
 
 @app.command()

@@ -28,9 +28,17 @@ from mtlkit.train import Trainer, TrainSpec, evaluate
 CORRELATIONS = (0.5, 0.9, 1.0)
 BASELINE = "single_task"
 # Comparable capacity at d = 100 (MMoE paper §5.1): shared-bottom 113 units ≈ 8 experts × 16.
+# Backbones not listed here run with their defaults.
+_MOE = {"experts": 8, "expert_hidden": [16]}
 DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "single_task": {"hidden": [113]},
     "shared_bottom": {"hidden": [113]},
+    "omoe": _MOE,
+    "mmoe": _MOE,
+    "dselect_k": _MOE,
+    "youtube_mmoe": _MOE,
+    "cgc": {"experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16]},
+    "ple": {"experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16], "levels": 2},
 }
 
 
@@ -38,7 +46,7 @@ def demo_backbones() -> list[str]:
     return [BASELINE] + [name for name in BACKBONES.names() if name != BASELINE]
 
 
-def _train_one(backbone: str, parts, seed: int, quick: bool) -> dict[str, float]:
+def _train_one(backbone: str, parts, seed: int, epochs: int) -> dict[str, float]:
     tasks = mmoe_synthetic_tasks()
     schema = mmoe_synthetic_schema(parts["train"].num_columns - 2).fit(parts["train"])
     encode = lambda t: schema.encode(t, tasks)  # noqa: E731
@@ -46,53 +54,65 @@ def _train_one(backbone: str, parts, seed: int, quick: bool) -> dict[str, float]
     torch.manual_seed(seed)
     spec = ModelSpec(backbone=backbone, options=DEMO_OPTIONS.get(backbone, {}), tower=[8])
     model = build_model(spec, schema, tasks)
-    train_spec = TrainSpec(epochs=8 if quick else 40, batch_size=128, lr=3e-3, patience=5, progress=False)
+    train_spec = TrainSpec(epochs=epochs, batch_size=128, lr=3e-3, patience=5, progress=False)
     trainer = Trainer(model, tasks, build_balancer(BalancerSpec(), tasks), train_spec)
     trainer.fit(train.batches(train_spec.batch_size, shuffle=True, seed=seed), validation)
     results = evaluate(model, tasks, test)
     return {t.name: results[t.name]["loss"] for t in tasks}
 
 
+def synthetic_experiment(
+    backbones: list[str],
+    seeds: int,
+    n: int,
+    epochs: int,
+    correlations: tuple[float, ...] = CORRELATIONS,
+    console: Optional[Console] = None,
+) -> list[dict[str, Any]]:
+    """Test MSE per task for every (correlation, seed, backbone); same data for every backbone."""
+    console = console or Console()
+    rows: list[dict[str, Any]] = []
+    total = len(correlations) * len(backbones) * seeds
+    with console.status("training") as status:
+        for p in correlations:
+            for seed in range(seeds):
+                parts = seeded_split(mmoe_synthetic(n=n, d=100, p=p, seed=seed), {"validation": 0.1, "test": 0.1}, seed=seed)
+                for backbone in backbones:
+                    status.update(f"[{len(rows) + 1}/{total}] correlation {p}, {backbone}, seed {seed}")
+                    losses = _train_one(backbone, parts, seed, epochs)
+                    rows.append({"correlation": p, "backbone": backbone, "seed": seed, **losses})
+    return rows
+
+
 def run_demo(out: Path, seeds: int = 1, quick: bool = False, console: Optional[Console] = None) -> list[dict[str, Any]]:
     console = console or Console()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     backbones = demo_backbones()
-    rows: list[dict[str, Any]] = []
-    n = 3000 if quick else 10_000
-    total = len(CORRELATIONS) * len(backbones) * seeds
-    with console.status("training") as status:
-        done = 0
-        for p in CORRELATIONS:
-            for seed in range(seeds):
-                parts = seeded_split(mmoe_synthetic(n=n, d=100, p=p, seed=seed), {"validation": 0.1, "test": 0.1}, seed=seed)
-                for backbone in backbones:
-                    done += 1
-                    status.update(f"[{done}/{total}] correlation {p}, {backbone}, seed {seed}")
-                    losses = _train_one(backbone, parts, seed, quick)
-                    rows.append({"correlation": p, "backbone": backbone, "seed": seed, **losses})
-    summary = _summarise(rows, backbones)
+    rows = synthetic_experiment(backbones, seeds, n=3000 if quick else 10_000, epochs=8 if quick else 40, console=console)
+    summary = summarise(rows, backbones)
     _print(summary, console)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(summary, out / "demo_results.csv")
-    _plot(summary, backbones, out / "demo_results.png")
+    write_csv(summary, out / "demo_results.csv")
+    plot(summary, backbones, out / "demo_results.png")
     console.print(f"wrote {out / 'demo_results.csv'} and {out / 'demo_results.png'}")
     return summary
 
 
-def _summarise(rows: list[dict[str, Any]], backbones: list[str]) -> list[dict[str, Any]]:
+def summarise(rows: list[dict[str, Any]], backbones: list[str]) -> list[dict[str, Any]]:
     summary = []
     for p in CORRELATIONS:
         mean = {}
         for backbone in backbones:
             runs = [r for r in rows if r["correlation"] == p and r["backbone"] == backbone]
             mean[backbone] = {t: float(np.mean([r[t] for r in runs])) for t in ("y1", "y2")}
-            mean[backbone]["std"] = float(np.std([(r["y1"] + r["y2"]) / 2 for r in runs]))
+            for t in ("y1", "y2"):
+                mean[backbone][f"std_{t}"] = float(np.std([r[t] for r in runs], ddof=1)) if len(runs) > 1 else 0.0
         for backbone in backbones:
             m, base = mean[backbone], mean[BASELINE]
             summary.append({
                 "correlation": p, "backbone": backbone,
                 "test_mse_y1": m["y1"], "test_mse_y2": m["y2"], "mean_test_mse": (m["y1"] + m["y2"]) / 2,
-                "std_over_seeds": m["std"],
+                "std_y1": m["std_y1"], "std_y2": m["std_y2"], "seeds": len([r for r in rows if r["correlation"] == p and r["backbone"] == backbone]),
                 "gain_y1": mtl_gain(m["y1"], base["y1"], higher_is_better=False),
                 "gain_y2": mtl_gain(m["y2"], base["y2"], higher_is_better=False),
             })
@@ -112,14 +132,14 @@ def _print(summary: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
-def _write_csv(summary: list[dict[str, Any]], path: Path) -> None:
+def write_csv(summary: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
 
 
-def _plot(summary: list[dict[str, Any]], backbones: list[str], path: Path) -> None:
+def plot(summary: list[dict[str, Any]], backbones: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +149,8 @@ def _plot(summary: list[dict[str, Any]], backbones: list[str], path: Path) -> No
     for ax, task in zip(axes, ("y1", "y2")):
         for backbone in backbones:
             rows = [r for r in summary if r["backbone"] == backbone]
-            ax.plot([r["correlation"] for r in rows], [r[f"test_mse_{task}"] for r in rows], marker="o", label=backbone)
+            ax.errorbar([r["correlation"] for r in rows], [r[f"test_mse_{task}"] for r in rows],
+                        yerr=[r[f"std_{task}"] for r in rows], marker="o", capsize=3, label=backbone)
         ax.set_xlabel("task correlation p")
         ax.set_ylabel(f"test MSE, task {task}")
         ax.set_xticks(CORRELATIONS)

@@ -34,3 +34,16 @@ def metrics_table(title: str, splits: Mapping[str, Mapping[str, Mapping[str, flo
 
 def print_table(table: Table, console: Console | None = None) -> None:
     (console or Console()).print(table)
+
+
+def gate_table(stats) -> Table:
+    """Per gate: entropy, collapsed share and each expert's mean weight."""
+    table = Table(title="gates (mean weight per expert; validation rows)")
+    table.add_column("gate")
+    table.add_column("entropy", justify="right")
+    table.add_column("collapsed", justify="right")
+    table.add_column("mean weight per expert")
+    for s in stats.values():
+        weights = " ".join(f"{w:.2f}" for w in s.mean_weight)
+        table.add_row(s.gate, f"{s.mean_entropy:.3f}", f"{100 * s.collapsed_share:.0f}%", weights)
+    return table

@@ -25,6 +25,7 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.data.split import seeded_split
+from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, has_gates
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.tasks import Task, TaskKind
@@ -169,6 +170,7 @@ def train_run(
     torch.manual_seed(config.seed)
     model = build_model(config.model, encoded.schema, prepared.tasks)
     balancer = build_balancer(config.balancer, prepared.tasks)
+    callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
     trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
     if path is not None and not resume:
         (path / "config.yaml").write_text(dump_config(resolved))
@@ -220,18 +222,26 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(config, schema, tasks, model)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Metrics of the best model on the run's validation and test splits, or on ``data``."""
+@dataclass
+class Evaluation:
+    metrics: dict[str, dict[str, dict[str, float]]]  # split -> task -> metric
+    gates: Optional[dict[str, GateStats]]  # on the first split, for gated backbones
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
+    """Metrics of the best model on the run's validation and test splits (or on ``data``), and gate statistics."""
     run = load_run(run_dir)
     batch = run.config.train.eval_batch_size
     if data is not None:
-        table = run.schema.encode(read_table(data), run.tasks, str(data))
-        return {str(data): evaluate(run.model, run.tasks, table, batch)}
-    prepared = prepare_data(run.config)
-    out = {"validation": evaluate(run.model, run.tasks, run.schema.encode(prepared.validation, run.tasks, prepared.names["validation"]), batch)}
-    if prepared.test is not None:
-        out["test"] = evaluate(run.model, run.tasks, run.schema.encode(prepared.test, run.tasks, prepared.names["test"]), batch)
-    return out
+        tables = {str(data): run.schema.encode(read_table(data), run.tasks, str(data))}
+    else:
+        prepared = prepare_data(run.config)
+        tables = {"validation": run.schema.encode(prepared.validation, run.tasks, prepared.names["validation"])}
+        if prepared.test is not None:
+            tables["test"] = run.schema.encode(prepared.test, run.tasks, prepared.names["test"])
+    metrics = {split: evaluate(run.model, run.tasks, table, batch) for split, table in tables.items()}
+    gates = gate_statistics(run.model, next(iter(tables.values())), batch) if has_gates(run.model) else None
+    return Evaluation(metrics, gates)
 
 
 def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mtlkit.models.base import Backbone
@@ -72,6 +73,11 @@ class MultiTaskModel(nn.Module):
         yield from self.encoder.parameters()
         yield from self.backbone.parameters()
 
+    def regularization_loss(self) -> Tensor | None:
+        """The backbone's own penalty (SNR: λ·E[L0]), added to the training loss; None if it has none."""
+        penalty = getattr(self.backbone, "regularization_loss", None)
+        return penalty() if callable(penalty) else None
+
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         yield from self.heads[task].parameters()
 
@@ -91,6 +97,10 @@ class IndependentTaskModels(nn.Module):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
+
+    def regularization_loss(self) -> Tensor | None:
+        terms = [p for m in self.per_task.values() if (p := m.regularization_loss()) is not None]
+        return torch.stack(terms).sum() if terms else None
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         yield from self.per_task[task].parameters()

@@ -157,6 +157,7 @@ class Trainer:
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
         self._tb = None
+        self._regularization = getattr(model, "regularization_loss", lambda: None)
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
@@ -231,6 +232,9 @@ class Trainer:
                             rows[name] = mask.sum()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.balancer.backward(losses, self.model)
+                    penalty = self._regularization()
+                    if penalty is not None:  # not a task loss, so outside the balancer; a parameter-only graph
+                        penalty.backward()
                     if self.spec.grad_clip:
                         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
                     self.optimizer.step()

@@ -1,0 +1,103 @@
+"""A bank of identical expert MLPs evaluated as one batched op over stacked weights.
+
+Mixture-of-experts backbones (MMoE, Ma et al. KDD 2018, Eq. 5: ``f_i(x)``; PLE, Tang et al.
+RecSys 2020, Eq. 2) apply ``E`` experts of the same shape. Instead of a Python list of ``E`` MLPs,
+each layer holds one ``(E, in, out)`` weight: the first layer of experts that share an input is a
+single ``(in, E·out)`` matmul, and experts that each read their own input (PLE from level 2, SNR)
+are one ``bmm`` over the expert axis.
+
+Example:
+    >>> import torch
+    >>> bank = ExpertBank(4, input_dim=10, hidden=[16, 8])
+    >>> bank(torch.zeros(3, 10)).shape           # one input shared by every expert
+    torch.Size([3, 4, 8])
+    >>> bank(torch.zeros(3, 4, 10)).shape        # one input per expert
+    torch.Size([3, 4, 8])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Parameter-free activations only: a learned PReLU would be shared across experts.
+EXPERT_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class BatchedLinear(nn.Module):
+    """``n`` independent affine maps ``y_i = x_i W_i + b_i`` held as one ``(n, in, out)`` weight.
+
+    Input ``(B, in)`` is shared by all ``n`` maps; input ``(B, n, in)`` gives each map its own.
+    Output is ``(B, n, out)``. Initialised like ``nn.Linear`` (uniform ±1/√in), per map.
+    """
+
+    def __init__(self, n: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.n, self.in_features, self.out_features = n, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            # Shared input: all maps side by side in one (in, n·out) matmul.
+            flat = self.weight.permute(1, 0, 2).reshape(self.in_features, self.n * self.out_features)
+            y = (x @ flat).view(x.shape[0], self.n, self.out_features)
+        elif x.dim() == 3 and x.shape[1] == self.n:
+            # Per-map input: one bmm with the map axis as the batch axis.
+            y = torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1)
+        else:
+            raise ValueError(f"expected (B, {self.in_features}) or (B, {self.n}, {self.in_features}), got {tuple(x.shape)}")
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class ExpertBank(nn.Module):
+    """``n_experts`` MLPs of identical shape (Linear → activation → dropout per hidden layer).
+
+    Layer for layer the same computation as ``n_experts`` separate :class:`mtlkit.nn.MLP`s, so
+    a bank and a list of MLPs with copied weights give the same outputs.
+    """
+
+    def __init__(
+        self,
+        n_experts: int,
+        input_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if n_experts < 1 or not hidden:
+            raise ValueError("an expert bank needs at least one expert and one layer")
+        if activation not in EXPERT_ACTIVATIONS:
+            raise ValueError(f"unknown expert activation {activation!r}; choose one of: {', '.join(EXPERT_ACTIVATIONS)}")
+        widths = [input_dim, *hidden]
+        self.layers = nn.ModuleList(BatchedLinear(n_experts, a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.activation = EXPERT_ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.n_experts = n_experts
+        self.input_dim = input_dim
+        self.output_dim = widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, in)`` or ``(B, E, in)`` → ``(B, E, output_dim)``."""
+        for layer in self.layers:
+            x = self.dropout(self.activation(layer(x)))
+        return x
+
+
+def mix(weights: Tensor, experts: Tensor) -> Tensor:
+    """Gate-weighted sums ``Σ_e g_e f_e``: ``(B, G, E)`` weights × ``(B, E, d)`` experts → ``(B, G, d)``."""
+    return torch.bmm(weights, experts)
