@@ -10,6 +10,8 @@ the MMoE paper's Figure 4).
 from __future__ import annotations
 
 import csv
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,9 +48,12 @@ def demo_backbones() -> list[str]:
     return [BASELINE] + [name for name in BACKBONES.names() if name != BASELINE]
 
 
-def _train_one(backbone: str, parts, seed: int, epochs: int) -> dict[str, float]:
+def _train_one(backbone: str, p: float, seed: int, n: int, epochs: int) -> dict[str, Any]:
+    """One training run; self-contained so that it can run in a worker process."""
+    torch.set_num_threads(1)  # tiny models: a second thread costs more in synchronisation than it gains
+    parts = seeded_split(mmoe_synthetic(n=n, d=100, p=p, seed=seed), {"validation": 0.1, "test": 0.1}, seed=seed)
     tasks = mmoe_synthetic_tasks()
-    schema = mmoe_synthetic_schema(parts["train"].num_columns - 2).fit(parts["train"])
+    schema = mmoe_synthetic_schema(100).fit(parts["train"])
     encode = lambda t: schema.encode(t, tasks)  # noqa: E731
     train, validation, test = encode(parts["train"]), encode(parts["validation"]), encode(parts["test"])
     torch.manual_seed(seed)
@@ -58,7 +63,7 @@ def _train_one(backbone: str, parts, seed: int, epochs: int) -> dict[str, float]
     trainer = Trainer(model, tasks, build_balancer(BalancerSpec(), tasks), train_spec)
     trainer.fit(train.batches(train_spec.batch_size, shuffle=True, seed=seed), validation)
     results = evaluate(model, tasks, test)
-    return {t.name: results[t.name]["loss"] for t in tasks}
+    return {"correlation": p, "backbone": backbone, "seed": seed, **{t.name: results[t.name]["loss"] for t in tasks}}
 
 
 def synthetic_experiment(
@@ -68,25 +73,31 @@ def synthetic_experiment(
     epochs: int,
     correlations: tuple[float, ...] = CORRELATIONS,
     console: Optional[Console] = None,
+    workers: int = 2,
 ) -> list[dict[str, Any]]:
-    """Test MSE per task for every (correlation, seed, backbone); same data for every backbone."""
+    """Test MSE per task for every (correlation, seed, backbone); the same data for every backbone.
+
+    Runs are independent, so ``workers`` processes train them side by side (one thread each).
+    """
     console = console or Console()
+    jobs = [(b, p, s, n, epochs) for p in correlations for s in range(seeds) for b in backbones]
     rows: list[dict[str, Any]] = []
-    total = len(correlations) * len(backbones) * seeds
     with console.status("training") as status:
-        for p in correlations:
-            for seed in range(seeds):
-                parts = seeded_split(mmoe_synthetic(n=n, d=100, p=p, seed=seed), {"validation": 0.1, "test": 0.1}, seed=seed)
-                for backbone in backbones:
-                    status.update(f"[{len(rows) + 1}/{total}] correlation {p}, {backbone}, seed {seed}")
-                    losses = _train_one(backbone, parts, seed, epochs)
-                    rows.append({"correlation": p, "backbone": backbone, "seed": seed, **losses})
+        if workers <= 1:
+            for job in jobs:
+                rows.append(_train_one(*job))
+                status.update(f"[{len(rows)}/{len(jobs)}] done")
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked OpenMP state
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                for row in pool.map(_train_one, *zip(*jobs)):
+                    rows.append(row)
+                    status.update(f"[{len(rows)}/{len(jobs)}] correlation {row['correlation']}, {row['backbone']}, seed {row['seed']}")
     return rows
 
 
 def run_demo(out: Path, seeds: int = 1, quick: bool = False, console: Optional[Console] = None) -> list[dict[str, Any]]:
     console = console or Console()
-    torch.set_num_threads(1)  # tiny models: a second thread costs more in synchronisation than it gains
     backbones = demo_backbones()
     rows = synthetic_experiment(backbones, seeds, n=3000 if quick else 10_000, epochs=8 if quick else 40, console=console)
     summary = summarise(rows, backbones)
@@ -146,11 +157,13 @@ def plot(summary: list[dict[str, Any]], backbones: list[str], path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, task in zip(axes, ("y1", "y2")):
-        for backbone in backbones:
+        for i, backbone in enumerate(backbones):
             rows = [r for r in summary if r["backbone"] == backbone]
+            style = {"color": "black", "linestyle": "--"} if backbone == BASELINE else {"color": colours[(2 * i) % 20 + (2 * i) // 20]}
             ax.errorbar([r["correlation"] for r in rows], [r[f"test_mse_{task}"] for r in rows],
-                        yerr=[r[f"std_{task}"] for r in rows], marker="o", capsize=3, label=backbone)
+                        yerr=[r[f"std_{task}"] for r in rows], marker="o", capsize=3, label=backbone, **style)
         ax.set_xlabel("task correlation p")
         ax.set_ylabel(f"test MSE, task {task}")
         ax.set_xticks(CORRELATIONS)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mtlkit.balancing.base import BALANCERS, Balancer
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 
 class BalancerSpec(BaseModel):
@@ -32,4 +32,8 @@ class BalancerSpec(BaseModel):
 
 def build_balancer(spec: BalancerSpec, tasks: Sequence[Task]) -> Balancer:
     cls = BALANCERS.get(spec.name)
-    return cls([t.name for t in tasks], cls.Options(**spec.options), {t.name: t.loss_weight for t in tasks})
+    options = dict(spec.options)
+    if "kinds" in cls.Options.model_fields:  # uncertainty weighting: regression vs classification
+        known = {t.name: "regression" if t.kind is TaskKind.REGRESSION else "classification" for t in tasks}
+        options["kinds"] = {**known, **options.get("kinds", {})}
+    return cls([t.name for t in tasks], cls.Options(**options), {t.name: t.loss_weight for t in tasks})

@@ -1,5 +1,16 @@
-"""Model diagnostics: gate usage of mixture-of-experts backbones (matplotlib is imported only to plot)."""
+"""Model diagnostics: gate usage of mixture-of-experts backbones and per-task gradient conflicts
+(matplotlib is imported only to plot)."""
 
+from mtlkit.diagnostics.gradients import GradientMonitor, MonitoredBalancer, task_gradient_stats
 from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, plot_gate_heatmap, write_gate_csv
 
-__all__ = ["GateDiagnostics", "GateStats", "gate_statistics", "plot_gate_heatmap", "write_gate_csv"]
+__all__ = [
+    "GateDiagnostics",
+    "GateStats",
+    "GradientMonitor",
+    "MonitoredBalancer",
+    "gate_statistics",
+    "plot_gate_heatmap",
+    "task_gradient_stats",
+    "write_gate_csv",
+]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -72,7 +73,10 @@ class MixtureOfExperts(Backbone):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.bottom(x)
-        fused = mix(self.gates(h), self.experts(h))  # (B, gates, d)
+        experts = self.experts(h)
+        if torch.is_grad_enabled():  # what every task reads: the representation MGDA-UB differentiates
+            self.last_shared_features = experts
+        fused = mix(self.gates(h), experts)  # (B, gates, d)
         return {name: fused[:, self._gate_of(i)] for i, name in enumerate(self.task_names)}
 
     def _gate_of(self, task_index: int) -> int:

@@ -61,9 +61,22 @@ class MultiTaskModel(nn.Module):
             {t.name: TaskHead(backbone.output_dim, t, tower_hidden, tower_dropout) for t in tasks}
         )
 
+    #: Set by the trainer for representation-level balancers (MGDA-UB): keep, as
+    #: ``last_shared_features``, the representation every task reads, at each forward with gradients.
+    keep_shared_features: bool = False
+
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
-        return self.backbone(self.encoder(inputs))
+        encoded = self.encoder(inputs)
+        reps = self.backbone(encoded)
+        if self.keep_shared_features and torch.is_grad_enabled():
+            # The backbone's own shared tensor if it names one (e.g. MoE expert outputs), else the
+            # one tensor all tasks read (shared-bottom), else the encoder output.
+            shared = getattr(self.backbone, "last_shared_features", None)
+            distinct = {id(r): r for r in reps.values()}
+            self.last_shared_features = shared if shared is not None else (
+                next(iter(distinct.values())) if len(distinct) == 1 else encoded)
+        return reps
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         reps = self.representations(inputs)

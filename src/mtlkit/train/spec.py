@@ -31,6 +31,7 @@ class TrainSpec(BaseModel):
     log_every: int = Field(default=50, ge=1)
     checkpoint_every: Optional[int] = Field(default=None, ge=1)
     tensorboard: bool = False
+    grad_diagnostics_every: Optional[int] = Field(default=None, ge=1)  # per-task gradient norms/cosines → gradients.csv/.png
     threads: Optional[int] = Field(default=None, ge=1)
     device: str = "cpu"
     progress: bool = True

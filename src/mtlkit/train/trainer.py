@@ -158,6 +158,15 @@ class Trainer:
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
         self._tb = None
         self._regularization = getattr(model, "regularization_loss", lambda: None)
+        # Representation-level balancers (MGDA-UB) read the shared features of the step's forwards.
+        self._keep_features = bool(getattr(balancer, "needs_shared_features", False))
+        if self._keep_features:
+            model.keep_shared_features = True
+        self.grad_monitor = None
+        if spec.grad_diagnostics_every:
+            from mtlkit.diagnostics.gradients import GradientMonitor
+
+            self.grad_monitor = GradientMonitor([t.name for t in tasks], spec.grad_diagnostics_every, self.run_dir)
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
@@ -192,6 +201,8 @@ class Trainer:
             if self.spec.progress:
                 _print_epoch(record, results)
             self.balancer.epoch_end(pos.epoch, self._epoch_losses)
+            if self.grad_monitor is not None:
+                self.grad_monitor.flush()  # one read-back per epoch; gradients.csv / gradients.png
             pos.epoch, pos.step = pos.epoch + 1, 0
             self._append_metrics(record)
             stopped_early = self._finished(pos)
@@ -221,16 +232,23 @@ class Trainer:
                 for step_batches in train.epoch(pos.epoch, pos.step):
                     losses: dict[str, Tensor] = {}
                     rows: dict[str, Tensor] = {}
+                    features: list[Tensor] = []
                     for batch in step_batches:
                         batch = batch.to(self.device)
                         samples += batch.size
                         logits = self.model(batch.inputs)
+                        if self._keep_features:
+                            features.append(self.model.last_shared_features)
                         for name in batch.tasks:
                             task = by_name[name]
                             weight, mask = batch.weights.get(name), batch.masks[name]
                             losses[name] = task.compute_loss(logits[name], batch.targets[name], weight, mask)
                             rows[name] = mask.sum()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self._keep_features:  # every forward of the step, not only the last one
+                        self.model.last_shared_features = features[0] if len(features) == 1 else features
+                    if self.grad_monitor is not None:
+                        self.grad_monitor.record(pos.global_step, losses, self.model)
                     self.balancer.backward(losses, self.model)
                     penalty = self._regularization()
                     if penalty is not None:  # not a task loss, so outside the balancer; a parameter-only graph
@@ -291,6 +309,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint(self, scheduler, pos: _Position, best_state, sums: tuple[Tensor, Tensor] | None = None) -> None:
+        if self.grad_monitor is not None:
+            self.grad_monitor.flush()  # rows up to the checkpoint are on disk; a resumed run recomputes the rest
         if self.run_dir is None:
             return
         atomic_save(

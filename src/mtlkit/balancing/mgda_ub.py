@@ -1,0 +1,122 @@
+"""MGDA-UB: MGDA on the shared representation (Sener & Koltun, NeurIPS 2018, §3.3, Eq. 6).
+
+Instead of the parameter gradients, MGDA-UB minimises the upper bound
+``‖Σ_k α_k ∇_Z L_k‖²`` where ``Z`` is the shared representation (the encoder's output): one
+batched backward to ``Z`` (size ``B × d``) instead of to every shared parameter, and the same
+min-norm solvers as :mod:`mtlkit.balancing.mgda`. Then
+
+* the shared parameters upstream of ``Z`` receive ``∂Z/∂θ_sh ᵀ · Σ_k α_k ∇_Z (λ_k L_k)``
+  (one backward through the shared part, started from ``Z``);
+* shared parameters that ``Z`` does not depend on (e.g. gates read after ``Z``) receive the
+  gradient of ``Σ_k α_k λ_k L_k``, and the towers that of ``Σ_k λ_k L_k``.
+
+Where ``Z`` comes from: the model must expose the representation of the current forward pass
+as ``model.last_shared_features`` — a tensor, or a list/tuple of tensors (e.g. an MMoE's expert
+outputs) — that every task's output is computed from. The balancer reads it and then clears it
+(sets it to ``None``), so a stale tensor from an earlier step is never reused.
+:class:`mtlkit.models.MultiTaskModel` does not set it yet (the hook is proposed separately);
+meanwhile :func:`expose_shared_features` sets it from any submodule's output with a forward hook
+(``model.backbone.bottom`` for shared-bottom, ``model.backbone.experts`` for the MoE family). A
+model without it raises a :class:`~mtlkit.errors.ConfigError` at the first step, unless
+``fallback_to_parameters=True``, which then runs parameter-level MGDA. With several forward
+passes per step (one batch per task), only the features of the last one would be seen: a task
+whose loss does not depend on them has zero gradient and is treated as absent for that step.
+
+Example:
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.trunk, self.heads = torch.nn.Linear(3, 4), torch.nn.ModuleList([torch.nn.Linear(4, 1) for _ in range(2)])
+    ...     def shared_parameters(self):
+    ...         return self.trunk.parameters()
+    ...     def forward(self, x):
+    ...         self.last_shared_features = z = torch.relu(self.trunk(x))
+    ...         return [h(z).squeeze(-1) for h in self.heads]
+    >>> _ = torch.manual_seed(0)
+    >>> net, x, y = Net(), torch.randn(8, 3), torch.randn(8)
+    >>> out = net(x)
+    >>> b = MGDAUB(["a", "b"], MGDAUB.Options())
+    >>> _ = b.backward({"a": ((out[0] - y) ** 2).mean(), "b": ((out[1] + y) ** 2).mean()}, net)
+    >>> net.last_shared_features is None, round(sum(b.current_weights().values()), 6)
+    (True, 1.0)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.balancing.base import BALANCERS
+from mtlkit.balancing.gradient import assign_flat_grad, flat_jacobian, split_parameters
+from mtlkit.balancing.mgda import MGDA, MGDAOptions
+from mtlkit.errors import ConfigError
+
+
+def expose_shared_features(model: nn.Module, module: nn.Module):
+    """Set ``model.last_shared_features`` to ``module``'s output at every forward with gradients on.
+
+    Returns the hook's handle (``handle.remove()`` undoes it). In evaluation (no grad) nothing is
+    kept, so no graph outlives its step.
+    """
+
+    def hook(_module, _inputs, output):
+        if torch.is_grad_enabled():
+            model.last_shared_features = output
+
+    return module.register_forward_hook(hook)
+
+
+class MGDAUBOptions(MGDAOptions):
+    fallback_to_parameters: bool = False
+
+
+@BALANCERS.register("mgda_ub")
+class MGDAUB(MGDA):
+    Options = MGDAUBOptions
+    needs_shared_features = True  # for the trainer: ask the model to keep its shared representation
+
+    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+        features = getattr(model, "last_shared_features", None)
+        if features is not None:
+            model.last_shared_features = None
+            features = [features] if isinstance(features, Tensor) else list(features)
+            features = [z for z in features if z.requires_grad] or None  # e.g. raw inputs: nothing to differentiate
+        if features is None:
+            if self.options.fallback_to_parameters:
+                return super().backward(losses, model)
+            raise ConfigError(
+                "balancer 'mgda_ub' needs the model to expose the shared representation of the current "
+                "forward pass as `model.last_shared_features` (a tensor computed from shared parameters); this "
+                "model does not (use balancer 'mgda', or options {fallback_to_parameters: true})"
+            )
+        rows, objectives, f = self.objectives(losses)
+        shared, other = split_parameters(model)
+        jac = flat_jacobian(objectives, features, self.options.jacobian) if rows else None
+        if jac is None:
+            self._backward_others(objectives, other)
+            return f.sum()
+        full = jac.new_zeros(len(self.task_names), jac.shape[1])
+        full[rows] = jac
+        present = full.pow(2).sum(1) > 0
+        w = self.weights(full @ full.T, present).to(full)
+        w = torch.where(present, w, torch.zeros_like(w))
+        self.last_weights = w.detach()
+        direction = torch.split(w @ full, [z.numel() for z in features])
+        grads = torch.autograd.grad(features, shared, grad_outputs=[d.view_as(z) for d, z in zip(direction, features)],
+                                    retain_graph=True, allow_unused=True)
+        downstream = []
+        for p, g in zip(shared, grads):
+            if g is None:
+                downstream.append(p)
+            else:
+                assign_flat_grad([p], g.reshape(-1))
+        if downstream:
+            torch.autograd.backward((w.detach()[rows] * torch.stack(objectives)).sum(), inputs=downstream, retain_graph=bool(other))
+        self._backward_others(objectives, other)
+        return (f * w.detach()).sum()
+
+
+__all__ = ["MGDAUB", "MGDAUBOptions", "expose_shared_features"]
