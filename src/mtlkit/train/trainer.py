@@ -152,7 +152,8 @@ class Trainer:
         self.balancer.to(self.device)
         params = [p for p in [*model.parameters(), *balancer.parameters()] if p.requires_grad]
         optimizer_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        # The fused kernel updates all parameters in one pass instead of a Python loop over them.
+        self.optimizer = optimizer_cls(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
         self.independent = bool(getattr(model, "independent_tasks", False))
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
