@@ -43,3 +43,20 @@ def click_table(n: int = 600, seed: int = 0) -> pa.Table:
         "click": click,
         "buy": buy,
     })
+
+
+class InterruptAfter:
+    """A batch source that raises KeyboardInterrupt (like Ctrl-C) after `steps` steps."""
+
+    def __init__(self, source, steps):
+        self.source, self.steps, self.seen = source, steps, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def epoch(self, epoch=0, start_step=0):
+        for batches in self.source.epoch(epoch, start_step):
+            if self.seen == self.steps:
+                raise KeyboardInterrupt
+            self.seen += 1
+            yield batches

@@ -9,7 +9,8 @@ from mtlkit.diagnostics.gradients import read_gradient_csv
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec
 
-from test_balancers import TRAIN_TASKS, StopAfter, click_table
+from conftest import InterruptAfter
+from test_balancers import TRAIN_TASKS, click_table
 
 
 def make(run_dir, balancer="mgda_ub", backbone="shared_bottom", **kw):
@@ -37,7 +38,7 @@ def test_diagnostics_from_the_train_spec_and_resume(tmp_path):
     assert [r["step"] for r in rows] == [0, 4, 8, 12, 16]
     t, train, valid = make(tmp_path / "b", balancer="pcgrad", grad_diagnostics_every=4)
     with pytest.raises(KeyboardInterrupt):
-        t.fit(StopAfter(train, 14), valid)
+        t.fit(InterruptAfter(train, 14), valid)
     t, train, valid = make(tmp_path / "b", balancer="pcgrad", grad_diagnostics_every=4)
     t.fit(train, valid)
     assert [r["step"] for r in read_gradient_csv(tmp_path / "b" / "gradients.csv")] == [0, 4, 8, 12, 16]

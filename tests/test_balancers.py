@@ -28,6 +28,8 @@ from mtlkit.models import ModelSpec, MultiTaskModel, build_model
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train import Trainer, TrainSpec
 
+from conftest import InterruptAfter
+
 LOSS_LEVEL = ["fixed", "uncertainty", "dwa", "rlw", "gls", "scheduled", "famo"]
 GRADIENT_LEVEL = ["db_mtl", "gradnorm", "mgda", "mgda_ub", "pcgrad", "cagrad", "imtl_g", "nash_mtl",
                   "aligned_mtl", "upgrad", "dualproj", "gradvac", "graddrop"]
@@ -222,21 +224,6 @@ class WithSharedFeatures(MultiTaskModel):
         return reps
 
 
-class StopAfter:
-    def __init__(self, source, steps):
-        self.source, self.steps, self.seen = source, steps, 0
-
-    def __len__(self):
-        return len(self.source)
-
-    def epoch(self, epoch=0, start_step=0):
-        for batches in self.source.epoch(epoch, start_step):
-            if self.seen == self.steps:
-                raise KeyboardInterrupt
-            self.seen += 1
-            yield batches
-
-
 def trainer_for(name, run_dir):
     schema = SchemaSpec(numeric=[NumericFeature(name=f"x{i}") for i in range(3)]).fit(click_table(192, 0))
     torch.manual_seed(0)
@@ -258,7 +245,7 @@ def test_trains_with_masked_tasks_and_resumes_exactly(name, tmp_path):
 
     trainer, train, valid = trainer_for(name, tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(StopAfter(train, 14), valid)  # in the third epoch: DWA's history is in play
+        trainer.fit(InterruptAfter(train, 14), valid)  # in the third epoch: DWA's history is in play
     torch.manual_seed(1234)
     trainer, train, valid = trainer_for(name, tmp_path / "resumed")
     trainer.fit(train, valid)

@@ -7,6 +7,7 @@ from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec
 
+from conftest import InterruptAfter
 from test_models import SPEC, TASKS, toy_table
 
 
@@ -19,23 +20,6 @@ def make(run_dir=None, backbone="shared_bottom", **train):
     spec = TrainSpec(**{"epochs": 4, "batch_size": 32, "progress": False, "patience": None, **train})
     trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(), TASKS), spec, run_dir)
     return trainer, schema.encode(table, TASKS).batches(32, shuffle=True, seed=3), schema.encode(valid, TASKS)
-
-
-class InterruptAfter:
-    """A batch source that raises KeyboardInterrupt (like Ctrl-C) after `steps` steps."""
-
-    def __init__(self, source, steps):
-        self.source, self.steps, self.seen = source, steps, 0
-
-    def __len__(self):
-        return len(self.source)
-
-    def epoch(self, epoch=0, start_step=0):
-        for batches in self.source.epoch(epoch, start_step):
-            if self.seen == self.steps:
-                raise KeyboardInterrupt
-            self.seen += 1
-            yield batches
 
 
 def final_weights(trainer):
