@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mtlkit.balancing import build_balancer
-from mtlkit.config import RunConfig, dump_config, load_config
+from mtlkit.config import RunConfig, SplitSpec, dump_config, load_config
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
@@ -79,7 +79,7 @@ def prepare_data(config: RunConfig) -> PreparedData:
     validation = read_table(data.validation) if data.validation else None
     test = read_table(data.test) if data.test else None
     if validation is None or (test is None and data.split is not None and data.split.test > 0):
-        split = data.split or _default_split()
+        split = data.split or SplitSpec()
         fractions = {"validation": split.validation} if validation is None else {}
         if test is None and split.test > 0:
             fractions["test"] = split.test
@@ -91,12 +91,6 @@ def prepare_data(config: RunConfig) -> PreparedData:
     if data.test:
         names["test"] = str(data.test)
     return PreparedData(train, validation, test, list(config.tasks), config.features, names)
-
-
-def _default_split():
-    from mtlkit.config import SplitSpec
-
-    return SplitSpec()
 
 
 def _check_columns(prepared: PreparedData) -> None:
@@ -282,7 +276,3 @@ def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, keep: Se
         pacsv.write_csv(result, tmp)
     tmp.replace(out)
     return result.num_rows
-
-
-def train_from_file(config_path: str | Path, run_dir: str | Path, **kwargs) -> dict:
-    return train_run(load_config(config_path), run_dir, **kwargs)
