@@ -13,7 +13,8 @@ from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.diagnostics.gradients import GradientMonitor, MonitoredBalancer, read_gradient_csv, task_gradient_stats
 from mtlkit.train import Trainer
 
-from test_balancers import TARGETS, TASK, TRAIN_TASKS, X, StopAfter, Tiny, trainer_for
+from conftest import InterruptAfter
+from test_balancers import TARGETS, TASK, TRAIN_TASKS, X, Tiny, trainer_for
 
 
 def losses_of(model, tasks, empty=()):
@@ -82,7 +83,7 @@ def monitored_trainer(run_dir):
 def test_monitored_run_resumed_after_ctrl_c_has_every_row_once(tmp_path):
     trainer, train, valid = monitored_trainer(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(StopAfter(train, 14), valid)  # step 12 is recorded, then Ctrl-C at step 14
+        trainer.fit(InterruptAfter(train, 14), valid)  # step 12 is recorded, then Ctrl-C at step 14
     trainer, train, valid = monitored_trainer(tmp_path)
     trainer.fit(train, valid)
     assert [r["step"] for r in read_gradient_csv(tmp_path / "gradients.csv")] == [0, 4, 8, 12, 16]
