@@ -18,33 +18,21 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
-
-from pydantic import Field
-
 from mtlkit.balancing.base import BALANCERS
-from mtlkit.balancing.torchjd_backend import TorchJDBalancer, TorchJDOptions, call_with_regularisation
+from mtlkit.balancing.upgrad import UPGrad, UPGradOptions
 
 
-class DualProjOptions(TorchJDOptions):
-    pref_vector: Optional[dict[str, float]] = None
-    reg_eps: float = Field(default=1e-10, gt=0, le=1e-4)
+class DualProjOptions(UPGradOptions):
+    pass
 
 
 @BALANCERS.register("dualproj")
-class DualProj(TorchJDBalancer):
+class DualProj(UPGrad):
+    """Same projector and regularisation as UPGrad; only torchjd's weighting class differs."""
+
     Options = DualProjOptions
     method = "dualproj"
-    extra = "quadprog_projector"
-
-    def make(self, tasks):
-        from torchjd.linalg import QuadprogProjector  # noqa: PLC0415 (torchjd is optional)
-
-        projector = QuadprogProjector(norm_eps=0.0, reg_eps=self.options.reg_eps)  # G arrives normalised
-        return self.aggregation.DualProjWeighting(self.preference(self.options.pref_vector, tasks), projector=projector)
-
-    def call(self, engine, stat):
-        return call_with_regularisation(engine, stat, self.options.reg_eps)
+    weighting = "DualProjWeighting"
 
 
 __all__ = ["DualProj", "DualProjOptions"]

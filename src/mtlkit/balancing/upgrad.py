@@ -42,12 +42,14 @@ class UPGrad(TorchJDBalancer):
     Options = UPGradOptions
     method = "upgrad"
     extra = "quadprog_projector"
+    weighting = "UPGradWeighting"  # the torchjd weighting class; DualProj differs only here
 
     def make(self, tasks):
         from torchjd.linalg import QuadprogProjector  # noqa: PLC0415 (torchjd is optional)
 
         projector = QuadprogProjector(norm_eps=0.0, reg_eps=self.options.reg_eps)  # G arrives normalised
-        return self.aggregation.UPGradWeighting(self.preference(self.options.pref_vector, tasks), projector=projector)
+        weighting = getattr(self.aggregation, self.weighting)
+        return weighting(self.preference(self.options.pref_vector, tasks), projector=projector)
 
     def call(self, engine, stat):
         return call_with_regularisation(engine, stat, self.options.reg_eps)
