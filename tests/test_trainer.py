@@ -157,3 +157,25 @@ def test_trainer_adds_the_backbones_regularization_loss():
                       TrainSpec(epochs=10, batch_size=32, lr=0.2, progress=False, patience=None))
     trainer.fit(schema.encode(table, TASKS).batches(32), schema.encode(table, TASKS))
     assert model.regularization_loss().item() < 0.8 * before  # only the penalty can have closed codes
+
+
+def test_weight_decay_spares_the_balancers_parameters():
+    """AdamW decays model weights only: uncertainty log-variances train exactly as without decay."""
+    table = toy_table(200, 0)
+    schema = SPEC.fit(table)
+    log_vars = {}
+    for decay in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(backbone="shared_bottom", options={"hidden": [8]}), schema, TASKS)
+        balancer = build_balancer(BalancerSpec(name="uncertainty", options={"init": 1.0}), TASKS)
+        trainer = Trainer(model, TASKS, balancer, TrainSpec(epochs=1, batch_size=32, lr=0.01, optimizer="adamw",
+                                                            weight_decay=decay, progress=False, patience=None))
+        trainer.fit(schema.encode(table, TASKS).batches(32), schema.encode(table, TASKS))
+        log_vars[decay] = balancer.log_vars.detach().clone()
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        if decay:
+            assert not torch.allclose(weights, undecayed)  # decay does reach the model
+        undecayed = weights
+    # Decayed, they would shrink by (1 - 0.01·5)^7 ≈ 0.7; the model's slightly different losses move them < 1e-3.
+    assert torch.allclose(log_vars[0.0], log_vars[5.0], atol=1e-2)
+    assert not torch.allclose(log_vars[0.0], torch.ones_like(log_vars[0.0]))  # they did train

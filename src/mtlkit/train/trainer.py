@@ -150,10 +150,15 @@ class Trainer:
             torch.set_num_threads(spec.threads)
         self.model.to(self.device)
         self.balancer.to(self.device)
-        params = [p for p in [*model.parameters(), *balancer.parameters()] if p.requires_grad]
         optimizer_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+        # Balancer parameters (log-variances, GradNorm weights) are not model weights: decaying
+        # them towards 0 would bias the weighting itself, so they get their own group without decay.
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": spec.weight_decay}]
+        balancer_params = [p for p in balancer.parameters() if p.requires_grad]
+        if balancer_params:
+            groups.append({"params": balancer_params, "weight_decay": 0.0})
         # The fused kernel updates all parameters in one pass instead of a Python loop over them.
-        self.optimizer = optimizer_cls(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
+        self.optimizer = optimizer_cls(groups, lr=spec.lr, fused=True)
         self.independent = bool(getattr(model, "independent_tasks", False))
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
