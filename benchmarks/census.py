@@ -5,9 +5,17 @@ into validation and test with a fixed seed. Early stopping and the best epoch ar
 validation split (mean AUC over the two tasks; per task for the single-task baseline); the
 test split is evaluated once per run, at the end.
 
-    python benchmarks/census.py --group 1 --seeds 3 --backbones single_task shared_bottom
+Tuning (``--tune``) is honest: each backbone's candidate settings in ``GRID`` are trained with
+the first ``--tune-seeds`` seeds and the one with the best mean *validation* AUC is then run
+with every seed; test AUC is never looked at before the final table. ``--balancers`` runs each
+backbone with each loss balancer (issue: MMoE × every balancer).
 
-Writes ``census_group<G>.csv`` (one row per run) and ``census_group<G>_summary.json`` to --out.
+    python benchmarks/census.py --group 1 --seeds 3 --backbones single_task shared_bottom
+    python benchmarks/census.py --group 2 --seeds 5 --tune --backbones single_task shared_bottom omoe mmoe cgc ple
+    python benchmarks/census.py --group 1 --seeds 3 --backbones mmoe --balancers fixed uncertainty dwa mgda
+
+Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
+``census_group<G>[_<tag>]_summary.json`` to --out.
 """
 
 from __future__ import annotations
@@ -41,27 +49,43 @@ PAPER = {
 
 
 # Equal-capacity settings: the single-task baseline has, per task, the shared-bottom path.
-MODELS = {
-    "single_task": {"options": {"hidden": [128]}},
-    "shared_bottom": {"options": {"hidden": [128]}},
+# The first entry of each grid is the default (used without --tune).
+GRID = {
+    "single_task": [{"hidden": [128]}, {"hidden": [256]}],
+    "shared_bottom": [{"hidden": [128]}, {"hidden": [256]}],
+    "omoe": [{"experts": 4, "expert_hidden": [64]}, {"experts": 8, "expert_hidden": [64]}],
+    "mmoe": [{"experts": 4, "expert_hidden": [64]}, {"experts": 8, "expert_hidden": [64]}],
+    "cgc": [{"experts_per_task": 1, "shared_experts": 1, "expert_hidden": [64]},
+            {"experts_per_task": 2, "shared_experts": 2, "expert_hidden": [64]}],
+    "ple": [{"experts_per_task": 1, "shared_experts": 1, "levels": 2, "expert_hidden": [64]},
+            {"experts_per_task": 2, "shared_experts": 2, "levels": 2, "expert_hidden": [64]}],
 }
+# Balancer options that differ from the defaults (none needed so far).
+BALANCER_OPTIONS: dict[str, dict] = {}
 
 
-def run_one(backbone: str, seed: int, data, schema, encoded, args) -> dict:
+def run_one(backbone: str, options: dict, balancer: str, seed: int, data, schema, encoded, args) -> dict:
     torch.manual_seed(seed)
-    settings = MODELS.get(backbone, {})
-    spec = ModelSpec(backbone=backbone, embedding_dim=args.embedding_dim, tower=[32], **settings)
+    spec = ModelSpec(backbone=backbone, options=options, embedding_dim=args.embedding_dim, tower=[32])
     model = build_model(spec, schema, data.tasks)
     train_spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, monitor="auc",
                            patience=args.patience, progress=False)
-    trainer = Trainer(model, data.tasks, build_balancer(BalancerSpec(), data.tasks), train_spec)
+    balancing = build_balancer(BalancerSpec(name=balancer, options=BALANCER_OPTIONS.get(balancer, {})), data.tasks)
+    trainer = Trainer(model, data.tasks, balancing, train_spec)
     result = trainer.fit(encoded["train"].batches(args.batch_size, shuffle=True, seed=seed), encoded["validation"])
-    test = evaluate(model, data.tasks, encoded["test"])
-    row = {"backbone": backbone, "seed": seed, "epochs": len(result.history), "best_epoch": json.dumps(result.best_epoch)}
+    row = {"backbone": backbone, "balancer": balancer, "options": json.dumps(options, separators=(",", ":")),
+           "seed": seed, "tuning": False, "epochs": len(result.history), "best_epoch": json.dumps(result.best_epoch),
+           "train_seconds": round(result.train_seconds, 1)}
     for task in data.tasks:
         row[f"val_auc_{task.name}"] = result.best_results[task.name]["auc"]
+    test = evaluate(model, data.tasks, encoded["test"])
+    for task in data.tasks:
         row[f"test_auc_{task.name}"] = test[task.name]["auc"]
     return row
+
+
+def mean_validation_auc(rows: list[dict], names: list[str]) -> float:
+    return float(np.mean([r[f"val_auc_{n}"] for r in rows for n in names]))
 
 
 def main() -> None:
@@ -69,52 +93,89 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/census_income_kdd")
     parser.add_argument("--group", type=int, default=1, choices=[1, 2])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--backbones", nargs="+", default=["single_task", "shared_bottom"])
+    parser.add_argument("--backbones", nargs="+", default=["single_task", "shared_bottom"], choices=list(GRID))
+    parser.add_argument("--balancers", nargs="+", default=["fixed"], help="loss balancers (mtlkit.balancing names)")
+    parser.add_argument("--tune", action="store_true", help="choose each backbone's setting from GRID on validation AUC")
+    parser.add_argument("--tune-seeds", type=int, default=1, help="seeds per candidate setting when tuning")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    console = Console(width=140)
+    console = Console(width=160)
 
     data = load_census(args.root, group=args.group)
     schema = data.schema.fit(data.train)
     encoded = {s: schema.encode(getattr(data, s), data.tasks, s) for s in ("train", "validation", "test")}
-    rows = []
-    for backbone in args.backbones:
-        for seed in range(args.seeds):
-            rows.append(run_one(backbone, seed, data, schema, encoded, args))
-            console.print(f"{backbone} seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[-1].items() if k.startswith("test_")))
-
     names = [t.name for t in data.tasks]
+    stem = f"census_group{args.group}" + (f"_{args.tag}" if args.tag else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        label = "tuning " if row["tuning"] else ""
+        console.print(f"{label}{row['backbone']}/{row['balancer']} {row['options']} seed {row['seed']}: "
+                      + ", ".join(f"{k}={row[k]:.4f}" for k in row if k.startswith(("val_", "test_")))
+                      + f" ({row['epochs']} epochs, {row['train_seconds']} s)")
+        with open(args.out / f"{stem}.csv", "w", newline="") as f:  # rewritten per run: nothing lost on a crash
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    chosen: dict[str, dict] = {}
+    for backbone in args.backbones:
+        candidates = GRID[backbone] if args.tune else GRID[backbone][:1]
+        if len(candidates) > 1:
+            scores = []
+            for options in candidates:  # tuned with equal weighting; balancers reuse the choice
+                runs = []
+                for seed in range(args.tune_seeds):
+                    row = run_one(backbone, options, args.balancers[0], seed, data, schema, encoded, args)
+                    row["tuning"] = True
+                    record(row)
+                    runs.append(row)
+                scores.append(mean_validation_auc(runs, names))
+            chosen[backbone] = candidates[int(np.argmax(scores))]
+            console.print(f"{backbone}: chose {chosen[backbone]} (validation AUC " + ", ".join(f"{s:.4f}" for s in scores) + ")")
+        else:
+            chosen[backbone] = candidates[0]
+        for balancer in args.balancers:
+            for seed in range(args.seeds):
+                record(run_one(backbone, chosen[backbone], balancer, seed, data, schema, encoded, args))
+
+    final = [r for r in rows if not r["tuning"]]
+    by_balancer = len(args.balancers) > 1
     table = Table(title=f"Census-Income group {args.group}: test AUC, mean ± std over {args.seeds} seeds (paper: best / mean)")
     table.add_column("backbone")
+    if by_balancer:
+        table.add_column("balancer")
     for name in names:
         table.add_column(f"{name} (mtlkit)", justify="right")
         table.add_column(f"{name} (paper)", justify="right")
-    summary = {}
+    table.add_column("s / run", justify="right")
+    summary: dict = {}
     for backbone in args.backbones:
-        runs = [r for r in rows if r["backbone"] == backbone]
-        cells = []
-        summary[backbone] = {}
-        for name in names:
-            values = np.array([r[f"test_auc_{name}"] for r in runs])
-            summary[backbone][name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-            paper = PAPER[args.group].get(backbone, {}).get(name)
-            quoted = " / ".join("—" if v is None else f"{v:.4f}" for v in paper) if paper else "—"
-            cells += [f"{values.mean():.4f} ± {summary[backbone][name]['std']:.4f}", quoted]
-        table.add_row(backbone, *cells)
+        for balancer in args.balancers:
+            runs = [r for r in final if r["backbone"] == backbone and r["balancer"] == balancer]
+            key = f"{backbone}/{balancer}" if by_balancer else backbone
+            summary[key] = {"options": chosen[backbone], "train_seconds": float(np.mean([r["train_seconds"] for r in runs]))}
+            cells = []
+            for name in names:
+                values = np.array([r[f"test_auc_{name}"] for r in runs])
+                std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                summary[key][name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+                paper = PAPER[args.group].get(backbone, {}).get(name) if balancer == "fixed" else None
+                quoted = " / ".join("—" if v is None else f"{v:.4f}" for v in paper) if paper else "—"
+                cells += [f"{values.mean():.4f} ± {std:.4f}", quoted]
+            table.add_row(backbone, *([balancer] if by_balancer else []), *cells, f"{summary[key]['train_seconds']:.0f}")
     console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / f"census_group{args.group}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (args.out / f"census_group{args.group}_summary.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
