@@ -11,7 +11,9 @@ with every seed; test AUC is never looked at before the final table. ``--balance
 backbone with each loss balancer (issue: MMoE × every balancer).
 
     python benchmarks/census.py --group 1 --seeds 3 --backbones single_task shared_bottom
-    python benchmarks/census.py --group 2 --seeds 5 --tune --backbones single_task shared_bottom omoe mmoe cgc ple
+    python benchmarks/census.py --group 1 --seeds 5 --tune --backbones single_task shared_bottom omoe mmoe cgc ple
+    python benchmarks/census.py --group 2 --seeds 5 --options-from benchmark-results/census_group1_summary.json \
+        --backbones single_task shared_bottom omoe mmoe cgc ple
     python benchmarks/census.py --group 1 --seeds 3 --backbones mmoe --balancers fixed uncertainty dwa mgda
 
 Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--balancers", nargs="+", default=["fixed"], help="loss balancers (mtlkit.balancing names)")
     parser.add_argument("--tune", action="store_true", help="choose each backbone's setting from GRID on validation AUC")
     parser.add_argument("--tune-seeds", type=int, default=1, help="seeds per candidate setting when tuning")
+    parser.add_argument("--options-from", type=Path, default=None,
+                        help="a previous *_summary.json: reuse the settings it chose on validation (e.g. group 1's for group 2)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -129,8 +133,11 @@ def main() -> None:
             writer.writerows(rows)
 
     chosen: dict[str, dict] = {}
+    previous = json.loads(args.options_from.read_text()) if args.options_from else {}
     for backbone in args.backbones:
         candidates = GRID[backbone] if args.tune else GRID[backbone][:1]
+        if backbone in previous:
+            candidates = [previous[backbone]["options"]]
         if len(candidates) > 1:
             scores = []
             for options in candidates:  # tuned with equal weighting; balancers reuse the choice
