@@ -15,19 +15,31 @@ Example:
     >>> in_space = torch.tensor([True, False, False])   # only the first row was clicked
     >>> round(cvr.compute_loss(logits, labels, mask=in_space).item(), 4)
     0.6931
+
+Sparse and skewed tasks (focal loss, negatives kept at 5 % and calibrated back at prediction):
+    >>> share = Task(name="share", kind="binary", loss="focal", loss_options={"gamma": 2, "alpha": None},
+    ...              negative_sampling_rate=0.05)
+    >>> share.loss_options
+    {'gamma': 2.0, 'alpha': None}
+    >>> round(share.predict(torch.tensor([0.0])).item(), 4)   # 0.5 on the sampled data, 0.05/1.05 in the world
+    0.0476
+    >>> watch = Task(name="watch", kind="regression", label_transform="log1p")
+    >>> round(watch.predict(torch.log1p(torch.tensor([30.0]))).item(), 3)   # learns log1p(s), serves seconds
+    30.0
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum
-from typing import Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from mtlkit.losses import LOSSES, get_loss
+from mtlkit.losses import LOSSES, get_loss, validate_loss_options
 from mtlkit.metrics import METRICS
 
 
@@ -45,6 +57,7 @@ DEFAULT_METRICS = {
 }
 LOSS_KINDS = {
     "bce": {TaskKind.BINARY},
+    "focal": {TaskKind.BINARY},
     "mse": {TaskKind.REGRESSION},
     "huber": {TaskKind.REGRESSION},
     "cross_entropy": {TaskKind.MULTICLASS},
@@ -69,6 +82,30 @@ class Task(BaseModel):
     whose ``weight_column`` is zero, or which fall outside ``mask`` contribute neither loss nor
     metric. The loss is the weighted mean over the rows that count; a batch with none of them
     gives a loss of exactly zero (and zero gradient), never NaN.
+
+    Sparse and skewed tasks (binary unless noted):
+
+    - ``loss_options``: keyword options of the loss, checked against it when the task is built
+      (``focal``: ``gamma`` ≥ 0, default 2, ``alpha`` in [0, 1] or null, default 0.25, the paper's
+      best; ``huber``: ``delta`` > 0, default 1); the
+      resolved task holds them with defaults filled in.
+    - ``negative_sampling_rate`` ``r``: the training data kept each negative with probability
+      ``r`` (see :func:`mtlkit.data.sampling.downsample_negatives`). The learned odds are then
+      inflated by ``1/r``; :meth:`predict` multiplies them back (He et al. 2014):
+      ``p' = p / (p + (1 − p)/r)``. Sample only the training split: validation and test stay
+      as the world is, so that the corrected metrics are honest.
+    - ``negative_weight`` ``v`` (default 1): rows labelled 0 get ``v`` times their weight
+      (``weight_column`` and masks still apply). It inflates the odds by ``1/v`` exactly as
+      sampling does, so predictions are corrected with ``w = r·v`` (both default to 1).
+    - ``positive_weight_column``: YouTube's weighted logistic regression (Covington et al.,
+      RecSys 2016, §4.2): positives are weighted by this column (e.g. watch time in seconds),
+      negatives by 1. The learned odds ``e^logit ≈ ΣT/(N − k) = E[T]·N/(N − k) ≈ E[T](1 + P)``
+      estimate the expected watch time per impression; read them with ``output: odds``
+      (or :meth:`predict_odds`). Metrics still score the probability.
+    - ``label_transform: log1p`` (regression): the loss sees ``log1p(label)`` (MSE or Huber on
+      log seconds for heavy-tailed watch time); :meth:`predict` and metrics are back in label
+      units via ``expm1``. Note ``expm1(E[log1p T])`` estimates a typical (geometric-mean-like)
+      value, below the mean ``E[T]``; for the mean use the weighted logistic regression.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -78,8 +115,14 @@ class Task(BaseModel):
     label: Optional[str] = None
     n_classes: Optional[int] = Field(default=None, ge=2)
     loss: Optional[str] = None
+    loss_options: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(default=1.0, ge=0.0)
     weight_column: Optional[str] = None
+    negative_weight: float = Field(default=1.0, gt=0.0)
+    negative_sampling_rate: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    positive_weight_column: Optional[str] = None
+    output: Literal["probability", "odds"] = "probability"
+    label_transform: Literal["none", "log1p"] = "none"
     mask: Optional[TaskMask] = None
     metrics: Optional[list[str]] = None
     group_column: Optional[str] = None
@@ -95,6 +138,19 @@ class Task(BaseModel):
             raise ValueError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES.names())}")
         if loss in LOSS_KINDS and self.kind not in LOSS_KINDS[loss]:
             raise ValueError(f"loss {loss!r} does not fit a {self.kind.value} task")
+        loss_options = validate_loss_options(loss, dict(self.loss_options))
+        if self.kind is not TaskKind.BINARY:
+            binary_only = {
+                "negative_weight": self.negative_weight != 1.0,
+                "negative_sampling_rate": self.negative_sampling_rate is not None,
+                "positive_weight_column": self.positive_weight_column is not None,
+                "output: odds": self.output == "odds",
+            }
+            for key, used in binary_only.items():
+                if used:
+                    raise ValueError(f"{key} is only for binary tasks")
+        if self.label_transform != "none" and self.kind is not TaskKind.REGRESSION:
+            raise ValueError("label_transform is only for regression tasks")
         metrics = list(self.metrics) if self.metrics is not None else list(DEFAULT_METRICS[self.kind])
         for name in metrics:
             if name not in METRICS:
@@ -106,6 +162,7 @@ class Task(BaseModel):
                 raise ValueError(f"metric {name!r} needs group_column (e.g. the user id column)")
         object.__setattr__(self, "label", self.label or self.name)
         object.__setattr__(self, "loss", loss)
+        object.__setattr__(self, "loss_options", loss_options)
         object.__setattr__(self, "metrics", metrics)
         return self
 
@@ -127,21 +184,56 @@ class Task(BaseModel):
         weight: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
-        """Weighted mean of the per-row loss over the rows that count."""
-        row_loss = get_loss(self.loss)(logits, target)  # type: ignore[arg-type]
+        """Weighted mean of the per-row loss over the rows that count.
+
+        ``target`` is in label units (``label_transform`` is applied here, so a caller never
+        pre-transforms); ``weight`` already holds ``weight_column`` × positive weights.
+        """
+        if self.label_transform == "log1p":
+            target = torch.log1p(target)
+        row_loss = get_loss(self.loss)(logits, target, **self.loss_options)  # type: ignore[arg-type]
         row_weight = torch.ones_like(row_loss) if weight is None else weight.to(row_loss.dtype)
+        if self.negative_weight != 1.0:
+            row_weight = row_weight * (1.0 + (self.negative_weight - 1.0) * (target == 0).to(row_loss.dtype))
         if mask is not None:
             row_weight = row_weight * mask.to(row_loss.dtype)
         # clamp_min keeps an empty batch at 0/eps = 0 instead of 0/0 = NaN.
         return (row_loss * row_weight).sum() / row_weight.sum().clamp_min(1e-12)
 
+    # -- prediction -----------------------------------------------------------------------
+    @property
+    def negative_odds_factor(self) -> float:
+        """``w = negative_sampling_rate × negative_weight``: training saw ``w``× the true negatives."""
+        return (self.negative_sampling_rate or 1.0) * self.negative_weight
+
+    def _corrected_logits(self, logits: Tensor) -> Tensor:
+        # odds' = odds·w  ⇔  p' = p / (p + (1 − p)/w)  ⇔  logit' = logit + log w (stable).
+        w = self.negative_odds_factor
+        return logits if w == 1.0 else logits + math.log(w)
+
     def predict(self, logits: Tensor) -> Tensor:
-        """Probabilities for classification (``(B,)`` or ``(B, C)``), values for regression."""
+        """What the task serves: a probability (or odds, with ``output: odds``) for binary tasks,
+        class probabilities ``(B, C)`` for multiclass, a value in label units for regression.
+
+        Binary outputs are calibrated to the data before negative sampling / re-weighting.
+        """
         if self.kind is TaskKind.BINARY:
-            return torch.sigmoid(logits)
+            return self.predict_odds(logits) if self.output == "odds" else torch.sigmoid(self._corrected_logits(logits))
         if self.kind is TaskKind.MULTICLASS:
             return torch.softmax(logits, dim=-1)
-        return logits
+        return torch.expm1(logits) if self.label_transform == "log1p" else logits
+
+    def predict_odds(self, logits: Tensor) -> Tensor:
+        """``e^logit`` (times ``w``): for weighted logistic regression, the expected watch time."""
+        if self.kind is not TaskKind.BINARY:
+            raise ValueError(f"task {self.name!r}: odds are only defined for binary tasks")
+        return torch.exp(self._corrected_logits(logits))
+
+    def predict_for_metrics(self, logits: Tensor) -> Tensor:
+        """What metrics score: like :meth:`predict`, but always a probability for binary tasks."""
+        if self.kind is TaskKind.BINARY:
+            return torch.sigmoid(self._corrected_logits(logits))
+        return self.predict(logits)
 
     # -- validation -----------------------------------------------------------------------
     def label_problem(self, values: np.ndarray) -> str | None:
@@ -154,6 +246,9 @@ class Task(BaseModel):
             n = self.n_classes or 0
             bad = present & ((values != np.round(values)) | (values < 0) | (values >= n))
             expected = f"an integer class id in [0, {n - 1}]"
+        elif self.label_transform == "log1p":
+            bad = present & (np.isinf(values) | (values <= -1))
+            expected = "a finite number > -1, as label_transform is log1p"
         else:
             bad = np.isinf(values)
             expected = "a finite number"

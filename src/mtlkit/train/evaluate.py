@@ -62,7 +62,8 @@ def evaluate(
         task_logits, target = logits[task.name], table.targets[task.name]
         result = {"loss": float(task.compute_loss(task_logits, target, weight, mask)), "rows": int(mask.sum())}
         keep = mask.numpy()
-        predictions = task.predict(task_logits).numpy()[keep]
+        # Calibrated (negative sampling undone), in label units; binary always a probability.
+        predictions = task.predict_for_metrics(task_logits).numpy()[keep]
         labels = target.numpy()[keep]
         groups = table.extras[task.group_column].numpy()[keep] if task.group_column else None
         for name in task.metrics or []:
