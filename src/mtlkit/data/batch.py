@@ -1,6 +1,7 @@
 """Batches and columnar tables: every batch is an index slice of column tensors.
 
-A :class:`Batch` carries model inputs by name (``categorical``/``numeric`` for tabular data,
+A :class:`Batch` carries model inputs by name (``categorical``/``numeric`` for tabular data, plus
+``seq:<name>`` padded ``(B, max_len)`` id sequences and ``bias`` ``(B, n_bias)`` selection-bias ids;
 ``input_ids``/``attention_mask`` for text) and, per task, the targets, sample weights and the
 boolean mask of rows that count. A batch may hold labels for all tasks (one shared table) or for
 one task only (one dataset per task, as in MT-DNN); the trainer handles both the same way.
@@ -15,6 +16,12 @@ Example:
     >>> batch = table.take(torch.tensor([4, 0]))
     >>> batch.inputs["numeric"].tolist(), batch.targets["y"].tolist(), batch.tasks
     ([[8.0, 9.0], [0.0, 1.0]], [1.0, 0.0], ('y',))
+
+    Any input with the row dimension first slices the same way, e.g. a padded history:
+
+    >>> table.inputs["seq:hist"] = torch.arange(15).reshape(5, 3)
+    >>> table.subset(torch.tensor([1])).take(slice(0, 1)).inputs["seq:hist"].tolist()
+    [[3, 4, 5]]
 """
 
 from __future__ import annotations

@@ -7,6 +7,24 @@ needs no vocabulary for huge cardinalities. Numeric features are clipped, option
 log-transformed (``sign(x)·log1p(|x|)``), standardised, and missing values (null, NaN, ±inf)
 are filled with the training mean and flagged in an extra indicator column when training saw any.
 
+Sequence features (a user's recent item ids, tags) are list columns (``list<string>``/``list<int>``)
+or delimited strings (``separator``, e.g. ``'|'``). Each becomes a padded ``(B, max_len)`` id tensor
+``inputs["seq:<name>"]`` holding the LAST ``max_len`` items of the list — the list is read oldest
+first, so the end is the most recent — left-aligned, with padding id 0 on the right. Null and empty
+items are dropped; unseen/rare items keep their place with id 0, which the pooling layers treat like
+padding (``mtlkit.nn.sequence``: mask = ``ids != 0``). ``share_vocabulary_with`` names a categorical
+feature (the candidate item) whose vocabulary the sequence reuses, so an item id and the same id in
+the history get the same id and, in :class:`~mtlkit.nn.TabularEncoder`, the same embedding row; that
+vocabulary is then fit on the categorical column and the shared sequences' items together.
+``pooling: din`` is DIN target attention (Zhou et al., KDD 2018) against the categorical ``target``.
+
+Bias features (position, device: the feature side of the YouTube 2019 shallow tower, Zhao et al.,
+RecSys 2019) are categoricals with their own vocabularies, encoded apart from the main features into
+``inputs["bias"]``, a ``(B, n_bias)`` LongTensor (0 = OOV/missing) with ``bias_cardinalities``; the
+main encoder never reads them. At serving (``encode(..., serving=True)``, which is the default when
+encoding without targets, i.e. for prediction) every bias id is 0 = missing and the columns may be
+absent. Dropping the position out at 10% during training is the consumer's job (the shallow tower).
+
 The fitted schema is plain JSON, saved next to the model and re-applied at prediction time.
 
 Example:
@@ -22,6 +40,21 @@ Example:
     >>> table = fitted.encode(pa.table({"city": ["b", "zz"], "age": [30.0, 10.0], "click": [0, 1]}), tasks)
     >>> table.inputs["categorical"].tolist()   # 'zz' was never seen: OOV bucket 0
     [[2], [0]]
+
+    Histories sharing the item vocabulary, and a position bias feature:
+
+    >>> logs = pa.table({"item": ["x", "y", "x"], "hist": ["y|x", "", "z|y|x|y"], "pos": [1, 2, 1]})
+    >>> spec = SchemaSpec(categorical=[CategoricalFeature(name="item")], bias=["pos"],
+    ...                   sequences=[SequenceFeature(name="hist", max_len=3, separator="|",
+    ...                                              share_vocabulary_with="item")])
+    >>> fitted = spec.fit(logs)
+    >>> fitted.categorical[0].vocabulary, fitted.bias_cardinalities
+    (['x', 'y', 'z'], [3])
+    >>> enc = fitted.encode(logs, [], serving=False)
+    >>> enc.inputs["categorical"][:, 0].tolist(), enc.inputs["seq:hist"].tolist()
+    ([1, 2, 1], [[2, 1, 0], [0, 0, 0], [2, 1, 2]])
+    >>> enc.inputs["bias"].tolist(), fitted.encode(logs, [], serving=True).inputs["bias"].tolist()
+    ([[1], [2], [1]], [[0], [0], [0]])
 """
 
 from __future__ import annotations
@@ -35,7 +68,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
@@ -58,20 +91,83 @@ class NumericFeature(BaseModel):
     clip: Optional[tuple[float, float]] = None
 
 
+class SequenceFeature(BaseModel):
+    """A multi-valued column pooled into one vector; see the module docstring for the format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    max_len: int = Field(ge=1)
+    pooling: Literal["mean", "sum", "din"] = "mean"
+    target: Optional[str] = None  # din: the categorical feature holding the candidate item
+    share_vocabulary_with: Optional[str] = None  # a categorical feature: one vocabulary, one table
+    separator: Optional[str] = Field(default=None, min_length=1)  # for delimited string columns
+    min_freq: int = Field(default=1, ge=1)
+    hash_buckets: Optional[int] = Field(default=None, ge=1)
+    normalize: bool = False  # din: softmax over the valid positions (the paper does not normalise)
+    attention_hidden: tuple[int, ...] = (36,)  # din: the local activation unit's hidden layers
+
+    @model_validator(mode="after")
+    def _check(self) -> "SequenceFeature":
+        if (self.pooling == "din") != (self.target is not None):
+            raise ValueError(f"sequence {self.name!r}: `target` is required with pooling din and only allowed with it")
+        if self.pooling != "din" and (self.normalize or self.attention_hidden != (36,)):
+            raise ValueError(f"sequence {self.name!r}: `normalize`/`attention_hidden` need pooling din")
+        if self.share_vocabulary_with and (self.min_freq != 1 or self.hash_buckets):
+            raise ValueError(f"sequence {self.name!r}: min_freq/hash_buckets come from {self.share_vocabulary_with!r} when sharing its vocabulary")
+        return self
+
+
 class SchemaSpec(BaseModel):
-    """Which columns are features and how to encode them (before fitting)."""
+    """Which columns are features and how to encode them (before fitting).
+
+    ``sequences`` and ``bias`` are described in the module docstring; a bare column name stands
+    for a bias feature with default settings.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     categorical: list[CategoricalFeature] = Field(default_factory=list)
     numeric: list[NumericFeature] = Field(default_factory=list)
+    sequences: list[SequenceFeature] = Field(default_factory=list)
+    bias: list[CategoricalFeature] = Field(default_factory=list)
+
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _bias_names(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "SchemaSpec":
+        names = [f.name for f in [*self.categorical, *self.numeric, *self.sequences]]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"feature {duplicate!r} is listed twice")
+        bias_names = [f.name for f in self.bias]
+        if len(set(bias_names)) != len(bias_names):
+            raise ValueError(f"bias features must be distinct, got {bias_names}")
+        categorical = {f.name for f in self.categorical}
+        for seq in self.sequences:
+            for key in ("target", "share_vocabulary_with"):
+                ref = getattr(seq, key)
+                if ref is not None and ref not in categorical:
+                    raise ValueError(f"sequence {seq.name!r}: {key} {ref!r} is not a categorical feature")
+        return self
 
     def fit(self, train: pa.Table, source: str = "training data") -> "FittedSchema":
-        _require_columns(train, [f.name for f in [*self.categorical, *self.numeric]], source)
-        if not self.categorical and not self.numeric:
-            raise DataError("the schema has no features: list categorical and/or numeric columns")
+        _require_columns(train, [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]], source)
+        if not self.categorical and not self.numeric and not self.sequences:
+            raise DataError("the schema has no features: list categorical, numeric and/or sequence columns")
+        items = {s.name: _sequence_items(s.name, s.separator, train.column(s.name), source)[1] for s in self.sequences}
+        shared: dict[str, list[pa.Array]] = {}
+        for seq in self.sequences:
+            if seq.share_vocabulary_with:
+                shared.setdefault(seq.share_vocabulary_with, []).append(items[seq.name])
         return FittedSchema(
-            categorical=[_fit_categorical(f, train.column(f.name)) for f in self.categorical],
+            categorical=[_fit_categorical(f, train.column(f.name), shared.get(f.name, ())) for f in self.categorical],
             numeric=[_fit_numeric(f, train.column(f.name), source) for f in self.numeric],
+            sequences=[_fit_sequence(s, items[s.name]) for s in self.sequences],
+            bias=[_fit_categorical(f, train.column(f.name)) for f in self.bias],
         )
 
 
@@ -98,15 +194,46 @@ class FittedNumeric:
 
 
 @dataclass
+class FittedSequence:
+    name: str
+    max_len: int
+    pooling: str
+    target: Optional[str] = None
+    share_vocabulary_with: Optional[str] = None
+    separator: Optional[str] = None
+    vocabulary: list[str] = field(default_factory=list)  # empty when sharing
+    hash_buckets: Optional[int] = None
+    normalize: bool = False
+    attention_hidden: list[int] = field(default_factory=lambda: [36])
+
+    @property
+    def cardinality(self) -> int:
+        """Rows of its own embedding table (0 when it shares a categorical feature's)."""
+        if self.share_vocabulary_with:
+            return 0
+        return 1 + (self.hash_buckets if self.hash_buckets else len(self.vocabulary))
+
+    @property
+    def input_key(self) -> str:
+        return f"seq:{self.name}"
+
+
+@dataclass
 class FittedSchema:
     """Vocabularies and scalers fit on training data; encodes any split the same way."""
 
     categorical: list[FittedCategorical]
     numeric: list[FittedNumeric]
+    sequences: list[FittedSequence] = field(default_factory=list)
+    bias: list[FittedCategorical] = field(default_factory=list)
 
     @property
     def cardinalities(self) -> list[int]:
         return [f.cardinality for f in self.categorical]
+
+    @property
+    def bias_cardinalities(self) -> list[int]:
+        return [f.cardinality for f in self.bias]
 
     @property
     def numeric_dim(self) -> int:
@@ -114,11 +241,24 @@ class FittedSchema:
 
     @property
     def feature_columns(self) -> list[str]:
-        return [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        """Columns every split must have (bias columns are optional at serving)."""
+        return [f.name for f in [*self.categorical, *self.numeric, *self.sequences]]
 
-    def encode(self, table: pa.Table, tasks: Sequence[Task], source: str = "data", with_targets: bool = True) -> EncodedTable:
-        """Encode features (and, with ``with_targets``, labels, weights and masks) of ``table``."""
+    def encode(
+        self,
+        table: pa.Table,
+        tasks: Sequence[Task],
+        source: str = "data",
+        with_targets: bool = True,
+        serving: Optional[bool] = None,
+    ) -> EncodedTable:
+        """Encode features (and, with ``with_targets``, labels, weights and masks) of ``table``.
+
+        ``serving`` (default: ``not with_targets``) sets every bias id to 0 = missing, so serving
+        predictions never use position; otherwise the bias columns are required.
+        """
         _require_columns(table, self.feature_columns, source)
+        serving = not with_targets if serving is None else serving
         inputs: dict[str, torch.Tensor] = {}
         if self.categorical:
             ids = np.stack([_encode_categorical(f, table.column(f.name)) for f in self.categorical], axis=1)
@@ -126,13 +266,24 @@ class FittedSchema:
         if self.numeric:
             dense = np.concatenate([_encode_numeric(f, table.column(f.name)) for f in self.numeric], axis=1)
             inputs["numeric"] = torch.from_numpy(dense)
+        by_name = {f.name: f for f in self.categorical}
+        for seq in self.sequences:
+            vocabulary = by_name[seq.share_vocabulary_with] if seq.share_vocabulary_with else seq
+            inputs[seq.input_key] = torch.from_numpy(_encode_sequence(seq, vocabulary, table.column(seq.name), source))
+        if self.bias:
+            if serving:
+                inputs["bias"] = torch.zeros(table.num_rows, len(self.bias), dtype=torch.long)
+            else:
+                _require_columns(table, [f.name for f in self.bias], f"{source} (bias features; encode with serving=True to leave them out)")
+                inputs["bias"] = torch.from_numpy(np.stack([_encode_categorical(f, table.column(f.name)) for f in self.bias], axis=1))
         if not with_targets:
             return EncodedTable(inputs=inputs, targets={}, masks={})
         targets, masks, weights, extras = {}, {}, {}, {}
         for task in tasks:
             targets[task.name], masks[task.name] = _encode_target(task, table, source)
-            if task.weight_column:
-                weights[task.name] = torch.from_numpy(_float_column(table, task.weight_column, source, allow_missing=False))
+            weight = _encode_weight(task, table, source, targets[task.name], masks[task.name])
+            if weight is not None:
+                weights[task.name] = weight
             if task.mask:
                 in_space = _float_column(table, task.mask.column, source) == task.mask.equals
                 masks[task.name] &= torch.from_numpy(in_space)
@@ -148,6 +299,8 @@ class FittedSchema:
             "format_version": SCHEMA_FORMAT_VERSION,
             "categorical": [asdict(f) for f in self.categorical],
             "numeric": [asdict(f) for f in self.numeric],
+            "sequences": [asdict(f) for f in self.sequences],
+            "bias": [asdict(f) for f in self.bias],
         }
 
     @classmethod
@@ -158,7 +311,10 @@ class FittedSchema:
         for f in data["numeric"]:
             clip = tuple(f["clip"]) if f["clip"] is not None else None
             numeric.append(FittedNumeric(**{**f, "clip": clip}))
-        return cls([FittedCategorical(**f) for f in data["categorical"]], numeric)
+        # `sequences` and `bias` came later (same format version): older files simply lack them.
+        sequences = [FittedSequence(**{**f, "attention_hidden": list(f.get("attention_hidden", [36]))}) for f in data.get("sequences", [])]
+        bias = [FittedCategorical(**f) for f in data.get("bias", [])]
+        return cls([FittedCategorical(**f) for f in data["categorical"]], numeric, sequences, bias)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
@@ -190,10 +346,12 @@ def _as_strings(column: pa.ChunkedArray) -> pa.Array:
     return pc.cast(column, pa.string())
 
 
-def _fit_categorical(feature: CategoricalFeature, column: pa.ChunkedArray) -> FittedCategorical:
+def _fit_categorical(feature: CategoricalFeature, column: pa.ChunkedArray, extra: Sequence[pa.Array] = ()) -> FittedCategorical:
+    """``extra``: item strings of the sequences sharing this vocabulary, counted with the column."""
     if feature.hash_buckets:
         return FittedCategorical(feature.name, [], feature.hash_buckets)
-    counts = pc.value_counts(_as_strings(column).drop_null())
+    values = pa.concat_arrays([_as_strings(column), *extra]) if extra else _as_strings(column)
+    counts = pc.value_counts(values.drop_null())
     values = counts.field("values").to_pylist()
     freqs = counts.field("counts").to_numpy()
     kept = [(int(-c), v) for v, c in zip(values, freqs) if c >= feature.min_freq]
@@ -217,6 +375,58 @@ def stable_hash(strings: pa.Array) -> np.ndarray:
             active = lengths > k
             hashes[active] = (hashes[active] ^ data[starts[active] + k].astype(np.uint64)) * _FNV_PRIME
     return hashes
+
+
+def _fit_sequence(feature: SequenceFeature, items: pa.Array) -> FittedSequence:
+    fitted = FittedSequence(
+        feature.name, feature.max_len, feature.pooling, feature.target, feature.share_vocabulary_with,
+        feature.separator, normalize=feature.normalize, attention_hidden=list(feature.attention_hidden),
+    )
+    if not feature.share_vocabulary_with:
+        own = _fit_categorical(CategoricalFeature(name=feature.name, min_freq=feature.min_freq, hash_buckets=feature.hash_buckets),
+                               pa.chunked_array([items], type=pa.string()))
+        fitted.vocabulary, fitted.hash_buckets = own.vocabulary, own.hash_buckets
+    return fitted
+
+
+def _sequence_items(name: str, separator: Optional[str], column: pa.ChunkedArray, source: str) -> tuple[np.ndarray, pa.Array]:
+    """Row index and string of every item of a list or delimited column, in order (nulls and '' dropped)."""
+    column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if separator is None:
+            raise DataError(f"{source}: sequence column {name!r} holds strings: set `separator` (e.g. '|') or store it as a list column")
+        lists = pc.split_pattern(column, pattern=separator)
+        trim = True
+    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        lists, trim = column, False
+    else:
+        raise DataError(f"{source}: sequence column {name!r} must be a list column or a delimited string column, found {column.type}")
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(lists)
+    if pa.types.is_null(values.type):  # every list empty or null: nothing to type the items by
+        return np.zeros(0, np.int64), pa.array([], pa.string())
+    strings = _as_strings(pa.chunked_array([values]))
+    if trim:
+        strings = pc.utf8_trim_whitespace(strings)
+    keep = pc.fill_null(pc.greater(pc.utf8_length(strings), 0), False)
+    return parents[keep.to_numpy(zero_copy_only=False)], strings.filter(keep)
+
+
+def _encode_sequence(feature: FittedSequence, vocabulary: FittedCategorical | FittedSequence, column: pa.ChunkedArray, source: str) -> np.ndarray:
+    """``(rows, max_len)`` ids: each row's last ``max_len`` items, left-aligned, padded with 0."""
+    parents, strings = _sequence_items(feature.name, feature.separator, column, source)
+    lookup = FittedCategorical(feature.name, vocabulary.vocabulary, vocabulary.hash_buckets)
+    ids = _encode_categorical(lookup, pa.chunked_array([strings], type=pa.string()))
+    rows = len(column)
+    counts = np.bincount(parents, minlength=rows)
+    position = np.arange(len(parents)) - (np.cumsum(counts) - counts)[parents]  # index within its row
+    first = np.maximum(counts - feature.max_len, 0)[parents]  # the oldest item that still fits
+    kept = position >= first
+    out = np.zeros((rows, feature.max_len), dtype=np.int64)
+    out[parents[kept], (position - first)[kept]] = ids[kept]
+    return out
 
 
 def _encode_categorical(feature: FittedCategorical, column: pa.ChunkedArray) -> np.ndarray:
@@ -278,6 +488,8 @@ def _encode_numeric(feature: FittedNumeric, column: pa.ChunkedArray) -> np.ndarr
 
 
 def _encode_target(task: Task, table: pa.Table, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label tensor in label units (a task applies its ``label_transform`` in the loss) and the
+    mask of rows whose label is present; invalid labels raise a DataError naming the row."""
     values = _float_column(table, task.label, source)  # type: ignore[arg-type]
     problem = task.label_problem(values)
     if problem:
@@ -285,3 +497,23 @@ def _encode_target(task: Task, table: pa.Table, source: str) -> tuple[torch.Tens
     present = ~np.isnan(values)
     target = torch.from_numpy(np.where(present, values, 0.0)).to(task.target_dtype)
     return target, torch.from_numpy(present)
+
+
+def _encode_weight(task: Task, table: pa.Table, source: str, target: torch.Tensor, present: torch.Tensor) -> Optional[torch.Tensor]:
+    """Row weights: ``weight_column`` × (``positive_weight_column`` on positives, 1 elsewhere)."""
+    weight = None
+    if task.weight_column:
+        weight = _float_column(table, task.weight_column, source, allow_missing=False)
+    if task.positive_weight_column:
+        name = task.positive_weight_column
+        values = _float_column(table, name, source)
+        positive = (target.numpy() == 1) & present.numpy()
+        # Negatives weigh 1 whatever the column holds (watch time is usually missing without a click).
+        bad = positive & ~(np.isfinite(values) & (values >= 0))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: column {name!r} (positive weights of task {task.name!r}) data row {row + 1}: "
+                            f"value {float(values[row])!r} on a positive row (expected a finite number >= 0)")
+        positive_weight = np.where(positive, values, 1.0)
+        weight = positive_weight if weight is None else weight * positive_weight
+    return None if weight is None else torch.from_numpy(np.asarray(weight, dtype=np.float64))

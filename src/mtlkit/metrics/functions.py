@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from mtlkit.metrics.ranking import ndcg_at
 from mtlkit.registry import Registry
 
 _EPS = 1e-15
@@ -106,6 +107,24 @@ def logloss(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | 
     return float(-(y * np.log(p) + (1.0 - y) * np.log1p(-p)).mean())
 
 
+def ece(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None, bins: int = 10) -> float:
+    """Expected calibration error over equal-mass bins (adaptive ECE, Nixon et al. 2019).
+
+    Rows are sorted by predicted probability and cut into ``bins`` groups of equal size;
+    ECE = Σ_b (n_b / N) · |mean(p_b) − mean(y_b)|. Equal-mass bins keep the estimate meaningful
+    for rare events (a share rate of 0.1% puts nearly every row in an equal-width first bin).
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    n = p.shape[0]
+    if n == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    bin_of = (np.arange(n) * min(bins, n)) // n  # position in sorted order -> bin
+    gap = np.abs(np.bincount(bin_of, weights=p[order]) - np.bincount(bin_of, weights=y[order]))
+    return float(gap.sum() / n)
+
+
 def accuracy(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> float:
     """Share of correct predictions: argmax for ``(N, C)`` scores, threshold 0.5 for ``(N,)``."""
     p = np.asarray(predictions)
@@ -146,7 +165,11 @@ for _metric in (
     Metric("gauc", gauc, True, ("binary",), needs_groups=True),
     Metric("logloss", logloss, False, ("binary", "multiclass")),
     Metric("accuracy", accuracy, True, ("binary", "multiclass")),
+    Metric("ece", ece, False, ("binary",)),
     Metric("rmse", rmse, False, ("regression",)),
     Metric("mae", mae, False, ("regression",)),
+    # Ranking quality within each request / user (group_column); labels are gains.
+    Metric("ndcg", ndcg_at(None), True, ("binary", "regression"), needs_groups=True),
+    *(Metric(f"ndcg@{k}", ndcg_at(k), True, ("binary", "regression"), needs_groups=True) for k in (1, 3, 5, 10, 20)),
 ):
     METRICS.register(_metric.name)(_metric)

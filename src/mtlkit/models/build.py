@@ -13,20 +13,24 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from mtlkit.data.schema import FittedSchema
+from mtlkit.errors import ConfigError
 from mtlkit.models.base import BACKBONES, BackboneOptions
+from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
+from mtlkit.models.relations import TaskRelations
+from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import TabularEncoder
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 
 class ModelSpec(BaseModel):
-    """Which backbone, its options, the embedding width and the per-task towers."""
+    """Which backbone, its options, the embedding width, the per-task towers, and how tasks relate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     backbone: str = "shared_bottom"
@@ -34,27 +38,67 @@ class ModelSpec(BaseModel):
     embedding_dim: int = Field(default=8, ge=1)
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    relations: TaskRelations = Field(default_factory=TaskRelations)
+    shallow_tower: Optional[ShallowTowerSpec] = None
+    fusion: Optional[FusionSpec] = None
 
     @model_validator(mode="after")
     def _check_backbone(self) -> "ModelSpec":
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES.names())}")
         self.backbone_options()  # raises a ValidationError naming the bad option
+        has_relations = self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs
+        if has_relations and BACKBONES.get(self.backbone).independent_tasks:
+            raise ValueError(f"relations need a shared model; backbone {self.backbone!r} trains every task alone")
         return self
 
     def backbone_options(self) -> BackboneOptions:
         return BACKBONES.get(self.backbone).Options(**self.options)
 
 
+def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> None:
+    """What the spec says about tasks and features must match them; ConfigError names the key."""
+    names = {t.name: t for t in tasks}
+    try:
+        spec.relations.check(tasks)
+    except ValueError as error:
+        raise ConfigError(f"model.{error}") from None
+    if spec.shallow_tower is not None:
+        derived = spec.relations.derived()
+        for name in spec.shallow_tower.tasks or []:
+            if name not in names:
+                raise ConfigError(f"model.shallow_tower.tasks: unknown task {name!r}; tasks are: {', '.join(names)}")
+            if name in derived:
+                raise ConfigError(f"model.shallow_tower.tasks: {name!r} is an ESMM product; its bias comes through its factors")
+        if not getattr(schema, "bias_cardinalities", None):
+            raise ConfigError("model.shallow_tower needs bias features: list them under features.bias (e.g. position, device)")
+    if spec.fusion is not None:
+        for name in spec.fusion.weights:
+            if name not in names:
+                raise ConfigError(f"model.fusion.weights: unknown task {name!r}; tasks are: {', '.join(names)}")
+            if names[name].kind is TaskKind.MULTICLASS:
+                raise ConfigError(f"model.fusion.weights: task {name!r} is multiclass and has no scalar prediction")
+
+
 def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> nn.Module:
+    _check_spec(spec, schema, tasks)
     backbone_cls = BACKBONES.get(spec.backbone)
     options = spec.backbone_options()
+    derived = spec.relations.derived()
+    default_biased = [t.name for t in tasks if t.kind is TaskKind.BINARY and t.name not in derived]
 
     def assemble(model_tasks: Sequence[Task]) -> MultiTaskModel:
-        encoder = TabularEncoder(schema.cardinalities, schema.numeric_dim, spec.embedding_dim)
+        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim)
         backbone = backbone_cls(encoder.output_dim, [t.name for t in model_tasks], options)
-        return MultiTaskModel(encoder, backbone, model_tasks, spec.tower, spec.tower_dropout)
+        shallow = None
+        if spec.shallow_tower is not None:
+            wanted = spec.shallow_tower.tasks if spec.shallow_tower.tasks is not None else default_biased
+            biased = [t.name for t in model_tasks if t.name in wanted]
+            if biased:
+                shallow = ShallowTower(schema.bias_cardinalities, biased, spec.shallow_tower)
+        return MultiTaskModel(encoder, backbone, model_tasks, spec.tower, spec.tower_dropout,
+                              spec.relations, shallow, spec.fusion)
 
     if backbone_cls.independent_tasks:
-        return IndependentTaskModels({t.name: assemble([t]) for t in tasks})
+        return IndependentTaskModels({t.name: assemble([t]) for t in tasks}, spec.fusion)
     return assemble(tasks)

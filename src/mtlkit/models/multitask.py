@@ -25,7 +25,12 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.models.aitm import TransferChain, calibrator_loss
 from mtlkit.models.base import Backbone
+from mtlkit.models.esmm import product_logit
+from mtlkit.models.fusion import FusionSpec
+from mtlkit.models.relations import TaskRelations
+from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.nn import MLP
 from mtlkit.tasks import Task
 
@@ -39,9 +44,13 @@ class TaskHead(nn.Module):
         self.output = nn.Linear(self.tower.output_dim, task.output_dim)
         self.squeeze = task.output_dim == 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.output(self.tower(x))
+    def logits(self, features: Tensor) -> Tensor:
+        """The output layer on the tower's features."""
+        logits = self.output(features)
         return logits.squeeze(-1) if self.squeeze else logits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.tower(x))
 
 
 class MultiTaskModel(nn.Module):
@@ -52,14 +61,43 @@ class MultiTaskModel(nn.Module):
         tasks: Sequence[Task],
         tower_hidden: Sequence[int] = (),
         tower_dropout: float = 0.0,
+        relations: TaskRelations | None = None,
+        shallow_tower: ShallowTower | None = None,
+        fusion: FusionSpec | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.backbone = backbone
+        self.tasks = {t.name: t for t in tasks}
         self.task_names = [t.name for t in tasks]
+        self.relations = relations or TaskRelations()
+        self.relations.check(tasks)
+        derived = self.relations.derived()
+
+        def input_dim(name: str) -> int:
+            return backbone.output_dim + sum(self.tasks[p.source].output_dim for p in self.relations.sources(name))
+
         self.heads = nn.ModuleDict(
-            {t.name: TaskHead(backbone.output_dim, t, tower_hidden, tower_dropout) for t in tasks}
+            {t.name: TaskHead(input_dim(t.name), t, tower_hidden, tower_dropout) for t in tasks if t.name not in derived}
         )
+        aitm = self.relations.aitm
+        if aitm is not None:
+            widths = {self.heads[name].tower.output_dim for name in aitm.chain}
+            if len(widths) > 1:
+                raise ValueError("relations.aitm: the chained towers must end in the same width")
+        self.transfer = TransferChain(aitm.chain, widths.pop()) if aitm is not None else None
+        self.shallow_tower = shallow_tower
+        self.fusion = fusion
+        self._order = self.relations.order(self.task_names)
+        # Without relations every head reads only its representation: the plain, fastest path.
+        self._plain = not (self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs)
+        self._penalties: dict[str, Tensor] = {}
+
+    @property
+    def loss_task_names(self) -> list[str]:
+        """Tasks trained by a loss of their own (all but ESMM's CVR): what the balancer weighs."""
+        untrained = self.relations.untrained()
+        return [name for name in self.task_names if name not in untrained]
 
     #: Set by the trainer for representation-level balancers (MGDA-UB): keep, as
     #: ``last_shared_features``, the representation every task reads, at each forward with gradients.
@@ -80,7 +118,63 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         reps = self.representations(inputs)
-        return {name: self.heads[name](reps[name]) for name in self.task_names}
+        bias: dict[str, Tensor] = {}
+        if self.shallow_tower is not None and self.shallow_tower.applies():
+            bias = self.shallow_tower(inputs["bias"])
+        if self._plain:
+            out = {name: self.heads[name](reps[name]) for name in self.task_names}
+            for name, bias_logit in bias.items():
+                out[name] = out[name] + bias_logit
+            return out
+        return self._related_heads(reps, bias)
+
+    def _related_heads(self, reps: Mapping[str, Tensor], bias: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Heads in dependency order; the bias logit joins before any other task reads a head."""
+        out: dict[str, Tensor] = {}
+        products = {r.ctcvr: (r.ctr, r.cvr) for r in self.relations.esmm}
+        chain = self.relations.aitm.chain if self.relations.aitm is not None else []
+        fused: dict[str, Tensor] = {}
+        for name in self._order:
+            if name in products:
+                out[name] = product_logit(*(out[factor] for factor in products[name]))
+                continue
+            x = reps[name]
+            sources = self.relations.sources(name)
+            if sources:
+                extra = []
+                for p in sources:
+                    value = self.tasks[p.source].predict(out[p.source])
+                    value = value.detach() if p.stop_gradient else value
+                    extra.append(value.unsqueeze(-1) if value.dim() == 1 else value)
+                x = torch.cat([x, *extra], dim=-1)
+            features = self.heads[name].tower(x)
+            if name in chain and self.transfer is not None:
+                i = chain.index(name)
+                previous = chain[i - 1] if i > 0 else None
+                features = self.transfer.fuse(name, previous, fused.get(previous) if previous else None, features)
+                fused[name] = features
+            out[name] = self.heads[name].logits(features)
+            if name in bias:
+                out[name] = out[name] + bias[name]
+        if chain and torch.is_grad_enabled():
+            probabilities = torch.stack([torch.sigmoid(out[name]) for name in chain], dim=-1)
+            self._penalties = {chain[-1]: calibrator_loss(probabilities, self.relations.aitm.alpha)}  # type: ignore[union-attr]
+        return out
+
+    def task_penalties(self) -> dict[str, Tensor]:
+        """Extra loss terms of the last forward, per task (AITM's calibrator), added to its loss."""
+        penalties, self._penalties = self._penalties, {}
+        return penalties
+
+    def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each task's prediction (probability, value or class distribution) from its logits."""
+        return {name: self.tasks[name].predict(value) for name, value in logits.items()}
+
+    def fused_score(self, logits: Mapping[str, Tensor]) -> Tensor:
+        """The configured ranking score (see :mod:`mtlkit.models.fusion`) from the task logits."""
+        if self.fusion is None:
+            raise ValueError("this model has no fusion configured (model.fusion)")
+        return self.fusion.score(self.predictions(logits))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.encoder.parameters()
@@ -92,7 +186,8 @@ class MultiTaskModel(nn.Module):
         return penalty() if callable(penalty) else None
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        yield from self.heads[task].parameters()
+        if task in self.heads:
+            yield from self.heads[task].parameters()
 
 
 class IndependentTaskModels(nn.Module):
@@ -100,10 +195,20 @@ class IndependentTaskModels(nn.Module):
 
     independent_tasks = True
 
-    def __init__(self, models: Mapping[str, MultiTaskModel]) -> None:
+    def __init__(self, models: Mapping[str, MultiTaskModel], fusion: FusionSpec | None = None) -> None:
         super().__init__()
         self.per_task = nn.ModuleDict(dict(models))
         self.task_names = list(models)
+        self.loss_task_names = list(models)
+        self.fusion = fusion
+
+    def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {name: self.per_task[name].tasks[name].predict(value) for name, value in logits.items()}
+
+    def fused_score(self, logits: Mapping[str, Tensor]) -> Tensor:
+        if self.fusion is None:
+            raise ValueError("this model has no fusion configured (model.fusion)")
+        return self.fusion.score(self.predictions(logits))
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {name: self.per_task[name](inputs)[name] for name in self.task_names}

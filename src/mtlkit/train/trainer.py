@@ -140,6 +140,12 @@ class Trainer:
         self.model = model
         self.tasks = list(tasks)
         self.balancer = balancer
+        # ESMM's CVR is predicted and evaluated but trained only through CTCVR: no loss of its own.
+        self.loss_task_names = list(getattr(model, "loss_task_names", [t.name for t in self.tasks]))
+        if list(balancer.task_names) != self.loss_task_names:
+            raise ConfigError(f"the balancer weighs tasks {balancer.task_names} but the model trains "
+                              f"{self.loss_task_names}: build it for model.loss_task_names")
+        self._task_penalties = getattr(model, "task_penalties", None)
         self.spec = spec
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
@@ -225,8 +231,8 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def _train_epoch(self, train: BatchSource, scheduler, pos: _Position, steps_per_epoch: int, best_state) -> int:
         self.model.train()
-        names = [t.name for t in self.tasks]
-        by_name = {t.name: t for t in self.tasks}
+        names = self.loss_task_names
+        by_name = {t.name: t for t in self.tasks if t.name in names}
         saved = getattr(self, "_resumed_sums", None)
         loss_sum = saved[0].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
@@ -246,10 +252,16 @@ class Trainer:
                         if self._keep_features:
                             features.append(self.model.last_shared_features)
                         for name in batch.tasks:
+                            if name not in by_name:
+                                continue
                             task = by_name[name]
                             weight, mask = batch.weights.get(name), batch.masks[name]
                             losses[name] = task.compute_loss(logits[name], batch.targets[name], weight, mask)
                             rows[name] = mask.sum()
+                        if self._task_penalties is not None:  # e.g. AITM's calibrator, part of its task's objective
+                            for name, penalty in self._task_penalties().items():
+                                if name in losses:
+                                    losses[name] = losses[name] + penalty
                     self.optimizer.zero_grad(set_to_none=True)
                     if self._keep_features:  # every forward of the step, not only the last one
                         self.model.last_shared_features = features[0] if len(features) == 1 else features

@@ -1,0 +1,121 @@
+"""Relations between tasks: ESMM products, AITM chains, and one task's prediction as another's input.
+
+``model.relations`` in the config. All three work on top of any backbone; they change how the
+task heads are wired, never the backbone.
+
+- ``esmm``: ``[{ctr: ctr, cvr: cvr, ctcvr: ctcvr}]``: ``ctcvr``'s probability is the product of the
+  other two (see :mod:`mtlkit.models.esmm`); ``cvr`` is predicted and evaluated but gets no loss.
+- ``aitm``: ``{chain: [click, purchase], alpha: 0.6}``: information transfer along a funnel plus
+  the calibrator loss (see :mod:`mtlkit.models.aitm`).
+- ``prediction_inputs``: ``[{task: cvr, source: ctr, stop_gradient: true}]``: ``cvr``'s tower also
+  reads ``ctr``'s prediction (probability, value or class distribution). With the default
+  stop-gradient, ``cvr``'s loss does not flow back into ``ctr``'s tower; set it to false to let it.
+
+Example:
+    >>> from mtlkit.tasks import Task
+    >>> tasks = [Task(name=n, kind="binary") for n in ("ctr", "cvr", "ctcvr")]
+    >>> relations = TaskRelations(esmm=[{"ctr": "ctr", "cvr": "cvr", "ctcvr": "ctcvr"}])
+    >>> relations.check(tasks)
+    >>> sorted(relations.untrained()), sorted(relations.derived())
+    (['cvr'], ['ctcvr'])
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mtlkit.tasks import Task, TaskKind
+
+
+class ESMMRelation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ctr: str
+    cvr: str
+    ctcvr: str
+
+
+class AITMRelation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    chain: list[str] = Field(min_length=2)
+    alpha: float = Field(default=0.6, ge=0.0)  # the paper's calibrator strength
+
+
+class PredictionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    task: str
+    source: str
+    stop_gradient: bool = True
+
+
+class TaskRelations(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    esmm: list[ESMMRelation] = Field(default_factory=list)
+    aitm: Optional[AITMRelation] = None
+    prediction_inputs: list[PredictionInput] = Field(default_factory=list)
+
+    def untrained(self) -> set[str]:
+        """Tasks predicted and evaluated without a loss of their own (ESMM's CVR)."""
+        return {r.cvr for r in self.esmm}
+
+    def derived(self) -> set[str]:
+        """Tasks whose output is computed from other tasks' outputs (ESMM's CTCVR): no head."""
+        return {r.ctcvr for r in self.esmm}
+
+    def sources(self, task: str) -> list[PredictionInput]:
+        return [p for p in self.prediction_inputs if p.task == task]
+
+    def check(self, tasks: Sequence[Task]) -> None:
+        """Raise ValueError naming the first relation that does not fit the tasks."""
+        kinds = {t.name: t.kind for t in tasks}
+
+        def known(name: str, where: str, binary: bool = False) -> None:
+            if name not in kinds:
+                raise ValueError(f"relations.{where}: unknown task {name!r}; tasks are: {', '.join(kinds)}")
+            if binary and kinds[name] is not TaskKind.BINARY:
+                raise ValueError(f"relations.{where}: task {name!r} must be binary")
+
+        for i, r in enumerate(self.esmm):
+            for field in ("ctr", "cvr", "ctcvr"):
+                known(getattr(r, field), f"esmm[{i}].{field}", binary=True)
+            if len({r.ctr, r.cvr, r.ctcvr}) < 3:
+                raise ValueError(f"relations.esmm[{i}]: ctr, cvr and ctcvr must be three different tasks")
+        derived = self.derived()
+        if len(derived) < len(self.esmm):
+            raise ValueError("relations.esmm: a ctcvr task appears in two relations")
+        if self.aitm is not None:
+            for name in self.aitm.chain:
+                known(name, "aitm.chain", binary=True)
+                if name in derived:
+                    raise ValueError(f"relations.aitm.chain: {name!r} is an ESMM product and has no tower")
+            if len(set(self.aitm.chain)) < len(self.aitm.chain):
+                raise ValueError("relations.aitm.chain: a task appears twice")
+        for i, p in enumerate(self.prediction_inputs):
+            known(p.task, f"prediction_inputs[{i}].task")
+            known(p.source, f"prediction_inputs[{i}].source")
+            if p.task in derived:
+                raise ValueError(f"relations.prediction_inputs[{i}].task: {p.task!r} is an ESMM product and has no tower")
+        self.order([t.name for t in tasks])  # raises on a cycle
+
+    def order(self, names: Sequence[str]) -> list[str]:
+        """Task names with every source before the tasks that read it (stable otherwise)."""
+        after: dict[str, set[str]] = {n: set() for n in names}
+        for p in self.prediction_inputs:
+            after[p.task].add(p.source)
+        if self.aitm is not None:
+            for previous, task in zip(self.aitm.chain, self.aitm.chain[1:]):
+                after[task].add(previous)
+        for r in self.esmm:
+            after[r.ctcvr] |= {r.ctr, r.cvr}
+        ordered: list[str] = []
+        while len(ordered) < len(names):
+            ready = [n for n in names if n not in ordered and after[n] <= set(ordered)]
+            if not ready:
+                stuck = [n for n in names if n not in ordered]
+                raise ValueError(f"relations: tasks {', '.join(stuck)} depend on each other in a cycle")
+            ordered.append(ready[0])
+        return ordered
+
+
+__all__ = ["AITMRelation", "ESMMRelation", "PredictionInput", "TaskRelations"]
