@@ -1,7 +1,8 @@
-"""The ``mtlkit`` command line: train, evaluate, predict, demo.
+"""The ``mtlkit`` command line: train, evaluate, predict, demo, doctor.
 
 Errors caused by input (config, data, paths) print one line naming the key, column, row or
-file, and exit with code 2, without a traceback.
+file, and exit with code 2, without a traceback. ``doctor`` (and ``train --doctor``) exits with
+code 1 when the data has hard errors.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    doctor: bool = typer.Option(False, "--doctor", help="Check the data first (see `mtlkit doctor`); exit 1 before training on hard errors."),
+    time_column: Optional[str] = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
 ) -> None:
     """Train a multi-task model; an unfinished run in OUT is resumed."""
     from mtlkit.config import load_config
@@ -43,7 +46,16 @@ def train(
     try:
         run_config = load_config(config)
         run_dir = out or Path("runs") / config.stem
-        summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress)
+        prepared = None
+        if doctor or time_column:
+            from mtlkit.doctor import diagnose_config, print_report
+
+            prepared, report = diagnose_config(run_config, time_column)
+            print_report(report, console, brief=True)
+            if report.exit_code():  # before train_run: no run directory is created
+                errors.print("[bold red]error:[/] the data doctor found hard errors; nothing was trained")
+                raise typer.Exit(code=1)
+        summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
     except MtlkitError as error:
         _fail(error)
     splits = {"validation": summary["validation"], **({"test": summary["test"]} if summary["test"] else {})}
@@ -105,6 +117,35 @@ def demo(
         run_demo(out, seeds=seeds, quick=quick, console=console)
     except MtlkitError as error:
         _fail(error)
+
+
+@app.command()
+def doctor(
+    config: Path = typer.Argument(..., help="YAML run configuration (the data it names is checked)."),
+    out: Path = typer.Option(Path("doctor.json"), "--out", "-o", help="Where the JSON report goes."),
+    time_column: Optional[str] = typer.Option(None, "--time-column", help="Check that every training row precedes validation and test on this column."),
+    strict: bool = typer.Option(False, "--strict", help="Treat warnings as hard errors too (exit 1)."),
+) -> None:
+    """Check the data before training; exit 1 on hard errors, 0 otherwise.
+
+    Errors: invalid labels, non-numeric or NaN/inf/negative weights, a task with no labelled
+    row or a single class in train, leakage (one feature alone has AUC >= 0.99 or <= 0.01, or
+    |Spearman| >= 0.99), time overlap between train and validation/test. Warnings: rare or
+    one-class labels outside train, identical labels of two tasks, labels outside a task's
+    mask (conversion without click), NaN/inf in features, over 20% unseen categories, over 1%
+    duplicated rows or copies of training rows.
+    """
+    from mtlkit.config import load_config
+    from mtlkit.doctor import diagnose_config, print_report
+
+    try:
+        _, report = diagnose_config(load_config(config), time_column)
+        report.write_json(out, config=str(config), time_column=time_column)
+    except MtlkitError as error:
+        _fail(error)
+    print_report(report, console)
+    console.print(f"report: {out}")
+    raise typer.Exit(code=report.exit_code(strict))
 
 
 def main() -> None:
