@@ -82,9 +82,12 @@ def evaluate(
     print_table(metrics_table(str(run_dir), evaluation.metrics), console)
     if evaluation.gates:
         print_table(gate_table(evaluation.gates), console)
+    if evaluation.fusion:
+        print_table(metrics_table("fused ranking score (fused/…) next to each task's own prediction (own/…)", evaluation.fusion), console)
     if json_out:
         gates = {name: asdict(s) for name, s in (evaluation.gates or {}).items()}
-        json_out.write_text(json.dumps({**evaluation.metrics, **({"gates": gates} if gates else {})}, indent=1))
+        extra = {**({"gates": gates} if gates else {}), **({"fusion": evaluation.fusion} if evaluation.fusion else {})}
+        json_out.write_text(json.dumps({**evaluation.metrics, **extra}, indent=1))
 
 
 @app.command()

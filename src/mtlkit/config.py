@@ -30,7 +30,7 @@ from mtlkit.models import ModelSpec
 from mtlkit.tasks import Task
 from mtlkit.train.spec import TrainSpec
 
-BUILTIN_DATASETS = ("census_income", "mmoe_synthetic")
+BUILTIN_DATASETS = ("census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo")
 
 
 class SplitSpec(BaseModel):
@@ -50,7 +50,7 @@ class DataSpec(BaseModel):
     validation: Optional[Path] = None
     test: Optional[Path] = None
     split: Optional[SplitSpec] = None
-    dataset: Optional[Literal["census_income", "mmoe_synthetic"]] = None
+    dataset: Optional[Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"]] = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from torch import nn
 from mtlkit.balancing import build_balancer
 from mtlkit.config import RunConfig, SplitSpec, dump_config, load_config
 from mtlkit.data.batch import EncodedTable
+from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.data.split import seeded_split
@@ -30,6 +31,7 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.tasks import Task, TaskKind
 from mtlkit.train import Callback, Trainer, evaluate, predict_logits
+from mtlkit.train.fusion_report import fusion_report
 from mtlkit.train.selection import check_monitor
 
 SUMMARY = "summary.json"
@@ -73,6 +75,11 @@ def prepare_data(config: RunConfig) -> PreparedData:
         names = {s: f"mmoe_synthetic/{s}" for s in parts}
         return PreparedData(parts["train"], parts["validation"], parts["test"], config.tasks or mmoe_synthetic_tasks(),
                             config.features or mmoe_synthetic_schema(options.get("d", 100)), names)
+    if data.dataset in RANKING_LOADERS:
+        loaded = _load_ranking_dataset(data.dataset, dict(data.dataset_options))
+        names = {s: f"{data.dataset}/{s}" for s in ("train", "validation", "test")}
+        return PreparedData(loaded.train, loaded.validation, loaded.test, config.tasks or loaded.tasks,
+                            config.features or loaded.schema, names)
     assert data.train is not None and config.features is not None and config.tasks is not None
     train = read_table(data.train)
     names = {"train": str(data.train)}
@@ -93,15 +100,49 @@ def prepare_data(config: RunConfig) -> PreparedData:
     return PreparedData(train, validation, test, list(config.tasks), config.features, names)
 
 
+RANKING_LOADERS = {  # dataset name -> (module under mtlkit.data.datasets, loader)
+    "ali_ccp": ("aliccp", "load_aliccp"),
+    "aliexpress": ("aliexpress", "load_aliexpress"),
+    "kuairand": ("kuairand", "load_kuairand"),
+    "shortvideo": ("shortvideo", "load_shortvideo"),
+}
+
+
+def _load_ranking_dataset(name: str, options: dict) -> DatasetSplits:
+    """Call the dataset's loader with ``options``; its keyword arguments are the allowed keys."""
+    import importlib
+    import inspect
+    from dataclasses import fields
+
+    module_name, function = RANKING_LOADERS[name]
+    module = importlib.import_module(f"mtlkit.data.datasets.{module_name}")
+    loader = getattr(module, function)
+    allowed = [p.name for p in inspect.signature(loader).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if name == "shortvideo":  # generator options pass through **options
+        allowed += [f.name for f in fields(module.ShortVideoSpec)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"data.dataset_options: unknown key {unknown[0]!r} for {name} ({', '.join(allowed)})")
+    try:
+        return loader(**options)
+    except ConfigError as error:
+        raise ConfigError(f"data.dataset_options: {error}") from None
+    except (TypeError, ValueError) as error:  # e.g. rows: "many"
+        raise ConfigError(f"data.dataset_options for {name}: {error}") from None
+
+
 def _check_columns(prepared: PreparedData) -> None:
     """Every column a task needs must exist in every split: fail before any work starts."""
     needed: list[str] = []
     for task in prepared.tasks:
-        needed += [task.label, task.weight_column, task.mask.column if task.mask else None, task.group_column]  # type: ignore[list-item]
+        needed += [task.label, task.weight_column, task.positive_weight_column,  # type: ignore[list-item]
+                   task.mask.column if task.mask else None, task.group_column]
+    spec = prepared.features
+    features = [*spec.categorical, *spec.numeric, *getattr(spec, "sequences", []), *getattr(spec, "bias", [])]
     for split, table in (("train", prepared.train), ("validation", prepared.validation), ("test", prepared.test)):
         if table is None:
             continue
-        for column in [*(f.name for f in [*prepared.features.categorical, *prepared.features.numeric]), *needed]:
+        for column in [*(f.name for f in features), *needed]:
             if column is not None and column not in table.column_names:
                 raise DataError(f"{prepared.names[split]}: missing column {column!r}")
 
@@ -163,7 +204,8 @@ def train_run(
     resume = _prepare_run_dir(path, overwrite) if path is not None else False
     torch.manual_seed(config.seed)
     model = build_model(config.model, encoded.schema, prepared.tasks)
-    balancer = build_balancer(config.balancer, prepared.tasks)
+    trained = set(getattr(model, "loss_task_names", [t.name for t in prepared.tasks]))
+    balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
     trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
     if path is not None and not resume:
@@ -220,6 +262,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 class Evaluation:
     metrics: dict[str, dict[str, dict[str, float]]]  # split -> task -> metric
     gates: Optional[dict[str, GateStats]]  # on the first split, for gated backbones
+    fusion: Optional[dict[str, dict[str, dict[str, float]]]] = None  # split -> task -> own/fused metric
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
@@ -235,11 +278,18 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> Evaluat
             tables["test"] = run.schema.encode(prepared.test, run.tasks, prepared.names["test"])
     metrics = {split: evaluate(run.model, run.tasks, table, batch) for split, table in tables.items()}
     gates = gate_statistics(run.model, next(iter(tables.values())), batch) if has_gates(run.model) else None
-    return Evaluation(metrics, gates)
+    fusion = None
+    if getattr(run.model, "fusion", None) is not None:
+        fusion = {split: fusion_report(run.model, run.tasks, table, batch) for split, table in tables.items()}
+    return Evaluation(metrics, gates, fusion)
 
 
 def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
-    """One output column per task: probability (binary), value (regression), class (multiclass)."""
+    """One output column per task: probability or odds (binary), value (regression), class (multiclass).
+
+    Everything comes from :meth:`Task.predict`, so negative-sampling calibration, the odds read-out
+    of weighted logistic regression and ``label_transform`` inverses apply at serving too.
+    """
     encoded = run.schema.encode(table, run.tasks, source, with_targets=False)
     logits = predict_logits(run.model, encoded, run.config.train.eval_batch_size)
     columns: dict[str, np.ndarray] = {}
@@ -251,6 +301,8 @@ def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict
                 columns[f"{task.name}_p{c}"] = prediction[:, c]
         else:
             columns[task.name] = prediction
+    if getattr(run.model, "fusion", None) is not None:  # the serving score of model.fusion
+        columns["fused_score"] = run.model.fused_score(logits).numpy()
     return columns
 
 

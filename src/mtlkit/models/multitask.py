@@ -143,7 +143,8 @@ class MultiTaskModel(nn.Module):
             if sources:
                 extra = []
                 for p in sources:
-                    value = self.tasks[p.source].predict(out[p.source])
+                    # A probability even for odds-output tasks: bounded, like what it was trained on.
+                    value = self.tasks[p.source].predict_for_metrics(out[p.source])
                     value = value.detach() if p.stop_gradient else value
                     extra.append(value.unsqueeze(-1) if value.dim() == 1 else value)
                 x = torch.cat([x, *extra], dim=-1)
