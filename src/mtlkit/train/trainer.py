@@ -146,6 +146,7 @@ class Trainer:
             raise ConfigError(f"the balancer weighs tasks {balancer.task_names} but the model trains "
                               f"{self.loss_task_names}: build it for model.loss_task_names")
         self._task_penalties = getattr(model, "task_penalties", None)
+        self._task_aware = bool(getattr(model, "task_aware", False))
         self.spec = spec
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
@@ -196,7 +197,10 @@ class Trainer:
             epoch_start = time.perf_counter()
             samples += self._train_epoch(train, scheduler, pos, steps_per_epoch, best_state)
             train_seconds += time.perf_counter() - epoch_start
-            results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
+            if hasattr(validation, "evaluate"):  # an evaluator of its own (e.g. per-task NLP splits)
+                results = validation.evaluate(self.model, self.device)
+            else:
+                results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
             improved = self._select(results, pos, best_state)
             record = {
                 "epoch": pos.epoch + 1,
@@ -248,7 +252,8 @@ class Trainer:
                     for batch in step_batches:
                         batch = batch.to(self.device)
                         samples += batch.size
-                        logits = self.model(batch.inputs)
+                        # Task-aware models (one head per batch's task, e.g. NLP) are told which tasks it holds.
+                        logits = self.model(batch.inputs, batch.tasks) if self._task_aware else self.model(batch.inputs)
                         if self._keep_features:
                             features.append(self.model.last_shared_features)
                         for name in batch.tasks:

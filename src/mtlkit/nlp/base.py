@@ -1,0 +1,73 @@
+"""The contract every NLP task kind implements, so one model, trainer and balancer serve them all.
+
+mtlkit's NLP half reuses the core: :class:`mtlkit.train.Trainer`, the balancers, model
+selection and checkpoints. What differs per task kind (classification, tagging, span QA, …)
+lives in one class per kind, registered in :data:`NLP_KINDS`:
+
+- ``featurize(examples, tokenizer)`` turns the kind's examples into an
+  :class:`~mtlkit.data.batch.EncodedTable`: ``inputs`` holds ``input_ids``, ``attention_mask``
+  (and ``token_type_ids`` when the tokenizer makes them) padded to ``max_length``, plus any
+  per-kind tensors (e.g. entity-marker positions); ``targets[name]`` the labels;
+  ``masks[name]`` a ``(N,)`` bool row mask.
+- ``build_head(hidden_size)`` returns the head module: ``forward(sequence, pooled, inputs)``
+  with ``sequence`` ``(B, L, H)`` and ``pooled`` ``(B, H)`` (the first token's state).
+- ``compute_loss(outputs, target, weight, mask)``: the trainer's task protocol (the same
+  signature as :meth:`mtlkit.tasks.Task.compute_loss`): a scalar, exactly 0 for an empty batch.
+- ``evaluate(outputs, table, examples)``: metrics over a whole split from the gathered head
+  outputs (e.g. span decoding then SQuAD EM/F1). Metric names are registered in
+  :data:`mtlkit.metrics.METRICS` so that model selection knows their direction.
+
+A model that holds such tasks sets ``task_aware = True`` and is called as
+``model(inputs, tasks)``: a batch holds one task (MT-DNN) or one batch per task in a round, and
+only the heads of the batch's tasks run. Validation passes an object with
+``evaluate(model, device) -> {task: {metric: value}}`` to :meth:`Trainer.fit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from mtlkit.data.batch import EncodedTable
+from mtlkit.registry import Registry
+
+
+class HeadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class NLPTask(BaseModel):
+    """One task definition (MT-DNN's task_def entry). Subclasses are the task kinds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str] = ""
+    default_metrics: ClassVar[list[str]] = []
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    loss_weight: float = Field(default=1.0, ge=0.0)
+    metrics: Optional[list[str]] = None
+    encoder: str = "shared"  # "shared", or "own": a separate encoder for this task only
+    max_length: int = Field(default=128, ge=8)
+    head: HeadOptions = Field(default_factory=HeadOptions)
+
+    def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
+        raise NotImplementedError
+
+    def build_head(self, hidden_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def compute_loss(self, outputs: Any, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+NLP_KINDS: Registry[type[NLPTask]] = Registry("NLP task kind")
+
+
+__all__ = ["HeadOptions", "NLPTask", "NLP_KINDS"]
