@@ -250,3 +250,21 @@ def test_trains_with_masked_tasks_and_resumes_exactly(name, tmp_path):
     trainer, train, valid = trainer_for(name, tmp_path / "resumed")
     trainer.fit(train, valid)
     assert_close(trainer.model.state_dict(), expected, name, "resumed weights")
+
+
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_cagrad_slsqp_dual_matches_torchjds_cvxpy_formulation(t):
+    """The default SLSQP solver (the official code's) and torchjd's cvxpy one give the same update."""
+    tasks = [Task(name=f"t{i}", kind="binary") for i in range(t)]
+    fast = build_balancer(BalancerSpec(name="cagrad"), tasks)
+    reference = build_balancer(BalancerSpec(name="cagrad", options={"solver": "cvxpy"}), tasks)
+    generator = torch.Generator().manual_seed(t)
+    present = torch.ones(t, dtype=torch.bool)
+    for k in range(6):
+        jacobian = torch.randn(t, 30, generator=generator, dtype=torch.float64) * (1 + 5 * torch.rand(t, 1, generator=generator, dtype=torch.float64))
+        if k % 2:  # a conflicting pair
+            jacobian[1] = -0.7 * jacobian[0] + 0.2 * jacobian[1]
+        gramian = jacobian @ jacobian.T
+        d_fast = fast.weights(gramian, present) @ jacobian
+        d_ref = reference.weights(gramian, present) @ jacobian
+        assert torch.linalg.norm(d_fast - d_ref) <= 1e-3 * torch.linalg.norm(d_ref)
