@@ -268,3 +268,26 @@ def test_cagrad_slsqp_dual_matches_torchjds_cvxpy_formulation(t):
         d_fast = fast.weights(gramian, present) @ jacobian
         d_ref = reference.weights(gramian, present) @ jacobian
         assert torch.linalg.norm(d_fast - d_ref) <= 1e-3 * torch.linalg.norm(d_ref)
+
+
+def test_nash_mtl_newton_solves_the_bargaining_condition_exactly():
+    """α ⊙ Gα = 1 to machine precision, warm-started across changing Gramians; the same as cvxpy fresh."""
+    t = 3
+    tasks = [Task(name=f"t{i}", kind="binary") for i in range(t)]
+    newton = build_balancer(BalancerSpec(name="nash_mtl", options={"max_norm": 0.0}), tasks)
+    present = torch.ones(t, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(3)
+    converged = 0
+    for k in range(10):
+        jacobian = torch.randn(t, 40, generator=generator, dtype=torch.float64) * 0.3 * torch.rand(t, 1, generator=generator, dtype=torch.float64)
+        if k % 3 == 0:
+            jacobian[1] = -0.5 * jacobian[0] + 0.3 * jacobian[1]
+        gramian = jacobian @ jacobian.T
+        alpha = newton.weights(gramian, present)
+        assert (alpha * (gramian @ alpha) - 1).abs().max() < 1e-8
+        fresh = build_balancer(BalancerSpec(name="nash_mtl", options={"max_norm": 0.0, "solver": "cvxpy"}), tasks)
+        reference = fresh.weights(gramian, present)
+        if (reference * (gramian @ reference) - 1).abs().max() < 1e-6:  # where torchjd's port converged
+            converged += 1
+            assert torch.allclose(reference, alpha, rtol=1e-4)
+    assert converged >= 5
