@@ -89,12 +89,14 @@ def flat_jacobian(outputs: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], 
         grads = torch.autograd.grad(stacked, list(inputs), grad_outputs=eye, is_grads_batched=True,
                                     retain_graph=True, allow_unused=True, materialize_grads=True)
         return torch.cat([g.reshape(k, -1) for g in grads], dim=1)
-    rows = []
+    sizes = [t.numel() for t in inputs]
+    jacobian = first.new_empty(k, sum(sizes))  # one copy of each gradient, no cat + stack
     for i in range(k):
         out = scalars[i] if scalars is not None else outputs[i]
         grads = torch.autograd.grad(out, list(inputs), retain_graph=True, allow_unused=True, materialize_grads=True)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
+        for block, g in zip(torch.split(jacobian[i], sizes), grads):
+            block.copy_(g.reshape(-1))
+    return jacobian
 
 
 def assign_flat_grad(params: Sequence[Tensor], flat: Tensor) -> None:

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.balancing.base import BALANCERS
-from mtlkit.balancing.gradient import assign_flat_grad, flat_jacobian, split_parameters
+from mtlkit.balancing.gradient import assign_flat_grad, split_parameters
 from mtlkit.balancing.mgda import MGDA, MGDAOptions
 from mtlkit.errors import ConfigError
 
@@ -78,6 +78,10 @@ class MGDAUB(MGDA):
     Options = MGDAUBOptions
     needs_shared_features = True  # for the trainer: ask the model to keep its shared representation
 
+    def __init__(self, task_names, options, loss_weights=None) -> None:
+        super().__init__(task_names, options, loss_weights)
+        object.__setattr__(self, "_downstream", {})  # shared-parameter ids -> ids downstream of Z (not state)
+
     def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
         features = getattr(model, "last_shared_features", None)
         if features is not None:
@@ -94,28 +98,54 @@ class MGDAUB(MGDA):
             )
         rows, objectives, f = self.objectives(losses)
         shared, other = split_parameters(model)
-        jac = flat_jacobian(objectives, features, self.options.jacobian) if rows else None
-        if jac is None:
-            self._backward_others(objectives, other)
+        if not rows:
             return f.sum()
-        full = jac.new_zeros(len(self.task_names), jac.shape[1])
-        full[rows] = jac
-        present = full.pow(2).sum(1) > 0
-        w = self.weights(full @ full.T, present).to(full)
+        # Shared parameters that Z does not depend on (gates read after Z) are found by the first
+        # step's backward from Z and remembered: the model's structure does not change.
+        key = tuple(id(p) for p in shared)
+        downstream_ids = self._downstream.get(key)
+        downstream = [p for p in shared if id(p) in downstream_ids] if downstream_ids is not None else []
+        # One pass per task gives its row of the Jacobian w.r.t. Z *and* its gradients of the
+        # downstream and task-specific parameters, so the heads are traversed once, not three times.
+        extra = [*downstream, *other]
+        sizes = [z.numel() for z in features]
+        jac = features[0].new_empty(len(rows), sum(sizes))
+        per_task: list[tuple[Tensor | None, ...]] = []
+        for i, objective in enumerate(objectives):
+            grads = torch.autograd.grad(objective, [*features, *extra], retain_graph=True, allow_unused=True)
+            for block, g in zip(torch.split(jac[i], sizes), grads[: len(features)]):
+                block.copy_(g.reshape(-1)) if g is not None else block.zero_()
+            per_task.append(grads[len(features):])
+        # The (k, B·d) Jacobian is large; work on its k × k Gramian and never copy it again.
+        index = torch.tensor(rows, device=jac.device)
+        gramian = jac.new_zeros(len(self.task_names), len(self.task_names))
+        gramian[index.unsqueeze(1), index] = jac @ jac.T
+        present = gramian.diagonal() > 0
+        w = self.weights(gramian, present).to(jac)
         w = torch.where(present, w, torch.zeros_like(w))
         self.last_weights = w.detach()
-        direction = torch.split(w @ full, [z.numel() for z in features])
-        grads = torch.autograd.grad(features, shared, grad_outputs=[d.view_as(z) for d, z in zip(direction, features)],
-                                    retain_graph=True, allow_unused=True)
-        downstream = []
-        for p, g in zip(shared, grads):
+        direction = torch.split(w[index] @ jac, sizes)
+        upstream = [p for p in shared if downstream_ids is None or id(p) not in downstream_ids]
+        grads = torch.autograd.grad(features, upstream, grad_outputs=[d.view_as(z) for d, z in zip(direction, features)],
+                                    retain_graph=downstream_ids is None, allow_unused=True)
+        unused = []
+        for p, g in zip(upstream, grads):
             if g is None:
-                downstream.append(p)
+                unused.append(p)
             else:
                 assign_flat_grad([p], g.reshape(-1))
-        if downstream:
-            torch.autograd.backward((w.detach()[rows] * torch.stack(objectives)).sum(), inputs=downstream, retain_graph=bool(other))
-        self._backward_others(objectives, other)
+        if downstream_ids is None:  # first step: the plain way, and learn which parameters are downstream
+            self._downstream[key] = {id(p) for p in unused}
+            if unused:
+                torch.autograd.backward((w.detach()[rows] * torch.stack(objectives)).sum(), inputs=unused, retain_graph=bool(other))
+            self._backward_others(objectives, other)
+            return (f * w.detach()).sum()
+        weights = w.detach()[index]
+        for j, p in enumerate(extra):
+            is_shared = j < len(downstream)  # downstream shared: Σ α_k f_k; task-specific: Σ f_k
+            terms = [(g[j] * weights[k]) if is_shared else g[j] for k, g in enumerate(per_task) if g[j] is not None]
+            if terms:
+                assign_flat_grad([p], torch.stack(terms).sum(0).reshape(-1))
         return (f * w.detach()).sum()
 
 
