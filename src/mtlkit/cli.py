@@ -38,16 +38,24 @@ def train(
     doctor: bool = typer.Option(False, "--doctor", help="Check the data first (see `mtlkit doctor`); exit 1 before training on hard errors."),
     time_column: Optional[str] = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
 ) -> None:
-    """Train a multi-task model; an unfinished run in OUT is resumed."""
-    from mtlkit.config import load_config
+    """Train a multi-task model (tabular, or NLP when CONFIG has `encoder:`); an unfinished run in OUT is resumed."""
+    from mtlkit.config import RunConfig, load_any_config
     from mtlkit.report import metrics_table, print_table
     from mtlkit.run import train_run
 
     try:
-        run_config = load_config(config)
+        run_config = load_any_config(config)
         run_dir = out or Path("runs") / config.stem
         prepared = None
-        if doctor or time_column:
+        if not isinstance(run_config, RunConfig):  # an NLP run (mtlkit.nlp.config)
+            if doctor or time_column:
+                from mtlkit.errors import ConfigError
+
+                raise ConfigError("--doctor / --time-column check tabular data; an NLP config has none to check")
+            from mtlkit.nlp.run import train_nlp_run
+
+            summary = train_nlp_run(run_config, run_dir, overwrite=overwrite, progress=progress)
+        elif doctor or time_column:
             from mtlkit.doctor import diagnose_config, print_report
 
             prepared, report = diagnose_config(run_config, time_column)
@@ -55,7 +63,8 @@ def train(
             if report.exit_code():  # before train_run: no run directory is created
                 errors.print("[bold red]error:[/] the data doctor found hard errors; nothing was trained")
                 raise typer.Exit(code=1)
-        summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
+        if isinstance(run_config, RunConfig):
+            summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
     except MtlkitError as error:
         _fail(error)
     splits = {"validation": summary["validation"], **({"test": summary["test"]} if summary["test"] else {})}
@@ -72,11 +81,20 @@ def evaluate(
     """Evaluate the best checkpoint of a run."""
     from dataclasses import asdict
 
+    from mtlkit.config import is_nlp_run
     from mtlkit.report import gate_table, metrics_table, print_table
-    from mtlkit.run import evaluate_run
+    from mtlkit.run import Evaluation, evaluate_run
 
     try:
-        evaluation = evaluate_run(run_dir, data)
+        if is_nlp_run(run_dir):
+            from mtlkit.errors import ConfigError
+            from mtlkit.nlp.run import evaluate_nlp_run
+
+            if data is not None:
+                raise ConfigError("--data: an NLP run is evaluated on the splits of its config.yaml")
+            evaluation = Evaluation(evaluate_nlp_run(run_dir), None)
+        else:
+            evaluation = evaluate_run(run_dir, data)
     except MtlkitError as error:
         _fail(error)
     print_table(metrics_table(str(run_dir), evaluation.metrics), console)
@@ -149,6 +167,52 @@ def doctor(
     print_report(report, console)
     console.print(f"report: {out}")
     raise typer.Exit(code=report.exit_code(strict))
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
+    format: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/export/<format>)."),
+    verify: bool = typer.Option(True, help="Load the export back and compare it with PyTorch (ONNX: needs onnxruntime)."),
+) -> None:
+    """Export the best model on encoded tensors, with schema.json and manifest.json (see mtlkit.export).
+
+    Outputs are served values (calibrated probabilities, values in label units, class
+    probabilities) and the fused score; the batch axis is dynamic. Extra: mtlkit[export].
+    """
+    from mtlkit.export import export_run
+
+    try:
+        result = export_run(run_dir, format, out, verify=verify)
+    except MtlkitError as error:
+        _fail(error)
+    manifest = result.manifest
+    console.print(f"wrote {result.artifact} (+ schema.json, manifest.json)", soft_wrap=True)
+    console.print("inputs:  " + ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in manifest["inputs"]), highlight=False, soft_wrap=True)
+    console.print("outputs: " + ", ".join(f"{s['name']} ({s['postprocess']})" if s["name"] != "fused_score" else "fused_score"
+                                          for s in manifest["outputs"]), highlight=False, soft_wrap=True)
+    check = manifest["verification"]
+    if check["checked"]:
+        console.print(f"verified against PyTorch on {check['rows']} rows: max |diff| {check['max_abs_diff']:.2g} "
+                      f"(allowed {check['atol']:g} + {check['rtol']:g}·|value|)", soft_wrap=True)
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
+    max_batch: int = typer.Option(4096, "--max-batch", min=1, help="Most rows in one /predict request (more: HTTP 413)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="PyTorch threads for inference (default: PyTorch's)."),
+) -> None:
+    """Serve the best model over HTTP: POST /predict, GET /health, GET /schema. Extra: mtlkit[serve]."""
+    from mtlkit.serve import serve as run_server
+
+    try:
+        run_server(run_dir, host=host, port=port, max_batch=max_batch, threads=threads)
+    except MtlkitError as error:
+        _fail(error)
 
 
 def main() -> None:

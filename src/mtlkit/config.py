@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,9 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec
 from mtlkit.tasks import Task
 from mtlkit.train.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from mtlkit.nlp.config import NLPRunConfig
 
 BUILTIN_DATASETS = ("census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo")
 
@@ -116,7 +119,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return f"{source}: {where}{message}"
 
 
-def load_config_text(text: str, source: str = "config") -> RunConfig:
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -127,6 +130,17 @@ def load_config_text(text: str, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: the file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config_text(text: str, source: str = "config") -> RunConfig:
+    raw = _read_yaml(text, source)
+    if "encoder" in raw:
+        raise ConfigError(f"{source}: an NLP run config (top-level `encoder:`): `mtlkit train` and `mtlkit evaluate` take it, this command does not")
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list) and any(isinstance(t, dict) and "data" in t for t in tasks):
+        raise ConfigError(f"{source}: key 'encoder': tasks with their own `data` make an NLP run, which needs a top-level "
+                          "`encoder:` (e.g. `encoder: {name: minilm}`)")
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
@@ -135,14 +149,40 @@ def load_config_text(text: str, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {error}") from None
 
 
-def load_config(path: str | Path) -> RunConfig:
+def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected a YAML file")
+    return path
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = _existing_file(path)
     config = load_config_text(path.read_text(), str(path))
     return resolve_paths(config, path.parent)
+
+
+def load_any_config(path: str | Path) -> "RunConfig | NLPRunConfig":
+    """A tabular :class:`RunConfig`, or an NLP run config when the file has a top-level ``encoder:``."""
+    path = _existing_file(path)
+    raw = _read_yaml(path.read_text(), str(path))
+    if "encoder" not in raw:
+        return load_config(path)
+    from mtlkit.nlp.config import parse_nlp_config
+
+    return parse_nlp_config(raw, str(path)).resolve_paths(path.parent)
+
+
+def is_nlp_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` was written by an NLP run (its config.yaml has a top-level ``encoder:``)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, dict) and "encoder" in raw
 
 
 def resolve_paths(config: RunConfig, base: Path) -> RunConfig:

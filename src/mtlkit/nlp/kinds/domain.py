@@ -1,0 +1,83 @@
+"""Adversarial domain classifier through a gradient reversal layer (domain-adversarial training).
+
+Ganin & Lempitsky ("Unsupervised Domain Adaptation by Backpropagation", ICML 2015, Eq. 13):
+the gradient reversal layer ``R_λ`` is the identity in the forward pass and multiplies the
+gradient by ``−λ`` in the backward pass, ``dR_λ/dx = −λ·I``. Put between the encoder's pooled
+vector and a domain classifier, the classifier learns to tell the domains apart while the
+encoder receives the reversed gradient and learns features that hide the domain (the
+saddle point of the paper's objective, reached with plain SGD). ``grl_lambda`` is λ (constant here; the paper anneals it
+as ``2/(1+exp(−10p)) − 1`` over training progress ``p``).
+
+The domain of a row is ``example.domain``: STS-B's genre (reader ``sts``) or, with
+``data: {from_tasks: [a, b]}``, the name of the task each text came from. Its loss and accuracy
+are reported like any task's; exclude it from model selection by monitoring a main task's
+metric (``train.monitor: stsb/pearson``), since a good adversary means a *low* domain accuracy.
+
+Example:
+    >>> import torch
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> reverse_gradient(x, 0.5).sum().backward()
+    >>> x.grad.tolist()
+    [-0.5, -0.5, -0.5]
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mtlkit.nlp.base import HeadOptions, NLP_KINDS
+from mtlkit.nlp.heads import PooledHead
+from mtlkit.nlp.kinds.classification import ClassificationTask
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, lam: float) -> Tensor:
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.lam * grad, None
+
+
+def reverse_gradient(x: Tensor, lam: float = 1.0) -> Tensor:
+    """``R_λ(x)``: ``x`` forward, ``−λ·grad`` backward (Ganin & Lempitsky 2015, Eq. 13)."""
+    return _GradientReversal.apply(x, lam)
+
+
+class DomainHead(nn.Module):
+    """``R_λ`` then a :class:`PooledHead` over the domains."""
+
+    def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float) -> None:
+        super().__init__()
+        self.lam = lam
+        self.classifier = PooledHead(hidden_size, n_domains, options)
+
+    def forward(self, sequence: Tensor, pooled: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
+        return self.classifier(sequence, reverse_gradient(pooled, self.lam), inputs)
+
+
+@NLP_KINDS.register("domain")
+class DomainTask(ClassificationTask):
+    kind: ClassVar[str] = "domain"
+    default_metrics: ClassVar[list[str]] = ["accuracy"]
+
+    grl_lambda: float = Field(default=1.0, ge=0.0)
+
+    @property
+    def mixed_texts(self) -> bool:
+        return True
+
+    def label_of(self, example: Any) -> Any:
+        return getattr(example, "domain", None)
+
+    def build_head(self, hidden_size: int) -> nn.Module:
+        return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda)
+
+
+__all__ = ["DomainHead", "DomainTask", "reverse_gradient"]

@@ -1,0 +1,66 @@
+"""Sentence(-pair) regression: a real-valued score per row (STS-B similarity, 0–5).
+
+MT-DNN's similarity output (Liu et al., ACL 2019, §3.1, Eq. 2): ``Sim(X1, X2) = w_t · x``, a
+linear score on the pooled vector, trained with the mean squared error (Eq. 7). Reported with
+Pearson and Spearman correlations, as GLUE does.
+
+Example:
+    >>> import torch
+    >>> task = RegressionTask(name="stsb")
+    >>> task.compute_loss(torch.tensor([1.0, 4.0]), torch.tensor([2.0, 0.0]), None, torch.tensor([True, False])).item()
+    1.0
+    >>> task.metrics or task.default_metrics
+    ['pearson', 'spearman']
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.data.batch import EncodedTable
+from mtlkit.errors import DataError
+from mtlkit.metrics import METRICS
+from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.featurize import tokenize
+from mtlkit.nlp.heads import PooledHead, masked_mean
+
+
+@NLP_KINDS.register("regression")
+class RegressionTask(NLPTask):
+    kind: ClassVar[str] = "regression"
+    default_metrics: ClassVar[list[str]] = ["pearson", "spearman"]
+    supported_metrics: ClassVar[list[str]] = ["pearson", "spearman", "rmse", "mae"]
+
+    def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
+        sources = [getattr(e, "source", "") for e in examples]
+        inputs = tokenize(tokenizer, [e.text for e in examples], [e.text_pair for e in examples], self.max_length, sources)
+        target = torch.full((len(examples),), float("nan"))
+        for row, example in enumerate(examples):
+            if example.label is None:
+                continue
+            try:
+                value = float(example.label)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not math.isfinite(value):
+                raise DataError(f"{sources[row] or f'row {row + 1}'}: score {example.label!r} of task {self.name!r} is not a finite number")
+            target[row] = value
+        return EncodedTable(inputs, {self.name: target}, {self.name: ~target.isnan()})
+
+    def build_head(self, hidden_size: int) -> nn.Module:
+        return PooledHead(hidden_size, 1, self.head)
+
+    def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        return masked_mean((outputs.float() - target.float()) ** 2, weight, mask)
+
+    def evaluate(self, outputs: Tensor, table: EncodedTable, examples: Sequence[Any]) -> dict[str, float]:
+        keep = table.masks[self.name].numpy()
+        predictions, targets = outputs.float().numpy()[keep], table.targets[self.name].numpy()[keep]
+        return {name: METRICS.get(name)(predictions, targets) for name in self.metrics or self.default_metrics}
+
+
+__all__ = ["RegressionTask"]

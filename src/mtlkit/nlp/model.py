@@ -1,0 +1,194 @@
+"""One transformer encoder (or one per task), optional MMoE/PLE mixing, one head per task.
+
+MT-DNN (Liu et al., ACL 2019, §3, Fig. 1): shared lexicon and transformer layers, task-specific
+output layers. :class:`NLPMultiTaskModel` is *task-aware*: the trainer calls
+``model(inputs, tasks)`` with the tasks of the batch, and only those heads run.
+
+What the heads see — the convention every task kind follows (see :mod:`mtlkit.nlp.base`):
+
+- ``head(sequence, pooled, inputs)``: ``sequence`` ``(B, L', H)`` token states of the task's
+  encoder, ``pooled`` ``(B, H)`` (first token or mean, ``encoder.pooling``), ``inputs`` the
+  batch's inputs. ``L'`` is the batch's longest row (:func:`trim_padding`): text inputs
+  (``input_ids``, ``attention_mask``, ``token_type_ids``) and every input named ``tok:<name>``
+  are cut to ``L'`` on their last dimension; other inputs are passed unchanged.
+- ``(B, k, L)`` text inputs (ranking candidates) are encoded as ``B·k`` rows; the head gets
+  ``(B·k, L', H)`` / ``(B·k, H)`` and the unflattened ``inputs`` to fold its output back.
+- ``encoder: own`` gives a task a separate copy of the encoder loaded from the same weights
+  (Zhong & Chen 2021's case for separate entity and relation encoders); ``shared`` (default)
+  uses the one shared encoder. An encoder runs once per batch for all its tasks.
+- ``mixing: {backbone: mmoe, options: {...}}`` puts a registered backbone
+  (:data:`mtlkit.models.BACKBONES`: ``mmoe``, ``ple``, ``cgc``, …) on the shared encoder's
+  pooled vector (MMoE, Ma et al. KDD 2018, Eq. 6–8: ``f^k(x) = Σ_i g^k(x)_i f_i(x)``); each
+  sequence-level task on the shared encoder reads its own mixture (projected back to ``H`` when
+  the experts are narrower) as ``pooled``; token-level kinds (``token_level = True``) keep the
+  raw states.
+- A head with ``bind_encoder(encoder)`` is handed its task's encoder after construction
+  (masked-LM ties its decoder to the input embeddings this way).
+
+Gradient balancers see ``shared_parameters()`` = the shared encoder and the mixing backbone;
+``task_parameters(task)`` = the task's head and, for ``own``, its encoder.
+
+Example (``BertModel`` stands for any transformers encoder; tests build a tiny one):
+    >>> import torch
+    >>> from mtlkit.nlp.kinds.classification import ClassificationTask
+    >>> class Toy(torch.nn.Module):          # the encoder interface the model relies on
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.config = type("C", (), {"hidden_size": 4})()
+    ...         self.embed = torch.nn.Embedding(10, 4)
+    ...     def forward(self, input_ids, attention_mask):
+    ...         return (self.embed(input_ids),)
+    >>> task = ClassificationTask(name="sst2", labels=["0", "1"])
+    >>> model = NLPMultiTaskModel({"shared": Toy()}, [task])
+    >>> ids = torch.tensor([[2, 5, 3, 0, 0]])
+    >>> model({"input_ids": ids, "attention_mask": (ids > 0).long()}, ("sst2",))["sst2"].shape
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from mtlkit.models.base import BACKBONES
+from mtlkit.nlp.base import NLPTask
+from mtlkit.nlp.encoder import EncoderSpec, accepts_token_types, hidden_size, load_encoder, pool
+from mtlkit.nlp.featurize import TEXT_INPUTS
+
+SHARED = "shared"
+
+
+class MixingSpec(BaseModel):
+    """``mixing: {backbone: mmoe, options: {experts: 4, expert_hidden: [256]}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backbone: str = "mmoe"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MixingSpec":
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES.names())}")
+        BACKBONES.get(self.backbone).Options(**self.options)
+        return self
+
+
+def trim_padding(inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Cut text and ``tok:`` inputs to the last column any row uses (one host sync per batch)."""
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.shape[-1] == 0:
+        return dict(inputs)
+    used = mask.reshape(-1, mask.shape[-1]).any(0)
+    length = mask.shape[-1] - int(used.flip(0).int().argmax())  # all unused: argmax 0, nothing is cut
+    if length == mask.shape[-1]:
+        return dict(inputs)
+    return {k: v[..., :length] if k in TEXT_INPUTS or k.startswith("tok:") else v for k, v in inputs.items()}
+
+
+def encoder_key(task: NLPTask) -> str:
+    return SHARED if task.encoder == SHARED else f"own_{task.name}"
+
+
+class NLPMultiTaskModel(nn.Module):
+    task_aware = True
+
+    def __init__(self, encoders: Mapping[str, nn.Module], tasks: Sequence[NLPTask], pooling: str = "cls",
+                 mixing: Optional[MixingSpec] = None) -> None:
+        super().__init__()
+        self.tasks = {t.name: t for t in tasks}
+        self.encoder_of = {t.name: encoder_key(t) for t in tasks}
+        missing = sorted(set(self.encoder_of.values()) - set(encoders))
+        if missing:
+            raise ValueError(f"no encoder given for {missing}")
+        self.encoders = nn.ModuleDict({k: encoders[k] for k in sorted(set(self.encoder_of.values()))})
+        self.pooling = pooling
+        self._token_types = {k: accepts_token_types(e) for k, e in self.encoders.items()}
+        self.hidden_size = hidden_size(next(iter(self.encoders.values())))
+        self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size) for t in tasks})
+        for name, head in self.heads.items():
+            if hasattr(head, "bind_encoder"):
+                head.bind_encoder(self.encoders[self.encoder_of[name]])
+        self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
+        self.mixing: Optional[nn.Module] = None
+        self.mix_projection: Optional[nn.Module] = None
+        if mixing is not None and self.mixed_names:
+            cls = BACKBONES.get(mixing.backbone)
+            self.mixing = cls(self.hidden_size, self.mixed_names, cls.Options(**mixing.options))
+            if self.mixing.output_dim != self.hidden_size:
+                self.mix_projection = nn.Linear(self.mixing.output_dim, self.hidden_size)
+        self.keep_shared_features = False  # set by the trainer for representation-level balancers (MGDA-UB)
+        self.last_shared_features: Optional[Tensor] = None
+
+    # -- forward ---------------------------------------------------------------------------
+    def encode(self, key: str, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(sequence, pooled)`` of encoder ``key``; ``(B, k, L)`` inputs are flattened to ``B·k`` rows."""
+        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        if self._token_types[key] and "token_type_ids" in inputs:
+            kwargs["token_type_ids"] = inputs["token_type_ids"]
+        kwargs = {k: v.reshape(-1, v.shape[-1]) for k, v in kwargs.items()}
+        sequence = self.encoders[key](**kwargs)[0]  # last_hidden_state of any transformers encoder
+        return sequence, pool(sequence, kwargs["attention_mask"], self.pooling)
+
+    def mix(self, pooled: Tensor) -> dict[str, Tensor]:
+        """``{task: (B, H)}``: each mixed task's expert mixture of the shared pooled vector."""
+        assert self.mixing is not None
+        mixed = self.mixing(pooled)
+        if self.mix_projection is not None:
+            mixed = {name: self.mix_projection(v) for name, v in mixed.items()}
+        return mixed
+
+    def forward(self, inputs: Mapping[str, Tensor], tasks: Sequence[str] | None = None) -> dict[str, Any]:
+        inputs = trim_padding(inputs)
+        names = [n for n in (tasks if tasks is not None else self.heads.keys()) if n in self.heads]
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(self.encoder_of[name], []).append(name)
+        outputs: dict[str, Any] = {}
+        if self.keep_shared_features:
+            self.last_shared_features = None  # never a stale graph from an earlier batch
+        for key, members in groups.items():
+            sequence, pooled = self.encode(key, inputs)
+            if key == SHARED and self.keep_shared_features and torch.is_grad_enabled():
+                self.last_shared_features = sequence  # every head reads it (pooled is a function of it)
+            mixed = self.mix(pooled) if key == SHARED and self.mixing is not None and any(n in self.mixed_names for n in members) else {}
+            for name in members:
+                outputs[name] = self.heads[name](sequence, mixed.get(name, pooled), inputs)
+        return outputs
+
+    def mixing_gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The mixing backbone's gate weights ``{gate: (B, experts)}`` on these inputs."""
+        if self.mixing is None:
+            return {}
+        _, pooled = self.encode(SHARED, trim_padding(inputs))
+        return self.mixing.gate_weights(pooled)
+
+    # -- parameter groups for balancers -------------------------------------------------------
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        if SHARED in self.encoders:
+            yield from self.encoders[SHARED].parameters()
+        for module in (self.mixing, self.mix_projection):
+            if module is not None:
+                yield from module.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        if task in self.heads:
+            yield from self.heads[task].parameters()
+        key = self.encoder_of.get(task)
+        if key is not None and key != SHARED:
+            yield from self.encoders[key].parameters()
+
+
+def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: Optional[MixingSpec] = None,
+                    encoder: Optional[nn.Module] = None) -> NLPMultiTaskModel:
+    """Load the encoder once; ``own`` tasks get deep copies of it (same weights, separate parameters)."""
+    base = encoder if encoder is not None else load_encoder(spec)
+    keys = sorted({encoder_key(t) for t in tasks})
+    encoders = {key: base if i == 0 else copy.deepcopy(base) for i, key in enumerate(keys)}
+    return NLPMultiTaskModel(encoders, tasks, spec.pooling, mixing)
+
+
+__all__ = ["MixingSpec", "NLPMultiTaskModel", "SHARED", "build_nlp_model", "encoder_key", "trim_padding"]

@@ -1,0 +1,120 @@
+"""GLUE-style tab-separated files: SST-2, RTE, MRPC (``msr_paraphrase_*.txt``) and STS-B (``sts-*.tsv``).
+
+Fields are split on tabs with no quoting (GLUE texts contain quotes); a UTF-8 byte-order mark
+is dropped (MRPC has one). A line with the wrong number of fields, or a score that is not a
+number, is a :class:`~mtlkit.errors.DataError` naming ``file:line``.
+
+- ``glue_tsv`` — a header line names the columns (``sentence<TAB>label``,
+  ``index<TAB>sentence1<TAB>sentence2<TAB>label``). Options: ``text`` / ``pair`` / ``label`` /
+  ``domain`` column names (``auto``: ``sentence``/``sentence1``/``question``/``text``,
+  ``sentence2``/``hypothesis``, ``label`` if present — else unlabelled), and ``columns`` for
+  headerless files (RTE's ``val.tsv``): the names of the fields, the first line being skipped
+  only when it equals them, so one option serves ``[train.tsv, val.tsv]`` alike.
+- ``mrpc`` — the original MSR paraphrase files: ``Quality`` (1 = paraphrase), ``#1 String``,
+  ``#2 String``.
+- ``sts`` — STS Benchmark's distribution files, no header: genre, file, years, id, score
+  (0–5), sentence1, sentence2 [, source1, source2]; ``domain`` is the genre (``domain: genre``,
+  default) or the source file (``domain: file``: MSRvid, headlines, …).
+
+Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "val.tsv")
+    >>> _ = open(path, "w").write("7\\tA cat sat.\\tA cat is sitting.\\tentailment\\n")
+    >>> rows = read_glue_tsv(path, columns=["index", "sentence1", "sentence2", "label"])
+    >>> rows[0].text_pair, rows[0].label, rows[0].source.endswith("val.tsv:1")
+    ('A cat is sitting.', 'entailment', True)
+    >>> _ = open(path, "w").write("main-news\\theadlines\\t2016\\t0012\\t4.2\\tA b.\\tA c.\\n")
+    >>> read_sts(path)[0].label, read_sts(path)[0].domain, read_sts(path, domain="file")[0].domain
+    (4.2, 'main-news', 'headlines')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Literal, Optional, Sequence
+
+from mtlkit.errors import DataError
+from mtlkit.nlp.examples import TextExample
+from mtlkit.nlp.readers import READERS
+
+AUTO = "auto"
+TEXT_NAMES = ("sentence", "sentence1", "question", "text", "premise")
+PAIR_NAMES = ("sentence2", "hypothesis")
+
+
+def iter_tsv(path: Path, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[list[str], int, list[str]]]:
+    """``(header, line number, fields)`` per non-blank data line; checks the field count."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header: Optional[list[str]] = list(columns) if columns is not None else None
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if header is None:  # the first line names the columns
+                header = [name.strip() for name in fields]
+                continue
+            if number == 1 and [x.strip() for x in fields] == header:  # a header equal to `columns`
+                continue
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields, expected {len(header)} ({', '.join(header)})")
+            yield header, number, fields
+
+
+def _column(header: list[str], name: Optional[str], candidates: Sequence[str], path: Path, option: str) -> Optional[int]:
+    if name is None:
+        return None
+    if name == AUTO:
+        return next((header.index(c) for c in candidates if c in header), None)
+    if name not in header:
+        raise DataError(f"{path}: no column {name!r} (option `{option}`); columns: {', '.join(header)}")
+    return header.index(name)
+
+
+@READERS.register("glue_tsv")
+def read_glue_tsv(path: str | Path, text: str = AUTO, pair: Optional[str] = AUTO, label: Optional[str] = AUTO,
+                  domain: Optional[str] = None, columns: Optional[list[str]] = None) -> list[TextExample]:
+    path = Path(path)
+    examples: list[TextExample] = []
+    index: Optional[dict[str, Optional[int]]] = None
+    for header, number, fields in iter_tsv(path, columns):
+        if index is None:
+            index = {"text": _column(header, text, TEXT_NAMES, path, "text"),
+                     "pair": _column(header, pair, PAIR_NAMES, path, "pair"),
+                     "label": _column(header, label, ("label",), path, "label"),
+                     "domain": _column(header, domain, (), path, "domain")}
+            if index["text"] is None:
+                raise DataError(f"{path}: no text column ({' / '.join(TEXT_NAMES)}); set the option `text`")
+        get = lambda key: None if index[key] is None else fields[index[key]]  # noqa: E731
+        examples.append(TextExample(fields[index["text"]], get("pair"), get("label"), get("domain"), f"{path}:{number}"))
+    return examples
+
+
+@READERS.register("mrpc")
+def read_mrpc(path: str | Path) -> list[TextExample]:
+    return read_glue_tsv(path, text="#1 String", pair="#2 String", label="Quality")
+
+
+@READERS.register("sts")
+def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre") -> list[TextExample]:
+    path = Path(path)
+    column = 0 if domain == "genre" else 1
+    examples = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 7:
+                raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields, expected at least 7 "
+                                "(genre, file, years, id, score, sentence1, sentence2)")
+            try:
+                score = float(fields[4])
+            except ValueError:
+                raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
+            examples.append(TextExample(fields[5], fields[6], score, fields[column], f"{path}:{number}"))
+    return examples
+
+
+__all__ = ["iter_tsv", "read_glue_tsv", "read_mrpc", "read_sts"]

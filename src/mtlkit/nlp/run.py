@@ -1,0 +1,222 @@
+"""NLP runs end to end: task data → tokenizer → encoder + heads → core Trainer → run directory.
+
+``mtlkit train CONFIG`` comes here when the config has a top-level ``encoder:``
+(:mod:`mtlkit.nlp.config`). The run directory holds what a tabular run's does: ``config.yaml``
+(resolved: label lists, candidate counts, metrics and absolute paths filled in), ``best.pt`` /
+``last.pt``, ``metrics.jsonl`` / ``metrics.csv``, ``test_metrics.json`` and ``summary.json``,
+written last; a directory without it is resumed from ``last.pt``, exactly (the samplers and the
+masked-LM masks are functions of ``(seed, epoch, step)``).
+
+Splits per task: the files given; a missing validation (test) split is a seeded ``split``
+fraction of train (default 10 % validation); then ``max_rows`` keeps a seeded subsample of a
+split. Tasks with ``from_tasks`` take the texts of those tasks, split by split, each labelled
+with its source task as ``domain``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from mtlkit.balancing import Balancer
+from mtlkit.balancing.base import BALANCERS
+from mtlkit.data.batch import EncodedTable
+from mtlkit.errors import ConfigError, DataError
+from mtlkit.nlp.base import NLPTask
+from mtlkit.nlp.config import SPLITS, HoldoutSpec, NLPRunConfig, dump_nlp_config, parse_nlp_config
+from mtlkit.nlp.examples import TextExample
+from mtlkit.nlp.sampling import TaskSampler
+
+SUMMARY = "summary.json"
+
+
+def _key(*parts: int) -> int:
+    key = 0
+    for part in parts:
+        key = (key * 1_000_003 + int(part)) % (2**63 - 1)
+    return key
+
+
+def _subsample(examples: list, rows: int, seed: int) -> list:
+    if rows >= len(examples):
+        return examples
+    keep = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:rows]
+    return [examples[i] for i in sorted(keep.tolist())]  # file order kept
+
+
+def _holdout(train: list, fractions: dict[str, float], seed: int, task: str, group: Optional[str] = None) -> dict[str, list]:
+    """Seeded fractions of ``train`` (of its groups, when ``group`` names an example attribute)."""
+    if group is not None and train and not hasattr(train[0], group):
+        raise ConfigError(f"task {task!r}: data.split.group: its examples have no attribute {group!r}")
+    keys = [getattr(x, group) if group else i for i, x in enumerate(train)]
+    units = list(dict.fromkeys(keys))  # groups in first-seen order
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
+    assigned, start = {}, 0
+    for split, fraction in fractions.items():
+        n = max(1, round(fraction * len(units)))
+        assigned.update({units[i]: split for i in order[start : start + n]})
+        start += n
+    if start >= len(units):
+        raise DataError(f"task {task!r}: {len(units)} training {'groups' if group else 'rows'} are too few to hold out {', '.join(fractions)}")
+    parts: dict[str, list] = {split: [] for split in ("train", *fractions)}
+    for key, example in zip(keys, train):
+        parts[assigned.get(key, "train")].append(example)
+    return parts
+
+
+def _texts(example: Any, task: str, source: str) -> tuple[str, Optional[str]]:
+    if hasattr(example, "text"):
+        return example.text, getattr(example, "text_pair", None)
+    if hasattr(example, "tokens"):
+        return " ".join(example.tokens), None
+    if hasattr(example, "context"):
+        return example.context, None
+    if hasattr(example, "query"):
+        return example.query, None
+    raise ConfigError(f"task {task!r}: cannot take texts from task {source!r} ({type(example).__name__} has none)")
+
+
+def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
+    """``{task: {split: examples}}`` for every task, derived tasks included."""
+    from mtlkit.nlp.readers import read
+
+    data: dict[str, dict[str, list]] = {}
+    for index, entry in enumerate(config.tasks):
+        spec, name = entry.data, entry.task.name
+        if spec.train is None:
+            continue
+        splits = {s: [x for path in files for x in read(spec.format, path, spec.options)]
+                  for s in SPLITS if (files := getattr(spec, s)) is not None}
+        holdout = spec.split or HoldoutSpec()
+        fractions = {s: f for s, f in (("validation", holdout.validation), ("test", holdout.test)) if s not in splits and f > 0}
+        if fractions:
+            splits.update(_holdout(splits["train"], fractions, holdout.seed, name, holdout.group))
+        data[name] = {s: _subsample(x, spec.max_rows[s], _key(config.seed, index, i)) if s in spec.max_rows else x
+                      for i, (s, x) in enumerate(splits.items())}
+    for index, entry in enumerate(config.tasks):
+        spec, name = entry.data, entry.task.name
+        if spec.from_tasks is None:
+            continue
+        derived: dict[str, list] = {}
+        for s in SPLITS:
+            rows = [TextExample(*_texts(x, name, source), domain=source, source=getattr(x, "source", ""))
+                    for source in spec.from_tasks for x in data[source].get(s, [])]
+            if rows:
+                derived[s] = _subsample(rows, spec.max_rows[s], _key(config.seed, index, SPLITS.index(s))) if s in spec.max_rows else rows
+        data[name] = derived
+    for name, splits in data.items():
+        if not splits.get("validation"):
+            raise DataError(f"task {name!r}: no validation rows (give data.validation, or data.split)")
+    return data
+
+
+def build_balancer(config: NLPRunConfig, tasks: Sequence[NLPTask]) -> Balancer:
+    """As :func:`mtlkit.balancing.build_balancer`, with NLP regression tasks counted as regression."""
+    cls = BALANCERS.get(config.balancer.name)
+    options = dict(config.balancer.options)
+    if "kinds" in cls.Options.model_fields:  # uncertainty weighting
+        known = {t.name: "regression" if t.kind == "regression" else "classification" for t in tasks}
+        options["kinds"] = {**known, **options.get("kinds", {})}
+    return cls([t.name for t in tasks], cls.Options(**options), {t.name: t.loss_weight for t in tasks})
+
+
+@dataclass
+class PreparedNLP:
+    config: NLPRunConfig  # resolved tasks
+    tasks: list[NLPTask]
+    examples: dict[str, dict[str, list]]
+    tables: dict[str, dict[str, EncodedTable]]  # split -> task -> table
+    tokenizer: Any
+
+
+def prepare(config: NLPRunConfig) -> PreparedNLP:
+    """Read, resolve and featurize every task's splits (DataError/ConfigError before any training)."""
+    from mtlkit.nlp.encoder import load_tokenizer
+
+    examples = load_examples(config)
+    tasks = [e.task.resolve(examples[e.task.name]["train"]) for e in config.tasks]
+    entries = [e.model_copy(update={"task": t}) for e, t in zip(config.tasks, tasks)]
+    config = config.model_copy(update={"tasks": entries})
+    tokenizer = load_tokenizer(config.encoder)
+    tables: dict[str, dict[str, EncodedTable]] = {s: {} for s in SPLITS}
+    for task in tasks:
+        for split, rows in examples[task.name].items():
+            tables[split][task.name] = task.featurize(rows, tokenizer)
+    return PreparedNLP(config, tasks, examples, tables, tokenizer)
+
+
+def _validation(prepared: PreparedNLP, split: str):
+    from mtlkit.nlp.evaluation import NLPValidation
+
+    names = prepared.tables[split]
+    return NLPValidation(prepared.tasks, names, {t: prepared.examples[t][split] for t in names}, prepared.config.train.eval_batch_size)
+
+
+def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overwrite: bool = False,
+                  progress: Optional[bool] = None, callbacks: Sequence[Any] = (), encoder: Optional[torch.nn.Module] = None) -> dict:
+    """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
+    from mtlkit.nlp.model import build_nlp_model
+    from mtlkit.run import _prepare_run_dir, count_parameters
+    from mtlkit.train import Trainer
+
+    prepared = prepare(config)
+    config, tasks = prepared.config, prepared.tasks
+    spec = config.train if progress is None else config.train.model_copy(update={"progress": progress})
+    path = Path(run_dir) if run_dir is not None else None
+    resume = _prepare_run_dir(path, overwrite) if path is not None else False
+    torch.manual_seed(config.seed)
+    model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
+    trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)  # creates `path`
+    if path is not None and not resume:
+        (path / "config.yaml").write_text(dump_nlp_config(config))
+    sampling = config.sampling.model_copy(update={"strategy": config.strategy})
+    train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,
+                        transforms={t.name: t.transform_batch for t in tasks})
+    result = trainer.fit(train, _validation(prepared, "validation"), resume=resume)
+    test = _validation(prepared, "test").evaluate(model, trainer.device) if prepared.tables["test"] else None
+    summary = {
+        "backbone": Path(config.encoder.name).name + (f" + {config.mixing.backbone}" if config.mixing else ""),
+        "encoder": config.encoder.name,
+        "balancer": config.balancer.name,
+        "sampling": sampling.strategy,
+        "tasks": [t.name for t in tasks],
+        "kinds": {t.name: t.kind for t in tasks},
+        "rows": {t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
+        "parameters": count_parameters(model),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "validation": result.best_results,
+        "test": test,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
+    }
+    if path is not None:
+        if test is not None:
+            (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
+        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def evaluate_nlp_run(run_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{split: {task: metrics}}`` of a run's best checkpoint on its validation and test splits."""
+    import yaml
+
+    from mtlkit.nlp.model import build_nlp_model
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "best.pt"):
+        if not (run_dir / name).exists():
+            raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
+    config = parse_nlp_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    prepared = prepare(config)
+    model = build_nlp_model(prepared.config.encoder, prepared.tasks, prepared.config.mixing)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
+    return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}
+
+
+__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "prepare", "train_nlp_run"]

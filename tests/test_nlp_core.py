@@ -1,0 +1,417 @@
+"""NLP core: sequence-level kinds, encoder sharing, MMoE mixing, samplers, readers, config and a full tiny run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from conftest import SHARED_DATA  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from mtlkit.cli import app  # noqa: E402
+from mtlkit.data.batch import EncodedTable  # noqa: E402
+from mtlkit.errors import ConfigError, DataError  # noqa: E402
+from mtlkit.nlp.config import parse_nlp_config  # noqa: E402
+from mtlkit.nlp.examples import RankingExample, TextExample  # noqa: E402
+from mtlkit.nlp.kinds.classification import ClassificationTask  # noqa: E402
+from mtlkit.nlp.kinds.domain import DomainTask, reverse_gradient  # noqa: E402
+from mtlkit.nlp.kinds.mlm import MaskedLMTask  # noqa: E402
+from mtlkit.nlp.kinds.ranking import RankingTask  # noqa: E402
+from mtlkit.nlp.kinds.regression import RegressionTask  # noqa: E402
+from mtlkit.nlp.model import MixingSpec, NLPMultiTaskModel, trim_padding  # noqa: E402
+from mtlkit.nlp.readers.glue import read_glue_tsv, read_mrpc, read_sts  # noqa: E402
+from mtlkit.nlp.readers.ranking import read_ranking_tsv  # noqa: E402
+from mtlkit.nlp.sampling import SamplingSpec, TaskSampler, capped, probabilities  # noqa: E402
+
+NLP = SHARED_DATA / "nlp"
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _head_rows(path, n):
+    return [line for _, line in zip(range(n), open(path, encoding="utf-8-sig"))]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A WordPiece vocabulary from the first rows of the shared files and a 2-layer BERT, saved together."""
+    text = " ".join(_head_rows(NLP / "sst2" / "train.tsv", 60) + _head_rows(NLP / "rte" / "train.tsv", 40)
+                    + _head_rows(NLP / "stsb" / "sts-train.tsv", 40) + _head_rows(NLP / "rte" / "val.tsv", 20))
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
+    chars = sorted({c for w in words for c in w})
+    vocab = SPECIALS + words + [c for c in chars if c not in words] + [f"##{c}" for c in chars]
+    root = tmp_path_factory.mktemp("tiny_bert")
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    bert = BertModel(config, add_pooling_layer=False)
+    bert.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root, tokenizer, bert
+
+
+def _model(bert, tasks, mixing=None, own=()):
+    import copy
+
+    encoders = {"shared": bert, **{f"own_{name}": copy.deepcopy(bert) for name in own}}
+    return NLPMultiTaskModel(encoders, tasks, mixing=mixing)
+
+
+PAIRS = [TextExample("a man is playing a flute .", "a man plays a flute .", 3.8, "main-captions"),
+         TextExample("a plane is taking off .", "an air plane is taking off .", 5.0, "main-news"),
+         TextExample("the cat sat", "a dog ran far away from the city", 0.5, "main-captions")]
+
+
+def _kinds(tokenizer):
+    """One task of each kind with its featurized table (a few rows)."""
+    single = [TextExample("it 's a charming journey", label="1"), TextExample("bleak and desperate", label="0"),
+              TextExample("kids , spirit", label="1")]
+    ranking = [RankingExample("a man is playing", ("a man plays a flute", "a plane", "bleak")), RankingExample("plane", ("air plane", "cat"), 1)]
+    ranking = [RankingExample(r.query, r.candidates, 0 if r.label is None else r.label) for r in ranking]
+    tasks = {
+        "sst2": ClassificationTask(name="sst2", metrics=["accuracy", "f1", "mcc"], max_length=16).resolve(single),
+        "pair": ClassificationTask(name="pair", labels=["0", "1"], max_length=24),
+        "sts": RegressionTask(name="sts", max_length=24),
+        "rank": RankingTask(name="rank", max_length=16).resolve(ranking),
+        "lm": MaskedLMTask(name="lm", probability=0.5, max_length=16),
+        "genre": DomainTask(name="genre", grl_lambda=0.5, max_length=24).resolve(PAIRS),
+    }
+    pair_rows = [TextExample(p.text, p.text_pair, str(int(p.label > 2))) for p in PAIRS]
+    data = {"sst2": single, "pair": pair_rows, "sts": PAIRS, "rank": ranking, "lm": single, "genre": PAIRS}
+    tables = {name: task.featurize(data[name], tokenizer) for name, task in tasks.items()}
+    return tasks, tables
+
+
+# -- heads and losses ------------------------------------------------------------------------
+def test_each_head_shapes_and_loss_batch_of_one_and_empty_mask(tiny):
+    _, tokenizer, bert = tiny
+    tasks, tables = _kinds(tokenizer)
+    model = _model(bert, list(tasks.values()))
+    expected = {"sst2": (2,), "pair": (2,), "sts": (), "rank": (3,), "genre": (2,)}
+    for name, task in tasks.items():
+        table = tables[name]
+        for rows in (slice(0, len(table)), slice(0, 1)):
+            batch = task.transform_batch(table.take(rows), torch.Generator().manual_seed(1))
+            out = model(batch.inputs, (name,))
+            assert list(out) == [name]
+            n = batch.size
+            if name == "lm":  # only the chosen positions are decoded
+                assert out[name].shape == (int(batch.inputs["tok:mlm_positions"].sum()), bert.config.vocab_size)
+            else:
+                assert out[name].shape == (n, *expected[name])
+            loss = task.compute_loss(out[name], batch.targets[name], None, batch.masks[name])
+            assert loss.dim() == 0 and torch.isfinite(loss)
+            empty = task.compute_loss(out[name], batch.targets[name], None, torch.zeros(n, dtype=torch.bool))
+            assert empty.item() == 0.0
+            model.zero_grad()
+            empty.backward()
+            assert all(p.grad is None or not p.grad.isnan().any() for p in model.parameters())
+    metrics = tasks["sst2"].evaluate(model(tables["sst2"].inputs, ("sst2",))["sst2"].detach(), tables["sst2"], [])
+    assert set(metrics) == {"accuracy", "f1", "mcc"}
+
+
+def test_mlm_masking_rates_deterministic_and_tied_head(tiny):
+    _, tokenizer, bert = tiny
+    task = MaskedLMTask(name="lm")
+    task.set_vocabulary(mask_token_id=4, vocab_size=1000)
+    ids = torch.randint(5, 1000, (400, 50))
+    from mtlkit.data.batch import Batch
+
+    batch = Batch({"input_ids": ids, "tok:mlm_positions": torch.zeros_like(ids, dtype=torch.bool)}, {"lm": ids.clone()},
+                  {"lm": torch.ones(400, dtype=torch.bool)})
+    a = task.transform_batch(batch, torch.Generator().manual_seed(3))
+    b = task.transform_batch(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])  # a function of the generator's seed
+    chosen = a.inputs["tok:mlm_positions"]
+    assert abs(chosen.float().mean().item() - 0.15) < 0.01
+    new = a.inputs["input_ids"][chosen]
+    assert abs((new == 4).float().mean().item() - 0.8) < 0.02
+    assert abs((new == ids[chosen]).float().mean().item() - 0.1) < 0.02  # unchanged (random hits the same id ~0.1 %)
+    head = MaskedLMTask(name="lm").build_head(32)
+    head.bind_encoder(bert)
+    assert head.tied and head._tied[0].weight is bert.get_input_embeddings().weight
+    assert all(p is not bert.get_input_embeddings().weight for p in head.parameters())
+
+
+def test_gradient_reversal_flips_sign_and_scales_by_lambda():
+    x = torch.randn(4, 3, requires_grad=True)
+    weights = torch.randn(4, 3)
+    (reverse_gradient(x, 0.3) * weights).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * weights)
+    task = DomainTask(name="d", labels=["a", "b"], grl_lambda=2.0, head={"dropout": 0.0})
+    head = task.build_head(3)
+    pooled = torch.randn(4, 3, requires_grad=True)
+    target = torch.tensor([0, 1, 1, 0])
+    task.compute_loss(head(None, pooled, {}), target).backward()
+    reversed_grad = pooled.grad.clone()
+    pooled.grad = None
+    task.compute_loss(head.classifier(None, pooled, {}), target).backward()  # the same classifier without R_λ
+    assert torch.allclose(reversed_grad, -2.0 * pooled.grad)
+
+
+# -- model: sharing, mixing, trimming ------------------------------------------------------------
+def test_shared_and_own_encoders_are_separate_parameters(tiny):
+    _, tokenizer, bert = tiny
+    tasks, tables = _kinds(tokenizer)
+    a, b = tasks["sst2"], tasks["pair"].model_copy(update={"encoder": "own"})
+    model = _model(bert, [a, b], own=["pair"])
+    shared, own = model.encoders["shared"], model.encoders["own_pair"]
+    assert all(p is not q and torch.equal(p, q) for p, q in zip(shared.parameters(), own.parameters()))  # same weights, copies
+    shared_ids = {id(p) for p in model.shared_parameters()}
+    assert {id(p) for p in shared.parameters()} <= shared_ids
+    assert not shared_ids & {id(p) for p in own.parameters()}
+    assert {id(p) for p in own.parameters()} <= {id(p) for p in model.task_parameters("pair")}
+    before = [p.detach().clone() for p in shared.parameters()]
+    batch = tables["pair"].take(slice(0, 3))
+    model.zero_grad()
+    b.compute_loss(model(batch.inputs, ("pair",))["pair"], batch.targets["pair"], None, batch.masks["pair"]).backward()
+    assert all(p.grad is None for p in shared.parameters())  # task "pair" never touches the shared encoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in own.parameters())
+    assert all(torch.equal(x, p) for x, p in zip(before, shared.parameters()))
+
+
+def test_mmoe_mixing_gates_sum_to_one_and_token_tasks_skip_it(tiny):
+    _, tokenizer, bert = tiny
+    tasks, tables = _kinds(tokenizer)
+    chosen = [tasks["sst2"], tasks["sts"], tasks["lm"]]
+    model = _model(bert, chosen, MixingSpec(backbone="mmoe", options={"experts": 3, "expert_hidden": [16]}))
+    assert model.mixed_names == ["sst2", "sts"] and model.mix_projection is not None  # 16 → hidden 32
+    model.eval()
+    gates = model.mixing_gate_weights(tables["sst2"].inputs)
+    assert set(gates) == {"sst2", "sts"}
+    for weights in gates.values():
+        assert weights.shape == (3, 3) and torch.allclose(weights.sum(-1), torch.ones(3))
+    out = model(tables["sts"].inputs, ("sts", "sst2"))
+    assert out["sts"].shape == (3,) and out["sst2"].shape == (3, 2)
+    assert {id(p) for p in model.mixing.parameters()} <= {id(p) for p in model.shared_parameters()}
+
+
+def test_trim_padding_cuts_text_and_tok_inputs_only():
+    inputs = {"input_ids": torch.tensor([[2, 7, 3, 0, 0], [2, 3, 0, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]),
+              "tok:x": torch.ones(2, 5), "candidate_mask": torch.ones(2, 5, dtype=torch.bool)}
+    trimmed = trim_padding(inputs)
+    assert trimmed["input_ids"].shape == (2, 3) and trimmed["tok:x"].shape == (2, 3) and trimmed["candidate_mask"].shape == (2, 5)
+
+
+# -- samplers ----------------------------------------------------------------------------------
+def _tables(sizes):
+    return {name: EncodedTable({"x": torch.arange(n).unsqueeze(1)}, {name: torch.zeros(n)}, {name: torch.ones(n, dtype=torch.bool)})
+            for name, n in sizes.items()}
+
+
+def _frequencies(sampler, epoch):
+    counts = torch.bincount(torch.tensor([step[0] for step in sampler.plan(epoch)]), minlength=len(sampler.names))
+    return (counts / counts.sum()).tolist()
+
+
+def test_sampler_frequencies_match_their_formulas():
+    sizes = {"big": 9000, "mid": 1000, "small": 100}
+    tables = _tables(sizes)
+    n = torch.tensor([9000.0, 1000.0, 100.0])
+    steps = 40_000
+    cases = [
+        (SamplingSpec(strategy="uniform", steps=steps), 0, torch.ones(3) / 3),
+        (SamplingSpec(strategy="temperature", temperature=2.0, steps=steps), 0, n.sqrt() / n.sqrt().sum()),
+        (SamplingSpec(strategy="temperature", temperature=1.0, cap=0.5, steps=steps), 0, None),
+        (SamplingSpec(strategy="annealed", steps=steps), 0, n / n.sum()),
+        (SamplingSpec(strategy="annealed", steps=steps), 4, n**0.2 / (n**0.2).sum()),  # α = 1 − 0.8·4/4
+    ]
+    for spec, epoch, formula in cases:
+        sampler = TaskSampler(tables, 10, spec, seed=1, epochs=5)
+        expected = torch.tensor(list(probabilities(spec, sizes, epoch, 5).values()))
+        if formula is not None:
+            assert torch.allclose(expected.float(), formula, atol=1e-6)
+        assert torch.allclose(torch.tensor(_frequencies(sampler, epoch)), expected.float(), atol=0.01), spec
+    capped_p = capped(n.double(), 0.5)
+    assert capped_p[0].item() == pytest.approx(0.5) and capped_p[1] / capped_p[2] == pytest.approx(10.0)
+    with pytest.raises(ConfigError, match="cap"):
+        capped(n, 0.2)  # below 1/3
+    proportional = TaskSampler(tables, 10, SamplingSpec(strategy="proportional"))
+    assert torch.bincount(torch.tensor([s[0] for s in proportional.plan(0)])).tolist() == [900, 100, 10]  # every batch once
+    first = TaskSampler(tables, 10, SamplingSpec(strategy="auxiliary_first", main=["small"], auxiliary_ratio=3.0))
+    plan = [s[0] for s in first.plan(0)]
+    assert plan[-10:] == [2] * 10 and len(plan) == 10 + 30 and 2 not in plan[:-10]
+    assert len(TaskSampler(tables, 10, SamplingSpec(strategy="round"))) == 900
+
+
+def test_sampler_is_deterministic_and_resumes_mid_epoch():
+    tables = _tables({"a": 50, "b": 30})
+    sampler = TaskSampler(tables, 8, SamplingSpec(strategy="temperature", temperature=3.0), seed=4)
+    rows = lambda steps: [(s[0].tasks[0], s[0].inputs["x"][:, 0].tolist()) for s in steps]  # noqa: E731
+    full = rows(sampler.epoch(2))
+    assert rows(sampler.epoch(2, start_step=5)) == full[5:]
+    assert rows(TaskSampler(tables, 8, SamplingSpec(strategy="temperature", temperature=3.0), seed=4).epoch(2)) == full
+    assert rows(sampler.epoch(3)) != full
+    round_robin = TaskSampler(tables, 8, SamplingSpec(strategy="round"))
+    assert all([b.tasks[0] for b in step] == ["a", "b"] for step in round_robin.epoch(0))
+
+
+# -- readers -----------------------------------------------------------------------------------
+def test_readers_on_the_shared_files(tmp_path):
+    sst2 = read_glue_tsv(NLP / "sst2" / "dev.tsv")
+    assert len(sst2) == 6735 and sst2[0].label == "1" and sst2[0].text_pair is None
+    columns = ["index", "sentence1", "sentence2", "label"]
+    rte = read_glue_tsv(NLP / "rte" / "train.tsv", columns=columns) + read_glue_tsv(NLP / "rte" / "val.tsv", columns=columns)
+    assert len(rte) == 2127 + 363 and {e.label for e in rte} == {"entailment", "not_entailment"}
+    assert rte[-1].source.endswith("val.tsv:363")
+    mrpc = read_mrpc(NLP / "mrpc" / "msr_paraphrase_train.txt")
+    assert len(mrpc) == 4076 and mrpc[0].label == "1" and mrpc[0].text.startswith("Amrozi")
+    sts = read_sts(NLP / "stsb" / "sts-dev.tsv")
+    assert len(sts) == 1500 and sts[0].label == 5.0 and sts[0].domain == "main-captions"
+    assert {e.domain for e in sts} == {"main-captions", "main-forums", "main-news"}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood\t1\nno label here\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:3: 1 tab-separated fields, expected 2"):
+        read_glue_tsv(bad)
+    bad.write_text("g\tf\ty\t1\tnot-a-score\ta\tb\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:1: score 'f'|bad\.tsv:1: score"):
+        read_sts(bad)
+    ranking = tmp_path / "rank.tsv"
+    ranking.write_text("qid\tquery\tcandidate\tlabel\nq\tx\ta\t0\nq\tx\tb\t0\n")
+    with pytest.raises(DataError, match=r"rank\.tsv:2: query 'q' has 0 relevant"):
+        read_ranking_tsv(ranking)
+
+
+# -- config ------------------------------------------------------------------------------------
+def _raw(**overrides):
+    raw = {"encoder": {"name": "x"}, "tasks": [
+        {"name": "a", "kind": "classification", "data": {"train": "a.tsv", "format": "glue_tsv"}},
+        {"name": "lm", "kind": "mlm", "data": {"from_tasks": ["a"]}}]}
+    raw.update(overrides)
+    return raw
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["tasks"][0].update(kind="clasification"), r"tasks\.0\.kind': unknown NLP task kind 'clasification'"),
+    (lambda r: r["tasks"][1]["data"].update(from_tasks=["zz"]), r"from_tasks names 'zz'"),
+    (lambda r: r["tasks"][0]["data"].update(format="csv"), r"tasks\.0\.data': unknown format 'csv'"),
+    (lambda r: r["tasks"][0]["data"].update(options={"txt": "x"}), r"unknown option 'txt' for format 'glue_tsv'"),
+    (lambda r: r["tasks"][0].update(metrics=["auc"]), r"tasks\.0\.metrics': 'auc' is not a metric of kind 'classification'"),
+    (lambda r: r.update(balancer={"name": "pcgrad"}, sampling={"strategy": "uniform"}), r"needs strategy `round`"),
+    (lambda r: r.update(sampling={"strategy": "uniform", "main": ["a"]}), r"`main` is only used by strategy auxiliary_first"),
+    (lambda r: r.update(train={"monitor": "pearson"}), r"no task computes metric 'pearson'"),
+])
+def test_config_errors_are_one_line_naming_the_key(change, message):
+    raw = _raw()
+    change(raw)
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_nlp_config(raw, "run.yaml")
+    assert str(error.value).startswith("run.yaml: ") and "\n" not in str(error.value)
+
+
+def test_gradient_balancer_defaults_to_round_sampling():
+    assert parse_nlp_config(_raw(balancer={"name": "pcgrad"})).strategy == "round"
+    assert parse_nlp_config(_raw()).strategy == "proportional"
+
+
+# -- a whole run through the CLI -----------------------------------------------------------------
+def test_tiny_multitask_run_through_mtlkit_train(tiny, tmp_path):
+    root, _, _ = tiny
+    rows = {"train": 24, "validation": 12, "test": 12}
+    config = {
+        "seed": 0,
+        "encoder": {"name": str(root)},
+        "sampling": {"strategy": "temperature", "temperature": 2.0},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "patience": None, "monitor": "loss"},
+        "tasks": [
+            {"name": "sst2", "kind": "classification", "max_length": 32,
+             "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),
+                      "test": str(NLP / "sst2" / "test.tsv"), "format": "glue_tsv", "max_rows": rows}},
+            {"name": "rte", "kind": "classification", "max_length": 48,
+             "data": {"train": [str(NLP / "rte" / "train.tsv"), str(NLP / "rte" / "val.tsv")], "validation": str(NLP / "rte" / "dev.tsv"),
+                      "format": "glue_tsv", "options": {"columns": ["index", "sentence1", "sentence2", "label"]},
+                      "max_rows": rows}},
+            {"name": "stsb", "kind": "regression", "max_length": 32,
+             "data": {"train": str(NLP / "stsb" / "sts-train.tsv"), "format": "sts", "split": {"validation": 0.2},
+                      "max_rows": rows}},
+            {"name": "genre", "kind": "domain", "grl_lambda": 0.1, "max_length": 32,
+             "data": {"train": str(NLP / "stsb" / "sts-train.tsv"), "format": "sts", "split": {"validation": 0.2}, "max_rows": rows}},
+            {"name": "lm", "kind": "mlm", "max_length": 32, "data": {"from_tasks": ["sst2", "rte"]}},
+        ],
+    }
+    import yaml
+
+    path = tmp_path / "glue.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(run_dir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tasks"] == ["sst2", "rte", "stsb", "genre", "lm"] and summary["epochs_run"] == 2
+    assert summary["rows"]["rte"] == {"train": 24, "validation": 12} and summary["rows"]["lm"]["train"] == 48
+    assert set(summary["validation"]["stsb"]) >= {"loss", "rows", "pearson", "spearman"}
+    assert set(summary["validation"]["lm"]) >= {"perplexity"} and set(summary["test"]) == {"sst2", "lm"}  # lm: sst2 test texts
+    for name in ("config.yaml", "best.pt", "last.pt", "metrics.jsonl", "test_metrics.json"):
+        assert (run_dir / name).exists(), name
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["tasks"][1]["labels"] == ["entailment", "not_entailment"]
+    assert sorted(saved["tasks"][3]["labels"]) == saved["tasks"][3]["labels"]
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run_dir), "--json", str(tmp_path / "eval.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["validation"]["stsb"]["pearson"] == pytest.approx(summary["validation"]["stsb"]["pearson"], abs=1e-6)
+
+
+def test_interrupted_run_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """Sampler order and masked-LM masks are functions of (seed, epoch, step): a resumed run matches."""
+    import mtlkit.nlp.run as nlp_run
+    from mtlkit.nlp.run import train_nlp_run
+
+    root, _, _ = tiny
+    rows = {"train": 24, "validation": 8}
+    config = parse_nlp_config({
+        "encoder": {"name": str(root)}, "sampling": {"strategy": "annealed"},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "patience": None, "checkpoint_every": 2},
+        "tasks": [{"name": "sst2", "kind": "classification", "max_length": 24,
+                   "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),
+                            "format": "glue_tsv", "max_rows": rows}},
+                  {"name": "lm", "kind": "mlm", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
+    whole = train_nlp_run(config, tmp_path / "whole")
+    original, seen = nlp_run.TaskSampler.epoch, [0]
+
+    def interrupted(self, epoch=0, start_step=0):
+        for step in original(self, epoch, start_step):
+            seen[0] += 1
+            if seen[0] == 9:  # mid-epoch 2, one step after a checkpoint
+                raise KeyboardInterrupt
+            yield step
+
+    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_nlp_run(config, tmp_path / "resumed")
+    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", original)
+    resumed = train_nlp_run(config, tmp_path / "resumed")
+    assert resumed["validation"] == whole["validation"]
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text().count("perplexity") == 2
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k.startswith("val/")} for line in path.read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "resumed" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+
+
+def test_example_glue_config_is_valid():
+    from conftest import REPO
+
+    from mtlkit.config import load_any_config
+
+    config = load_any_config(REPO / "examples" / "glue_mtdnn.yaml")
+    assert [e.task.name for e in config.tasks] == ["sst2", "rte", "mrpc", "stsb"]
+    assert all(p.exists() for e in config.tasks for s in ("train", "validation", "test") for p in getattr(e.data, s) or [])
+
+
+def test_holdout_keeps_groups_in_one_split():
+    from mtlkit.nlp.records import QAExample
+    from mtlkit.nlp.run import _holdout
+
+    rows = [QAExample(f"{p}-{q}", "q?", "c", (), paragraph=f"p{p}") for p in range(20) for q in range(3)]
+    parts = _holdout(rows, {"validation": 0.2}, seed=0, task="qa", group="paragraph")
+    assert len(parts["validation"]) == 12 and len(parts["train"]) == 48
+    assert not {r.paragraph for r in parts["train"]} & {r.paragraph for r in parts["validation"]}
+    with pytest.raises(ConfigError, match="no attribute 'genre'"):
+        _holdout(rows, {"validation": 0.2}, seed=0, task="qa", group="genre")
