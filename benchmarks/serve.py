@@ -1,0 +1,182 @@
+"""Serving latency and throughput: one multi-task model against k single-task models.
+
+Trains (briefly) on the synthetic short-video log, starts real `mtlkit serve` processes on loopback
+ports and times HTTP /predict calls with batches of 1, 32 and 512 rows. A "prediction" is every
+task's output for the batch, so the set-ups differ in what it takes to get all k tasks:
+
+- ``multi-task``: the MMoE model of examples/shortvideo.yaml (DIN history, AITM, fused score):
+  one server, one request.
+- ``k single-task servers``: k one-task models (same features, an MLP of the experts' width),
+  each in its own server process; the client sends the k requests one after another (the
+  fused score is then the client's job). This is what "one model per objective" costs in
+  production: k encodings, k forward passes, k round trips.
+- ``single_task backbone``: the same k networks inside one model (``backbone: single_task``),
+  one server, one request: the compute of k models without the k round trips.
+
+Every server runs with ``--threads 1``; client and servers share this machine's cores, so compare
+the rows of one run, not runs on different machines. Latency is per prediction (all k tasks);
+rows/s = batch rows / latency, one request in flight.
+
+    python benchmarks/serve.py                       # ~2 minutes: 20k training rows, 3 s per cell
+    python benchmarks/serve.py --seconds 1 --train-rows 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["click", "like", "share", "watch_time"]
+FEATURE_COLUMNS = ["user_id", "item_id", "author_id", "category", "device", "duration", "item_popularity",
+                   "user_activity", "hist_items"]
+
+
+def configs(rows: int) -> dict[str, dict]:
+    """The multi-task config (examples/shortvideo.yaml, shortened) and one config per single task."""
+    base = yaml.safe_load((REPO / "examples" / "shortvideo.yaml").read_text())
+    base["data"]["dataset_options"] = {"rows": rows, "seed": 0}
+    base["train"].update(epochs=1, progress=False)
+    out = {"multi-task": base}
+    tasks = {t["name"]: t for t in base["tasks"]}
+    single_model = {"backbone": "single_task", "options": {"hidden": [64]}, "embedding_dim": 8, "tower": [32]}
+    single_train = {**base["train"], "monitor": "loss"}
+    for name in TASKS:
+        out[f"single:{name}"] = {**base, "tasks": [tasks[name]], "model": single_model, "train": single_train}
+    out["single_task backbone"] = {**base, "tasks": [tasks[n] for n in TASKS], "model": single_model, "train": single_train}
+    return out
+
+
+def train(directory: Path, rows: int) -> dict[str, Path]:
+    from mtlkit.config import load_config
+    from mtlkit.run import train_run
+
+    runs = {}
+    for name, config in configs(rows).items():
+        path = directory / (name.replace(":", "_").replace(" ", "_") + ".yaml")
+        path.write_text(yaml.safe_dump(config))
+        runs[name] = directory / path.stem
+        started = time.perf_counter()
+        train_run(load_config(path), runs[name], progress=False)
+        print(f"  trained {name:<22} in {time.perf_counter() - started:5.1f} s", flush=True)
+    return runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mtlkit serve RUN_DIR` in its own process, on a loopback port."""
+
+    def __init__(self, run_dir: Path, threads: int) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-c", "from mtlkit.cli import main; main()", "serve", str(run_dir),
+                   "--port", str(self.port), "--threads", str(threads), "--max-batch", "4096"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"mtlkit serve {run_dir} exited: {self.process.stderr.read() if self.process.stderr else ''}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"mtlkit serve {run_dir} did not come up in 120 s") from None
+                time.sleep(0.2)
+
+    def predict(self, body: bytes) -> None:
+        response = self.client.post("/predict", content=body, headers={"content-type": "application/json"})
+        if response.status_code != 200:
+            raise SystemExit(f"{self.url}/predict: HTTP {response.status_code}: {response.text[:200]}")
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def measure(servers: list[Server], body: bytes, seconds: float, min_calls: int = 10) -> list[float]:
+    """Latencies (s) of getting every task's prediction: one request per server, in sequence."""
+    for _ in range(3):  # warm-up: first-call allocations, connection set-up
+        for server in servers:
+            server.predict(body)
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    while len(latencies) < min_calls or time.perf_counter() < stop:
+        start = time.perf_counter()
+        for server in servers:
+            server.predict(body)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-rows", type=int, default=20_000, help="rows of the synthetic log to train on (1 epoch)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 512])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per set-up and batch size")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per server")
+    parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temporary directory)")
+    args = parser.parse_args()
+
+    from mtlkit.data.datasets.shortvideo import shortvideo_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"training on {args.train_rows} synthetic short-video rows (1 epoch each) …", flush=True)
+        runs = train(work, args.train_rows)
+        rows = shortvideo_table(max(args.batches), seed=123).select(FEATURE_COLUMNS).to_pylist()
+        bodies = {b: json.dumps({"rows": rows[:b]}).encode() for b in args.batches}
+        setups = {
+            "multi-task (1 server, 1 request)": ["multi-task"],
+            f"{len(TASKS)} single-task servers ({len(TASKS)} requests)": [f"single:{t}" for t in TASKS],
+            f"single_task backbone ({len(TASKS)} nets, 1 request)": ["single_task backbone"],
+        }
+        results: dict[tuple[str, int], list[float]] = {}
+        for setup, names in setups.items():
+            servers = [Server(runs[n], args.threads) for n in names]
+            try:
+                for batch in args.batches:
+                    results[setup, batch] = measure(servers, bodies[batch], args.seconds)
+            finally:
+                for server in servers:
+                    server.close()
+
+    import torch
+
+    print(f"\nserving latency per prediction of all {len(TASKS)} tasks (HTTP on loopback, {args.threads} torch thread(s) "
+          f"per server, torch {torch.__version__}, {args.seconds:g} s per cell)")
+    print(f"{'set-up':<42}{'batch':>6}{'p50 ms':>9}{'p99 ms':>9}{'rows/s':>10}{'calls':>7}")
+    for batch in args.batches:
+        for setup in setups:
+            lat = np.array(results[setup, batch]) * 1000
+            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+            print(f"{setup:<42}{batch:>6}{p50:>9.2f}{p99:>9.2f}{batch / np.median(lat) * 1000:>10.0f}{len(lat):>7}")
+    print()
+    multi = list(setups)[0]
+    for setup in list(setups)[1:]:
+        ratios = [np.median(results[setup, b]) / np.median(results[multi, b]) for b in args.batches]
+        print(f"{setup}: median latency × " + ", ".join(f"{r:.2f} (batch {b})" for r, b in zip(ratios, args.batches))
+              + " of the multi-task model")
+
+
+if __name__ == "__main__":
+    main()

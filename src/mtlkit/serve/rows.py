@@ -1,0 +1,213 @@
+"""JSON request rows → an Arrow table typed by the fitted schema, with 4xx errors for bad input.
+
+Serving must encode exactly as offline prediction does, so rows become an Arrow table that
+:meth:`FittedSchema.encode` reads like a file: a column per feature, its type chosen from the values
+the way a CSV/Parquet reader would type it (all strings → string, all integers → int64, numbers →
+float64). Every feature of the schema is required in every row (``null`` is an explicit missing
+value); bias features (position, device) and unknown keys are ignored: serving never uses them.
+Unseen categories are not errors: the schema maps them to the OOV id 0.
+
+Accepted values: categorical — string, number, boolean or null; numeric — number or null
+(``NaN`` counts as missing); sequence — a list of strings/numbers, null (empty history), or, when
+the feature has a ``separator``, a delimited string.
+
+Example:
+    >>> import pyarrow as pa
+    >>> from mtlkit.data.schema import SchemaSpec, CategoricalFeature, NumericFeature
+    >>> schema = SchemaSpec(categorical=[CategoricalFeature(name="city")],
+    ...                     numeric=[NumericFeature(name="age")]).fit(pa.table({"city": ["a", "b"], "age": [20.0, 30.0]}))
+    >>> table = rows_to_table(schema, [{"city": "a", "age": 25}, {"city": "zz", "age": None}])
+    >>> table.column("city").to_pylist(), table.column("age").to_pylist()
+    (['a', 'zz'], [25.0, None])
+    >>> rows_to_table(schema, [{"city": "a"}])
+    Traceback (most recent call last):
+    ...
+    mtlkit.serve.rows.RequestError: rows[0]: missing feature 'age' (send null for a missing value)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mtlkit.data.schema import FittedSchema, FittedSequence
+from mtlkit.errors import MtlkitError
+
+_ABSENT = object()
+
+
+class RequestError(MtlkitError):
+    """A bad request: ``status`` is the HTTP status (4xx) to answer with, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_rows(body: bytes, max_batch: int) -> list[dict[str, Any]]:
+    """The ``rows`` of a ``{"rows": [...]}`` request body; RequestError (400/413/422) otherwise."""
+    if not body.strip():
+        raise RequestError(400, 'empty request body: send a JSON object {"rows": [{feature: value, ...}, ...]}')
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(400, f"malformed JSON: {error}") from None
+    if not isinstance(payload, dict) or "rows" not in payload:
+        raise RequestError(422, 'the body must be a JSON object with a "rows" list: {"rows": [{feature: value, ...}, ...]}')
+    rows = payload["rows"]
+    if not isinstance(rows, list):
+        raise RequestError(422, f'"rows" must be a list of objects, got {_json_type(rows)}')
+    if not rows:
+        raise RequestError(422, '"rows" is empty: send at least one row')
+    if len(rows) > max_batch:
+        raise RequestError(413, f"{len(rows)} rows exceed the batch limit of {max_batch}: split the request")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RequestError(422, f"rows[{i}] must be an object of feature values, got {_json_type(row)}")
+    return rows
+
+
+def rows_to_table(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """One typed column per feature of ``schema``; RequestError (422) names the row and feature at fault."""
+    columns: dict[str, pa.Array] = {}
+    for feature in schema.categorical:
+        columns[feature.name] = _categorical_column(feature.name, _values(rows, feature.name))
+    for feature in schema.numeric:
+        columns[feature.name] = _numeric_column(feature.name, _values(rows, feature.name))
+    for seq in schema.sequences:
+        columns[seq.name] = _sequence_column(seq, _values(rows, seq.name))
+    return pa.table(columns)
+
+
+# -- columns ----------------------------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _values(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
+    values = [row.get(name, _ABSENT) for row in rows]
+    for i, value in enumerate(values):
+        if value is _ABSENT:
+            raise RequestError(422, f"rows[{i}]: missing feature {name!r} (send null for a missing value)")
+    return values
+
+
+def _wrong_type(values: Sequence[Any], name: str, ok: tuple[type, ...], expected: str) -> None:
+    for i, value in enumerate(values):
+        if value is not None and not isinstance(value, ok):
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be {expected}, got {_json_type(value)}")
+
+
+def _to_array(values: list[Any], type: pa.DataType, name: str) -> pa.Array:
+    try:
+        return pa.array(values, type=type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+        raise RequestError(422, f"feature {name!r}: {error}") from None
+
+
+def _categorical_column(name: str, values: list[Any]) -> pa.Array:
+    _wrong_type(values, name, (str, int, float, bool), "a string, number, boolean or null")
+    for i, value in enumerate(values):
+        _check_category_number(value, i, name)
+    return _category_array(name, values)
+
+
+def _check_category_number(value: Any, row: int, name: str) -> None:
+    """Numbers become categories through int64 (3.0 is category '3'): beyond its range they cannot."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) >= 2**63:
+        raise RequestError(422, f"rows[{row}]: feature {name!r}: the number {value:.6g} is too large to be a category (send it as a string)")
+
+
+def _category_array(name: str, values: list[Any]) -> pa.Array:
+    """Homogeneous values keep their type (the schema stringifies them as it does offline)."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {str}:
+        return _to_array(values, pa.string(), name)
+    if kinds <= {bool}:
+        return _to_array(values, pa.bool_(), name)
+    if kinds <= {int}:
+        return _to_array(values, pa.int64(), name)
+    if kinds <= {int, float}:
+        return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
+    return _to_array(_mixed_strings(values), pa.string(), name)
+
+
+def _mixed_strings(values: list[Any]) -> list[Any]:
+    """Strings mixed with numbers in one column: each number written as Arrow writes it (3.0 → '3')."""
+    out: list[Any] = []
+    for value in values:
+        if isinstance(value, bool):
+            out.append("true" if value else "false")
+        elif isinstance(value, int):
+            out.append(str(value))
+        elif isinstance(value, float):
+            if math.isnan(value):
+                out.append(None)
+            elif math.isfinite(value) and value == round(value):
+                out.append(str(int(value)))
+            else:
+                out.append(pc.cast(pa.array([value]), pa.string())[0].as_py())
+        else:
+            out.append(value)
+    return out
+
+
+def _numeric_column(name: str, values: list[Any]) -> pa.Array:
+    for i, value in enumerate(values):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be a number or null, got {_json_type(value)}")
+    return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
+
+
+def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
+    name = seq.name
+    if seq.separator is not None:
+        _wrong_type(values, name, (list, str), f"a list of items or a {seq.separator!r}-delimited string")
+        if all(v is None or isinstance(v, str) for v in values):
+            return _to_array(values, pa.string(), name)
+        # Lists and delimited strings in one request: split the strings as the schema would (trimmed items).
+        values = [[item.strip() for item in v.split(seq.separator)] if isinstance(v, str) else v for v in values]
+    else:
+        _wrong_type(values, name, (list,), "a list of items (strings or numbers) or null")
+    if all(v is None or type(v) is list for v in values):
+        # Fast path, Arrow's own conversion (histories are long: no Python loop over items); it
+        # raises on any other item type, and the loop below then names the row at fault.
+        for items_type in (pa.string(), pa.int64()):
+            try:
+                return pa.array(values, type=pa.list_(items_type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass
+    items: list[Any] = []
+    for i, value in enumerate(values):
+        for item in value or ():
+            if item is not None and not isinstance(item, (str, int, float, bool)):
+                raise RequestError(422, f"rows[{i}]: feature {name!r} items must be strings or numbers, got {_json_type(item)}")
+            _check_category_number(item, i, name)
+            items.append(item)
+    flat = _category_array(name, items)
+    offsets, position = [0], 0
+    for value in values:
+        position += len(value or ())
+        offsets.append(position)
+    validity = pa.array([v is None for v in values])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat, mask=validity)
+
+
+__all__ = ["RequestError", "parse_rows", "rows_to_table"]
