@@ -182,6 +182,20 @@ class FittedCategorical:
         """Rows of the embedding table, the OOV/missing bucket 0 included."""
         return 1 + (self.hash_buckets if self.hash_buckets else len(self.vocabulary))
 
+    def value_set(self) -> pa.Array:
+        """The vocabulary as an Arrow array, built once (encoding is called per request when serving)."""
+        cached = self.__dict__.get("_value_set")
+        if cached is None or len(cached) != len(self.vocabulary):
+            cached = self.__dict__["_value_set"] = pa.array(self.vocabulary, type=pa.string())
+        return cached
+
+    def positions(self) -> dict[str, int]:
+        """Vocabulary → 1-based id, built once: small batches look ids up in O(rows), not O(vocabulary)."""
+        cached = self.__dict__.get("_positions")
+        if cached is None or len(cached) != len(self.vocabulary):
+            cached = self.__dict__["_positions"] = {v: i + 1 for i, v in enumerate(self.vocabulary)}
+        return cached
+
 
 @dataclass
 class FittedNumeric:
@@ -434,7 +448,11 @@ def _encode_categorical(feature: FittedCategorical, column: pa.ChunkedArray) -> 
     if feature.hash_buckets:
         ids = (stable_hash(strings) % np.uint64(feature.hash_buckets)).astype(np.int64) + 1
         return np.where(strings.is_null().to_numpy(zero_copy_only=False), 0, ids)
-    index = pc.index_in(strings, value_set=pa.array(feature.vocabulary, type=pa.string()))
+    if 64 * len(strings) < len(feature.vocabulary):  # a few rows against a large catalogue (serving)
+        positions = feature.positions()
+        return np.fromiter((positions.get(v, 0) for v in strings.to_pylist()), dtype=np.int64, count=len(strings))
+    # index_in hashes the value set on every call: fine when the batch is at least as large.
+    index = pc.index_in(strings, value_set=feature.value_set())
     return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
 
 
