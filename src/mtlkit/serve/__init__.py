@@ -10,9 +10,10 @@ tests or for another ASGI server. Endpoints (see :mod:`mtlkit.serve.app`):
 Importing this package does not import FastAPI; the functions below do, and say which extra is
 missing when it is.
 
-Example:
-    >>> from mtlkit.serve import create_app
-    >>> app = create_app("runs/shortvideo", max_batch=1024)  # doctest: +SKIP
+Example (needs a trained run directory)::
+
+    from mtlkit.serve import create_app
+    app = create_app("runs/shortvideo", max_batch=1024)
 """
 
 from __future__ import annotations

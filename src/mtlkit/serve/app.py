@@ -11,9 +11,10 @@ label units, multiclass tasks ``{"class": c, "probabilities": [...]}``. A value 
 Bad requests get 400 (malformed JSON), 413 (too many rows or bytes) or 422 (wrong shape, missing
 feature, wrong type) with ``{"detail": "<what is wrong>"}``; never a 500.
 
-Example:
-    >>> app = create_app("runs/census")  # doctest: +SKIP
-    >>> # uvicorn.run(app, host="127.0.0.1", port=8000) — or `mtlkit serve runs/census`
+Example (needs a trained run directory)::
+
+    app = create_app("runs/census")
+    uvicorn.run(app, host="127.0.0.1", port=8000)   # or: mtlkit serve runs/census
 """
 
 from __future__ import annotations
