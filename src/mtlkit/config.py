@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtlkit.balancing import BalancerSpec
 from mtlkit.data.schema import SchemaSpec
+from mtlkit.data.streaming import StreamingSpec
 from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec
 from mtlkit.tasks import Task
@@ -55,6 +56,7 @@ class DataSpec(BaseModel):
     split: Optional[SplitSpec] = None
     dataset: Optional[Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"]] = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
+    streaming: Optional[StreamingSpec] = None  # stream `train` from Parquet (mtlkit.data.streaming)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -64,6 +66,12 @@ class DataSpec(BaseModel):
             raise ValueError("a built-in dataset brings its own splits: drop validation/test/split")
         if self.dataset is None and self.dataset_options:
             raise ValueError("dataset_options needs `dataset`")
+        if self.streaming is not None:
+            # A streamed file is never held whole, so it cannot be split in memory.
+            if self.train is None or self.train.suffix.lower() not in {".parquet", ".pq", ""}:
+                raise ValueError("streaming reads `train` from Parquet: a .parquet file or a directory of them")
+            if self.validation is None or self.split is not None:
+                raise ValueError("streaming needs a `validation` file and no `split`: a streamed training file is not split in memory")
         return self
 
 

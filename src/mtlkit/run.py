@@ -25,6 +25,7 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
+from mtlkit.data.streaming import StreamedTrain
 from mtlkit.data.split import seeded_split
 from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, has_gates
 from mtlkit.errors import ConfigError, DataError
@@ -47,6 +48,7 @@ class PreparedData:
     tasks: list[Task]
     features: SchemaSpec
     names: dict[str, str]
+    stream: Optional[StreamedTrain] = None  # data.streaming: `train` holds no rows, only the columns
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
@@ -81,7 +83,8 @@ def prepare_data(config: RunConfig) -> PreparedData:
         return PreparedData(loaded.train, loaded.validation, loaded.test, config.tasks or loaded.tasks,
                             config.features or loaded.schema, names)
     assert data.train is not None and config.features is not None and config.tasks is not None
-    train = read_table(data.train)
+    stream = StreamedTrain.open(data.train, data.streaming) if data.streaming else None
+    train = stream.empty_table() if stream else read_table(data.train)
     names = {"train": str(data.train)}
     validation = read_table(data.validation) if data.validation else None
     test = read_table(data.test) if data.test else None
@@ -97,7 +100,7 @@ def prepare_data(config: RunConfig) -> PreparedData:
         names["validation"] = str(data.validation)
     if data.test:
         names["test"] = str(data.test)
-    return PreparedData(train, validation, test, list(config.tasks), config.features, names)
+    return PreparedData(train, validation, test, list(config.tasks), config.features, names, stream)
 
 
 RANKING_LOADERS = {  # dataset name -> (module under mtlkit.data.datasets, loader)
@@ -157,7 +160,8 @@ class EncodedData:
 
 def encode_data(prepared: PreparedData) -> EncodedData:
     _check_columns(prepared)
-    schema = prepared.features.fit(prepared.train, prepared.names["train"])
+    stream = prepared.stream
+    schema = stream.fit(prepared.features) if stream else prepared.features.fit(prepared.train, prepared.names["train"])
     encode = lambda split, table: schema.encode(table, prepared.tasks, prepared.names[split])  # noqa: E731
     test = encode("test", prepared.test) if prepared.test is not None else None
     return EncodedData(schema, encode("train", prepared.train), encode("validation", prepared.validation), test)
@@ -207,11 +211,14 @@ def train_run(
     trained = set(getattr(model, "loss_task_names", [t.name for t in prepared.tasks]))
     balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
+    if prepared.stream is not None:  # checks every file's columns before anything is written
+        batches = prepared.stream.batches(encoded.schema, prepared.tasks, config.train.batch_size, config.seed)
+    else:
+        batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
     trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
     if path is not None and not resume:
         (path / "config.yaml").write_text(dump_config(resolved))
         encoded.schema.save(path / "schema.json")
-    batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
     result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
     summary = {
