@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainSpec(BaseModel):
@@ -14,6 +14,13 @@ class TrainSpec(BaseModel):
     ``"loss"`` (sum of the tasks' weighted validation losses, lower is better), a metric name
     such as ``"auc"`` (its mean over the tasks that report it), or ``"task/metric"``.
     The test split is never used for either.
+
+    ``precision`` is that of the forward pass and the task losses (autocast); parameters, optimiser
+    state, losses, loss sums and the gradient balancers' Jacobians stay fp32. ``"bf16"`` runs on
+    CPU and CUDA; ``"fp16"`` needs CUDA and trains with a gradient scaler (see
+    :mod:`mtlkit.train.trainer` for which balancers are exact under loss scaling). ``compile``
+    wraps the model's forward in ``torch.compile``, falling back to eager with a warning if
+    compilation fails; checkpoints hold the uncompiled module's state either way.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,3 +42,12 @@ class TrainSpec(BaseModel):
     threads: Optional[int] = Field(default=None, ge=1)
     device: str = "cpu"
     progress: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> "TrainSpec":
+        # "auto" resolves to a device only in the trainer, which checks it again there.
+        if self.precision == "fp16" and self.device.split(":")[0] not in ("cuda", "auto"):
+            raise ValueError(f"precision 'fp16' needs a CUDA device (device is {self.device!r}): use 'bf16' on CPU")
+        return self

@@ -13,6 +13,38 @@ draws the uninterrupted run would have seen. The best model (``best.pt``) is cho
 validation split only; an independent-task model (the single-task baseline) keeps each task's
 best epoch separately.
 
+Mixed precision (``train.precision``): the forward pass and the task losses run under
+``torch.autocast``; parameters, optimiser state and the gradients written into ``.grad`` stay
+fp32. Losses are computed from logits cast to fp32, so the loss sums, the logged values and the
+gradient balancers' Jacobians (taken w.r.t. the fp32 shared parameters) and Gramians are fp32.
+Evaluation runs in fp32: selection and test metrics are those of the model that export and serving
+run. ``"bf16"`` needs no loss scaling (fp32's exponent range). ``"fp16"`` (CUDA only) trains with
+a ``GradScaler``: the losses are multiplied by a scale ``S`` before the backward pass, so that
+small activation gradients do not underflow fp16, and the gradients are divided by ``S`` before
+clipping and the optimiser step; a step whose gradients overflow is skipped and ``S`` lowered.
+How each balancer meets the scale:
+
+- loss weighting (``backward(Σ_k w_k L_k)``): the weights are computed from the unscaled losses
+  and the combined loss is scaled — exact for every method, including learned weights.
+- gradient methods receive the scaled losses, so they aggregate ``S·J`` — the same as unscaling
+  ``J`` first when the update is proportional to the scale (``d(S·J) = S·d(J)``, no use of the
+  loss values) and an overflow (a non-finite ``J``) gives a non-finite update that the scaler
+  skips, without an exception or a lasting change to the method's state. pcgrad, cagrad,
+  upgrad, dualproj, graddrop and mgda (``normalize: none``) pass (``tests/test_precision.py``
+  checks both properties). The others are rejected with a ConfigError giving the reason
+  (``_FP16_UNSAFE``): nash_mtl and db_mtl (update not proportional to the scale), mgda's
+  normalisations, gradnorm (norm and loss-ratio targets under a changing scale), gradvac (an
+  overflow poisons its running targets), aligned_mtl and imtl_g (their solvers raise on an
+  overflow), mgda_ub (an fp16 representation Jacobian). Use bf16 for them.
+- mgda_ub is rejected under bf16 too: its Jacobian is taken w.r.t. the low-precision shared
+  representation, not the fp32 parameters.
+
+``train.compile`` wraps the model in ``torch.compile`` for the training forward only (evaluation
+stays eager); ``self.model`` stays the uncompiled module, so checkpoints have its keys (no
+``_orig_mod.``). The first step's batch is compiled and back-propagated once before training
+(gradients dropped, buffers and RNG restored), so a compiler failure falls back to eager with a
+warning before anything has changed.
+
 Example:
     >>> import torch
     >>> from mtlkit.data.batch import EncodedTable
@@ -36,19 +68,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mtlkit.balancing import Balancer
+from mtlkit.balancing import BALANCERS, Balancer, GradientBalancer, LossWeighting
 from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
@@ -57,6 +91,24 @@ from mtlkit.train.selection import check_monitor, selection_score, task_score
 from mtlkit.train.spec import TrainSpec
 
 CHECKPOINT_VERSION = 1
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 autocast and its gradient scaler are for CUDA (on CPU use bf16); the tests widen this to
+# exercise the scaler logic on a machine without a GPU.
+_FP16_DEVICES: tuple[str, ...] = ("cuda",)
+# Gradient methods exact under fp16 loss scaling (see the module docstring); MGDA only without
+# normalisation (its "l2"/"loss" normalisations make the update independent of the scale).
+_FP16_GRADIENT_METHODS = ("pcgrad", "cagrad", "upgrad", "dualproj", "graddrop", "mgda")
+_FP16_UNSAFE = {
+    "nash_mtl": "its update does not grow with the loss scale (α solves Gα = 1/α), so unscaling would shrink it",
+    "db_mtl": "it differentiates log L_k, where the loss scale cancels: unscaling would shrink its update",
+    "gradnorm": "it fits gradient norms and loss ratios measured under a loss scale that changes between steps",
+    "gradvac": "one overflowing (skipped) step writes NaN into its running cosine targets for good",
+    "aligned_mtl": "its eigensolver raises on the overflowing Jacobians a gradient scaler produces instead of skipping the step",
+    "imtl_g": "its SVD raises on the overflowing Jacobians a gradient scaler produces instead of skipping the step",
+    "mgda_ub": "its Jacobian w.r.t. the fp16 representation would overflow (its Gramian carries the scale squared)",
+    "mgda": "its 'l2'/'loss' normalisations make the update independent of the loss scale (use normalize: none)",
+}
 
 
 class Callback:
@@ -153,6 +205,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
         self.device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else ("cpu" if spec.device == "auto" else spec.device))
+        _check_precision_and_compile(spec, self.device, balancer)
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.model.to(self.device)
@@ -179,7 +232,19 @@ class Trainer:
         if spec.grad_diagnostics_every:
             from mtlkit.diagnostics.gradients import GradientMonitor
 
-            self.grad_monitor = GradientMonitor([t.name for t in tasks], spec.grad_diagnostics_every, self.run_dir)
+            # Under compile a vmapped ("batched") Jacobian is not supported: per-task backwards.
+            self.grad_monitor = GradientMonitor([t.name for t in tasks], spec.grad_diagnostics_every, self.run_dir,
+                                                jacobian="loop" if spec.compile else "auto")
+        self._autocast_dtype = _AUTOCAST_DTYPES.get(spec.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if spec.precision == "fp16" else None
+        self._loss_level = type(balancer).backward is LossWeighting.backward  # Σ w_k L_k: scale the total
+        self._forward: Callable[..., Any] = model
+        self._compile_pending = False
+        if spec.compile:
+            try:
+                self._forward, self._compile_pending = torch.compile(model), True
+            except Exception as error:  # e.g. a Python version torch.compile does not support yet
+                _compile_failed(error)
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
@@ -244,41 +309,56 @@ class Trainer:
         samples = 0
         progress = _progress(self.spec.progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
         try:
-            with progress as bar:
+            with progress as bar, self._compile_settings():
                 for step_batches in train.epoch(pos.epoch, pos.step):
                     losses: dict[str, Tensor] = {}
                     rows: dict[str, Tensor] = {}
                     features: list[Tensor] = []
+                    if self._compile_pending:
+                        self._compile_now(step_batches)
                     for batch in step_batches:
                         batch = batch.to(self.device)
                         samples += batch.size
-                        # Task-aware models (one head per batch's task, e.g. NLP) are told which tasks it holds.
-                        logits = self.model(batch.inputs, batch.tasks) if self._task_aware else self.model(batch.inputs)
-                        if self._keep_features:
-                            features.append(self.model.last_shared_features)
-                        for name in batch.tasks:
-                            if name not in by_name:
-                                continue
-                            task = by_name[name]
-                            weight, mask = batch.weights.get(name), batch.masks[name]
-                            losses[name] = task.compute_loss(logits[name], batch.targets[name], weight, mask)
-                            rows[name] = mask.sum()
-                        if self._task_penalties is not None:  # e.g. AITM's calibrator, part of its task's objective
-                            for name, penalty in self._task_penalties().items():
-                                if name in losses:
-                                    losses[name] = losses[name] + penalty
+                        with self._autocast():
+                            logits = self._call_model(batch)
+                            if self._keep_features:
+                                features.append(self.model.last_shared_features)
+                            for name in batch.tasks:
+                                if name not in by_name:
+                                    continue
+                                task = by_name[name]
+                                weight, mask = batch.weights.get(name), batch.masks[name]
+                                # fp32 losses from low-precision logits (a no-op in fp32): loss sums,
+                                # logged values and the balancers' Jacobians stay fp32.
+                                losses[name] = task.compute_loss(logits[name].float(), batch.targets[name], weight, mask)
+                                rows[name] = mask.sum()
+                            if self._task_penalties is not None:  # e.g. AITM's calibrator, part of its task's objective
+                                for name, penalty in self._task_penalties().items():
+                                    if name in losses:
+                                        losses[name] = losses[name] + penalty.float()
                     self.optimizer.zero_grad(set_to_none=True)
                     if self._keep_features:  # every forward of the step, not only the last one
                         self.model.last_shared_features = features[0] if len(features) == 1 else features
                     if self.grad_monitor is not None:
                         self.grad_monitor.record(pos.global_step, losses, self.model)
-                    self.balancer.backward(losses, self.model)
+                    if self.scaler is None:
+                        self.balancer.backward(losses, self.model)
+                    elif self._loss_level:  # weights from the unscaled losses; only the total is scaled
+                        self.scaler.scale(self.balancer.combine(losses)).backward()
+                    else:  # an fp16-safe gradient method: it aggregates S·J into S·d (module docstring)
+                        self.balancer.backward({k: self.scaler.scale(v) for k, v in losses.items()}, self.model)
                     penalty = self._regularization()
                     if penalty is not None:  # not a task loss, so outside the balancer; a parameter-only graph
-                        penalty.backward()
+                        (penalty if self.scaler is None else self.scaler.scale(penalty)).backward()
                     if self.spec.grad_clip:
+                        if self.scaler is not None:
+                            self.scaler.unscale_(self.optimizer)  # the threshold is in true gradient units
                         nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
-                    self.optimizer.step()
+                    if self.scaler is None:
+                        self.optimizer.step()
+                    else:  # skips the step if a gradient overflowed, then adapts the scale
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
                     scheduler.step()
                     with torch.no_grad():
                         for i, name in enumerate(names):
@@ -299,6 +379,55 @@ class Trainer:
         means = (loss_sum / row_sum.clamp_min(1)).tolist()
         self._epoch_losses = {n: m for n, m in zip(names, means)}
         return samples
+
+    # -- precision and compilation -------------------------------------------------------------
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def _call_model(self, batch: Batch) -> dict[str, Tensor]:
+        # Task-aware models (one head per batch's task, e.g. NLP) are told which tasks it holds.
+        args = (batch.inputs, batch.tasks) if self._task_aware else (batch.inputs,)
+        return self._forward(*args)
+
+    def _compile_settings(self):
+        if self._forward is self.model:
+            return contextlib.nullcontext()
+        import torch._functorch.config as functorch_config
+
+        # Gradient methods run several backward passes through one forward (retain_graph=True),
+        # which a compiled backward that donates its buffers refuses; the flag is read at compile
+        # and at backward time, so it holds for the whole training loop.
+        return functorch_config.patch(donated_buffer=False)
+
+    def _compile_now(self, step_batches: list[Batch]) -> None:
+        """Compile (forward and backward) on the first step's batch before training, so that a
+        failure falls back to eager with nothing to undo: the probe's gradients are dropped and
+        the buffers (BatchNorm statistics) and RNG state it moved are restored."""
+        self._compile_pending = False
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            with self._autocast():
+                logits = self._call_model(step_batches[0].to(self.device))
+            total = torch.stack([v.float().sum() for v in logits.values()]).sum()
+            if total.requires_grad:
+                total.backward()
+        except Exception as error:
+            self._forward = self.model
+            _compile_failed(error)
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if self._task_penalties is not None:
+                self._task_penalties()  # drop the probe's (AITM keeps them until read)
 
     # -- model selection ----------------------------------------------------------------------
     def _select(self, results, pos: _Position, best_state) -> bool:
@@ -347,6 +476,7 @@ class Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "position": pos.__dict__,
                 "sums": [s.detach().cpu() for s in sums] if sums else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             },
             self.run_dir / "last.pt",
         )
@@ -360,6 +490,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         self.balancer.load_state_dict(ckpt["balancer"])
+        if self.scaler is not None and ckpt.get("scaler"):  # the loss scale reached, for an exact resume
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"].cpu())
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
@@ -439,6 +571,45 @@ class _RichProgress(_NoProgress):
     def update(self, step: int, losses: Mapping[str, float]) -> None:
         text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
         self.progress.update(self.task, completed=step, losses=text)
+
+
+def _check_precision_and_compile(spec: TrainSpec, device: torch.device, balancer: Balancer) -> None:
+    """Reject, before any work, the combinations that cannot train correctly."""
+    name = next((n for n in BALANCERS.names() if BALANCERS.get(n) is type(balancer)), type(balancer).__name__)
+    needs_features = bool(getattr(balancer, "needs_shared_features", False))
+    if spec.precision != "fp32":
+        if spec.precision == "fp16" and device.type not in _FP16_DEVICES:
+            raise ConfigError(f"train.precision: fp16 needs a CUDA device (training runs on {device.type}); use bf16")
+        if device.type not in ("cpu", "cuda", *_FP16_DEVICES):
+            raise ConfigError(f"train.precision: {spec.precision} is supported on cpu and cuda, not {device.type}")
+        if spec.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.precision: this GPU has no bf16 support; use fp16")
+        if needs_features:
+            raise ConfigError(f"train.precision: {spec.precision} with balancer {name!r}: its Jacobian w.r.t. the shared "
+                              f"representation would be {spec.precision}, not fp32; use 'mgda' (w.r.t. the fp32 shared parameters)")
+    if spec.precision == "fp16" and type(balancer).backward is not LossWeighting.backward:
+        safe = name in _FP16_GRADIENT_METHODS and not (name == "mgda" and balancer.options.normalize != "none")
+        if not safe:
+            why = _FP16_UNSAFE.get(name, "it is not known to be exact under loss scaling")
+            raise ConfigError(f"train.precision: fp16 with balancer {name!r} is unsafe: {why}; use bf16, a loss-weighting "
+                              f"balancer or one of {', '.join(_FP16_GRADIENT_METHODS)}")
+    if spec.compile:
+        if needs_features:
+            raise ConfigError(f"train.compile with balancer {name!r}: the shared representation it differentiates is "
+                              "inside the compiled graph, so its gradients would be missing; use 'mgda' or compile: false")
+        jacobian = getattr(getattr(balancer, "options", None), "jacobian", None)
+        if isinstance(balancer, GradientBalancer) and (jacobian == "batched" or (jacobian == "auto" and device.type != "cpu")):
+            raise ConfigError(f"train.compile with balancer {name!r}: its Jacobian is vmapped ('batched' on {device.type}), "
+                              "which a compiled backward does not support; set the balancer option jacobian: loop")
+
+
+def _compile_failed(error: Exception) -> None:
+    root = error
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = inner  # Dynamo wraps the compiler's own error (BackendCompilerFailed)
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    warnings.warn(f"train.compile: torch.compile failed ({type(root).__name__}: {first}); training without compilation",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]) -> None:
