@@ -48,16 +48,19 @@ class BatchedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        # The bias is fused into the matmul (addmm / baddbmm): one kernel, and under bf16 autocast
+        # the output stays bf16 instead of being promoted by a separate fp32 add.
         if x.dim() == 2:
             # Shared input: all maps side by side in one (in, n·out) matmul.
             flat = self.weight.permute(1, 0, 2).reshape(self.in_features, self.n * self.out_features)
-            y = (x @ flat).view(x.shape[0], self.n, self.out_features)
-        elif x.dim() == 3 and x.shape[1] == self.n:
+            y = x @ flat if self.bias is None else torch.addmm(self.bias.reshape(-1), x, flat)
+            return y.view(x.shape[0], self.n, self.out_features)
+        if x.dim() == 3 and x.shape[1] == self.n:
             # Per-map input: one bmm with the map axis as the batch axis.
-            y = torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1)
-        else:
-            raise ValueError(f"expected (B, {self.in_features}) or (B, {self.n}, {self.in_features}), got {tuple(x.shape)}")
-        return y if self.bias is None else y + self.bias
+            per_map = x.transpose(0, 1)
+            y = torch.bmm(per_map, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), per_map, self.weight)
+            return y.transpose(0, 1)
+        raise ValueError(f"expected (B, {self.in_features}) or (B, {self.n}, {self.in_features}), got {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return f"n={self.n}, in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
