@@ -67,6 +67,10 @@ def train(
             summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
     except MtlkitError as error:
         _fail(error)
+    from mtlkit.train.distributed import context
+
+    if not context().is_main:  # under torchrun only rank 0 reports
+        return
     splits = {"validation": summary["validation"], **({"test": summary["test"]} if summary["test"] else {})}
     print_table(metrics_table(f"{summary['backbone']} — best epoch {summary['best_epoch']}", splits), console)
     console.print(f"run directory: {run_dir}")

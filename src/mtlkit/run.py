@@ -31,7 +31,7 @@ from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.tasks import Task, TaskKind
-from mtlkit.train import Callback, Trainer, evaluate, predict_logits
+from mtlkit.train import Callback, Trainer, distributed, evaluate, predict_logits
 from mtlkit.train.fusion_report import fusion_report
 from mtlkit.train.selection import check_monitor
 
@@ -205,7 +205,12 @@ def train_run(
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     path = Path(run_dir) if run_dir is not None else None
-    resume = _prepare_run_dir(path, overwrite) if path is not None else False
+    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
+    resume = _prepare_run_dir(path, overwrite) if path is not None and ctx.is_main else False
+    if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
+        decision = [resume]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        resume = bool(decision[0])
     torch.manual_seed(config.seed)
     model = build_model(config.model, encoded.schema, prepared.tasks)
     trained = set(getattr(model, "loss_task_names", [t.name for t in prepared.tasks]))
@@ -216,7 +221,7 @@ def train_run(
     else:
         batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
     trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
-    if path is not None and not resume:
+    if path is not None and not resume and ctx.is_main:
         (path / "config.yaml").write_text(dump_config(resolved))
         encoded.schema.save(path / "schema.json")
     result = trainer.fit(batches, encoded.validation, resume=resume)
@@ -234,7 +239,7 @@ def train_run(
         "train_seconds": result.seconds,
         "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
     }
-    if path is not None:
+    if path is not None and ctx.is_main:
         if test is not None:
             (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
         (path / SUMMARY).write_text(json.dumps(summary, indent=1))

@@ -45,6 +45,13 @@ stays eager); ``self.model`` stays the uncompiled module, so checkpoints have it
 (gradients dropped, buffers and RNG restored), so a compiler failure falls back to eager with a
 warning before anything has changed.
 
+Data-parallel training (``torchrun``; the design is in :mod:`mtlkit.train.distributed`): when a
+``torch.distributed`` process group is initialised, the trainer broadcasts rank 0's weights, takes
+rows ``rank::world`` of every global batch, averages the gradients over ranks after the balancer's
+backward (a gradient method aggregates the rank-averaged task Jacobian), all-reduces the epoch
+loss sums, evaluates the whole validation split on every rank, and only rank 0 writes files and
+shows progress. Positions count global steps, so a checkpoint resumes with any number of ranks.
+
 Example:
     >>> import torch
     >>> from mtlkit.data.batch import EncodedTable
@@ -83,9 +90,11 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.balancing import BALANCERS, Balancer, GradientBalancer, LossWeighting
+from mtlkit.balancing.gradient import split_parameters
 from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
+from mtlkit.train import distributed
 from mtlkit.train.evaluate import evaluate, flatten_metrics
 from mtlkit.train.selection import check_monitor, selection_score, task_score
 from mtlkit.train.spec import TrainSpec
@@ -200,7 +209,12 @@ class Trainer:
         self._task_penalties = getattr(model, "task_penalties", None)
         self._task_aware = bool(getattr(model, "task_aware", False))
         self.spec = spec
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        # Data-parallel (mtlkit.train.distributed): every rank reads a checkpoint from `_resume_dir`;
+        # only rank 0 has a `run_dir` to write to and shows progress.
+        self.dist = distributed.context()
+        self._resume_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = self._resume_dir if self.dist.is_main else None
+        self._show_progress = spec.progress and self.dist.is_main
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
@@ -210,6 +224,16 @@ class Trainer:
             torch.set_num_threads(spec.threads)
         self.model.to(self.device)
         self.balancer.to(self.device)
+        self._reduce_params: list[nn.Parameter] = []
+        if self.dist.enabled:
+            distributed.broadcast_state(self.model, self.balancer)
+            shared_ids: set[int] = set()
+            if isinstance(balancer, GradientBalancer):  # aggregates the rank-averaged Jacobian
+                distributed.reduce_gradient_balancer(balancer, self.dist.world)
+                shared_ids = {id(p) for p in split_parameters(model)[0]}
+            # The shared gradients of a gradient method are equal on every rank already.
+            self._reduce_params = [p for p in [*model.parameters(), *balancer.parameters()]
+                                   if p.requires_grad and id(p) not in shared_ids]
         optimizer_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
         # Balancer parameters (log-variances, GradNorm weights) are not model weights: decaying
         # them towards 0 would bias the weighting itself, so they get their own group without decay.
@@ -248,11 +272,19 @@ class Trainer:
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
+        train = distributed.shard_source(train, self.dist)  # rank r's rows of each global batch
         steps_per_epoch = len(train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(self.spec, self.spec.epochs * steps_per_epoch))
         pos = _Position()
         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if resume and self.run_dir is not None and (self.run_dir / "last.pt").exists():
+        found = resume and self._resume_dir is not None and (self._resume_dir / "last.pt").exists()
+        if self.dist.enabled:  # every rank resumes from rank 0's last.pt, or none does
+            flags = torch.tensor([float(found), 1.0 - float(found)], device=self.device)  # NCCL: device tensors
+            distributed.all_reduce_sum_(flags)
+            if 0 < flags[0] < self.dist.world:
+                raise ConfigError(f"{self._resume_dir}: last.pt is visible on {int(flags[0])} of {self.dist.world} ranks; "
+                                  "distributed training needs the run directory on a shared file system")
+        if found:
             pos, best_state = self._load(scheduler)
         self._rewrite_metric_files(pos.history)
         start = time.perf_counter()
@@ -266,6 +298,8 @@ class Trainer:
                 results = validation.evaluate(self.model, self.device)
             else:
                 results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
+            if self.dist.enabled:  # every rank evaluated the whole split; rank 0's numbers decide for all
+                results = distributed.broadcast_object(results)
             improved = self._select(results, pos, best_state)
             record = {
                 "epoch": pos.epoch + 1,
@@ -279,7 +313,7 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_epoch_end(self, record, validation)
             pos.history.append(record)
-            if self.spec.progress:
+            if self._show_progress:
                 _print_epoch(record, results)
             self.balancer.epoch_end(pos.epoch, self._epoch_losses)
             if self.grad_monitor is not None:
@@ -289,6 +323,10 @@ class Trainer:
             stopped_early = self._finished(pos)
             self._checkpoint(scheduler, pos, best_state)
         self.model.load_state_dict(best_state)
+        if self.dist.enabled:  # rows trained by all ranks
+            total = torch.tensor([float(samples)], dtype=torch.float64, device=self.device)
+            distributed.all_reduce_sum_(total)
+            samples = int(total.item())
         if self._tb is not None:
             self._tb.close()
         result = FitResult(pos.history, dict(pos.best_epoch), pos.best_results, stopped_early and pos.epoch < self.spec.epochs,
@@ -307,7 +345,7 @@ class Trainer:
         row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         self._resumed_sums = None
         samples = 0
-        progress = _progress(self.spec.progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
+        progress = _progress(self._show_progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
         try:
             with progress as bar, self._compile_settings():
                 for step_batches in train.epoch(pos.epoch, pos.step):
@@ -336,20 +374,25 @@ class Trainer:
                                 for name, penalty in self._task_penalties().items():
                                     if name in losses:
                                         losses[name] = losses[name] + penalty.float()
+                    # Data-parallel: each rank's mean loss re-weighted by its share of the task's
+                    # labelled rows, so that the rank average is the global batch's mean loss.
+                    step_losses = distributed.global_mean_losses(losses, rows, self.dist.world) if self.dist.enabled else losses
                     self.optimizer.zero_grad(set_to_none=True)
                     if self._keep_features:  # every forward of the step, not only the last one
                         self.model.last_shared_features = features[0] if len(features) == 1 else features
                     if self.grad_monitor is not None:
-                        self.grad_monitor.record(pos.global_step, losses, self.model)
+                        self.grad_monitor.record(pos.global_step, step_losses, self.model)
                     if self.scaler is None:
-                        self.balancer.backward(losses, self.model)
+                        self.balancer.backward(step_losses, self.model)
                     elif self._loss_level:  # weights from the unscaled losses; only the total is scaled
-                        self.scaler.scale(self.balancer.combine(losses)).backward()
+                        self.scaler.scale(self.balancer.combine(step_losses)).backward()
                     else:  # an fp16-safe gradient method: it aggregates S·J into S·d (module docstring)
-                        self.balancer.backward({k: self.scaler.scale(v) for k, v in losses.items()}, self.model)
+                        self.balancer.backward({k: self.scaler.scale(v) for k, v in step_losses.items()}, self.model)
                     penalty = self._regularization()
                     if penalty is not None:  # not a task loss, so outside the balancer; a parameter-only graph
                         (penalty if self.scaler is None else self.scaler.scale(penalty)).backward()
+                    if self.dist.enabled:  # average over ranks before clipping, unscaling and the step
+                        distributed.all_reduce_grads(self._reduce_params, self.dist.world)
                     if self.spec.grad_clip:
                         if self.scaler is not None:
                             self.scaler.unscale_(self.optimizer)  # the threshold is in true gradient units
@@ -374,8 +417,10 @@ class Trainer:
                     if self.spec.checkpoint_every and pos.step % self.spec.checkpoint_every == 0 and pos.step < steps_per_epoch:
                         self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
         except KeyboardInterrupt:
-            self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
+            self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum), collective=False)
             raise
+        if self.dist.enabled:  # global epoch means (DWA and the scheduled weights read them)
+            distributed.all_reduce_sum_(loss_sum, row_sum)
         means = (loss_sum / row_sum.clamp_min(1)).tolist()
         self._epoch_losses = {n: m for n, m in zip(names, means)}
         return samples
@@ -460,9 +505,13 @@ class Trainer:
         return next(t for t in self.tasks if t.name == name)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint(self, scheduler, pos: _Position, best_state, sums: tuple[Tensor, Tensor] | None = None) -> None:
+    def _checkpoint(self, scheduler, pos: _Position, best_state, sums: tuple[Tensor, Tensor] | None = None,
+                    collective: bool = True) -> None:
         if self.grad_monitor is not None:
             self.grad_monitor.flush()  # rows up to the checkpoint are on disk; a resumed run recomputes the rest
+        if sums and self.dist.enabled and collective:  # the global mid-epoch sums (rank 0 resumes with them)
+            sums = tuple(s.detach().clone() for s in sums)
+            distributed.all_reduce_sum_(*sums)
         if self.run_dir is None:
             return
         atomic_save(
@@ -482,10 +531,11 @@ class Trainer:
         )
 
     def _load(self, scheduler) -> tuple[_Position, dict[str, Tensor]]:
-        assert self.run_dir is not None
-        ckpt = torch.load(self.run_dir / "last.pt", map_location=self.device, weights_only=True)
+        run_dir = self._resume_dir
+        assert run_dir is not None
+        ckpt = torch.load(run_dir / "last.pt", map_location=self.device, weights_only=True)
         if ckpt.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"{self.run_dir / 'last.pt'}: unsupported checkpoint version {ckpt.get('version')!r}")
+            raise ConfigError(f"{run_dir / 'last.pt'}: unsupported checkpoint version {ckpt.get('version')!r}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -495,11 +545,12 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"].cpu())
         if ckpt["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
-        self._resumed_sums = ckpt["sums"]
+        # Global sums: held by rank 0 alone, so that the epoch-end all-reduce counts them once.
+        self._resumed_sums = ckpt["sums"] if self.dist.is_main else None
         pos = _Position(**ckpt["position"])
         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if (self.run_dir / "best.pt").exists():
-            best_state.update(torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)["model"])
+        if (run_dir / "best.pt").exists():
+            best_state.update(torch.load(run_dir / "best.pt", map_location=self.device, weights_only=True)["model"])
         return pos, best_state
 
     # -- logging -------------------------------------------------------------------------------

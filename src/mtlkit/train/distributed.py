@@ -1,0 +1,279 @@
+"""Data-parallel training with ``torch.distributed`` (launched with ``torchrun``).
+
+``torchrun --nproc-per-node N [--nnodes M ...] -m mtlkit.cli train CONFIG --out RUN_DIR`` (or
+``torchrun ... $(which mtlkit) train ...``) trains data-parallel with no change to the config
+(``train.batch_size`` stays the global batch of an in-memory table). The design, step by step:
+
+- **Process group.** :func:`setup` initialises it from torchrun's environment (``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT``): NCCL with one GPU per process
+  (``cuda:LOCAL_RANK``) when CUDA is available, else gloo. Without ``WORLD_SIZE > 1`` nothing
+  happens and training is the single-process loop. The :class:`~mtlkit.train.trainer.Trainer`
+  only asks :func:`context` whether a group is initialised, so it also works in processes
+  started some other way (the tests use ``torch.multiprocessing`` with gloo).
+- **Identical weights.** The trainer broadcasts the model's and the balancer's parameters and
+  buffers from rank 0 once, when it is built (every rank also uses the config's seed).
+- **Data.** The batch order of an in-memory table is a function of ``(seed, epoch)`` only, so
+  every rank draws the same *global* batch of ``train.batch_size`` rows and keeps the rows
+  ``rank::world`` of it (:class:`ShardedBatches`). The number of steps per epoch, the learning-rate
+  schedule and the position (epoch, step in global steps) are those of the single-process run,
+  which is why a checkpoint resumes with any number of ranks. A source that shards by rank
+  itself (:class:`~mtlkit.data.streaming.ParquetBatches`, row groups ``rank::world``, with
+  ``batch_size`` rows per rank) is used as it is.
+- **Gradients.** After ``balancer.backward`` (and the regularisation penalty), the gradients of
+  every optimised parameter are averaged over ranks with a few flattened ``all_reduce`` calls
+  (buckets of at most :data:`BUCKET_ELEMENTS` values per dtype, not one call per parameter),
+  before clipping, the gradient scaler and the optimiser step; a parameter without a gradient on
+  every rank keeps ``grad = None`` (AdamW then skips it as the single-process run does).
+  Before the backward, rank ``r``'s mean loss of task ``k`` is multiplied by ``W·n_k,r/N_k``
+  (its share of the task's labelled rows in the global batch: :func:`global_mean_losses`, one
+  all-reduce of ``T`` counts), so the average of the per-rank gradients is the gradient of the
+  global batch's mean loss even when ranks hold different numbers of labelled rows (an uneven
+  last batch, sparse task masks). Exact for unweighted losses; with sample or negative weights
+  the loss is a weighted mean and the row count only approximates its denominator. The balancer
+  sees these re-weighted losses; the logged and epoch losses are the plain ones.
+- **Gradient methods** (PCGrad, MGDA, …: :class:`~mtlkit.balancing.gradient.GradientBalancer`)
+  aggregate the task Jacobian ``J``; the Gramian of a per-rank ``J`` is not that of the averaged
+  one (``mean_r(J_r) mean_r(J_r)ᵀ ≠ mean_r(J_r J_rᵀ)``), so :func:`reduce_gradient_balancer`
+  wraps the balancer's ``aggregate`` so that it first averages ``J`` (and the step's task
+  objectives, which MGDA's ``loss`` normalisation reads) over ranks, in one ``all_reduce``; every
+  rank then computes the same update ``d`` from the global ``J`` and the same random draws (the
+  RNG states are equal), and the shared parameters are left out of the gradient all-reduce (their
+  gradients are already equal). GradNorm and MGDA-UB differentiate something else than ``J``
+  (a layer's weights, the per-rank shared representation) and are rejected with a ConfigError.
+- **Loss weighting.** Learned weights (uncertainty log-variances, …) are optimiser parameters:
+  their gradients are averaged like the model's. The epoch mean losses that DWA and the
+  scheduled weights read at ``epoch_end`` are sums all-reduced over ranks, so every rank sees the
+  global means. Methods whose weights depend on the step's loss values (GLS, FAMO) see the
+  rank's own losses: close to, not equal to, the single-process run.
+- **Evaluation.** Every rank evaluates the *whole* validation (and test) split, which is in
+  memory: AUC, GAUC and logloss are those of the whole split (not averages of per-rank values),
+  and no gather is needed. Rank 0's results are broadcast (one small pickled object per epoch),
+  so the selection, early-stopping decision and ``best_state`` are the same on every rank even
+  if a non-deterministic kernel made the ranks' evaluations differ in the last bits.
+  The cost is ``world``-fold redundant evaluation; sharded evaluation with an ``all_gather`` of
+  the logits is the next step when validation becomes expensive.
+- **Files.** Only rank 0 writes checkpoints (``last.pt``, ``best.pt``), ``metrics.*``, TensorBoard,
+  ``config.yaml``, ``schema.json``, ``summary.json`` and shows the progress bar (its running loss
+  is rank 0's shard; the epoch means are global). On resume every rank reads rank 0's
+  ``last.pt``, so several machines need a shared run directory. The mid-epoch loss sums in a
+  checkpoint are the all-reduced ones (on Ctrl-C, rank 0's own, as no collective is safe then).
+
+Model-parallel embeddings (not implemented): the data-parallel design replicates every
+parameter, so an embedding table must fit one device. The plug point for larger tables is
+:class:`mtlkit.nn.embedding.FusedEmbedding` — ``forward(ids: (B, F) long) → (B, F, dim)``, one
+table with per-feature offsets — which :class:`~mtlkit.nn.embedding.TabularEncoder` is the only
+caller of. A TorchRec backend would implement the same interface with an
+``EmbeddingBagCollection`` (one ``EmbeddingBagConfig`` per feature, ids as a
+``KeyedJaggedTensor``) sharded by ``DistributedModelParallel`` (table-wise / row-wise /
+column-wise plans from ``EmbeddingShardingPlanner``), while the dense part (backbone, towers)
+stays replicated and all-reduced as here. What changes then: the embedding parameters leave
+:func:`all_reduce_grads` (TorchRec's fused optimiser updates them in the backward), checkpoints
+become sharded (``torch.distributed.checkpoint``), and the gradient methods must keep the
+embeddings out of ``shared_parameters()`` (a Jacobian over a sharded table is not local).
+
+Example:
+    >>> context()  # no process group in a plain process
+    DistContext(rank=0, world=1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from mtlkit.data.batch import Batch
+from mtlkit.errors import ConfigError
+
+#: The most values one ``all_reduce`` of the gradient averaging carries.
+BUCKET_ELEMENTS = 25_000_000
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context() -> DistContext:
+    """This process's rank and the world size (``0, 1`` without an initialised process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size())
+    return DistContext()
+
+
+def setup() -> DistContext:
+    """Initialise the process group from torchrun's environment if it asks for several processes."""
+    if not (dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1) or dist.is_initialized():
+        return context()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend)
+    return context()
+
+
+def broadcast_state(*modules: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank (once, at start-up)."""
+    with torch.no_grad():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _buckets(tensors: Sequence[Tensor]) -> Iterator[list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype) into buckets of at most BUCKET_ELEMENTS."""
+    groups: dict[Any, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    for indices in groups.values():
+        bucket, size = [], 0
+        for i in indices:
+            if bucket and size + tensors[i].numel() > BUCKET_ELEMENTS:
+                yield bucket
+                bucket, size = [], 0
+            bucket.append(i)
+            size += tensors[i].numel()
+        if bucket:
+            yield bucket
+
+
+def all_reduce_grads(params: Sequence[Tensor], world: int) -> None:
+    """Average ``p.grad`` over ranks, a flattened ``all_reduce`` per bucket.
+
+    Each bucket carries one extra value per parameter, 1 where the rank has a gradient: a
+    parameter that has one on no rank keeps ``grad = None``; one missing on some ranks counts as
+    zero there.
+    """
+    params = list(params)
+    for bucket in _buckets(params):
+        ps = [params[i] for i in bucket]
+        flat = torch.cat([
+            *[(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps],
+            torch.tensor([float(p.grad is not None) for p in ps], dtype=ps[0].dtype, device=ps[0].device),
+        ])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        values, present = flat[:-len(ps)], flat[-len(ps):]
+        has = (present > 0).tolist()  # host flags: one sync per bucket (the step syncs in all_reduce anyway)
+        for p, g, keep in zip(ps, torch.split(values, [p.numel() for p in ps]), has):
+            if not keep:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = g.view_as(p).clone()
+            else:
+                p.grad.copy_(g.view_as(p))
+
+
+def all_reduce_sum_(*tensors: Tensor) -> None:
+    """Sum small same-dtype tensors over ranks in place (one call)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    for t, v in zip(tensors, torch.split(flat, [t.numel() for t in tensors])):
+        t.copy_(v.view_as(t))
+
+
+def global_mean_losses(losses: dict[str, Tensor], rows: dict[str, Tensor], world: int) -> dict[str, Tensor]:
+    """``L_k,r · W · n_k,r / N_k``: rank ``r``'s mean loss of task ``k`` re-weighted by its share
+    of the task's labelled rows (``N_k = Σ_r n_k,r``, one small all-reduce), so that the average
+    over ranks is the mean over the global batch — exact for unweighted masked means when ranks
+    or task masks hold different row counts (an uneven last batch, sparse tasks)."""
+    names = list(losses)
+    if not names:
+        return losses
+    counts = torch.stack([rows[n].to(losses[n].device, torch.float32).reshape(()) for n in names])
+    total = counts.clone()
+    dist.all_reduce(total)
+    factor = counts * world / total.clamp_min(1)
+    return {n: losses[n] * factor[i].to(losses[n].dtype) for i, n in enumerate(names)}
+
+
+_UNSUPPORTED = {
+    "GradNorm": "it differentiates a layer's weights w.r.t. per-rank losses, not the task Jacobian",
+    "MGDAUB": "its Jacobian is w.r.t. each rank's own shared representation, which cannot be averaged",
+}
+
+
+def reduce_gradient_balancer(balancer: nn.Module, world: int) -> None:
+    """Make a gradient balancer aggregate the rank-averaged Jacobian (see the module docstring)."""
+    name = type(balancer).__name__
+    if name in _UNSUPPORTED or getattr(balancer, "needs_shared_features", False):
+        why = _UNSUPPORTED.get(name, "it differentiates each rank's own shared representation")
+        raise ConfigError(f"balancer {name!r} is not supported in distributed training: {why}")
+    if getattr(balancer, "_mtlkit_reduced", False):
+        return
+    aggregate = balancer.aggregate
+
+    def reduced(jacobian: Tensor, present: Tensor) -> Tensor:
+        objectives = getattr(balancer, "step_objectives", None)
+        t = jacobian.shape[0]
+        columns = [jacobian]
+        if objectives is not None:
+            columns.append(objectives.to(jacobian).reshape(t, 1))
+        packed = torch.cat(columns, dim=1)
+        dist.all_reduce(packed)
+        packed.div_(world)
+        if objectives is not None:
+            balancer.step_objectives = packed[:, -1]
+            packed = packed[:, :-1]
+        return aggregate(packed, packed.pow(2).sum(1) > 0)
+
+    balancer.aggregate = reduced
+    balancer._mtlkit_reduced = True
+
+
+def _shard(batch: Batch, rank: int, world: int) -> Batch:
+    cut = lambda d: {k: v[rank::world] for k, v in d.items()}  # noqa: E731
+    return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights))
+
+
+class ShardedBatches:
+    """Rank ``rank``'s rows ``rank::world`` of every batch of a source that yields global batches.
+
+    Same ``len()`` and the same ``epoch(epoch, start_step)`` positions as the source, so a
+    checkpoint's position means the same thing for any number of ranks.
+    """
+
+    def __init__(self, source: Any, rank: int, world: int) -> None:
+        self.source, self.rank, self.world = source, rank, world
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[list[Batch]]:
+        for batches in self.source.epoch(epoch, start_step):
+            yield [_shard(b, self.rank, self.world) for b in batches]
+
+
+def shard_source(source: Any, ctx: DistContext) -> Any:
+    """The rank's view of a training source: itself if it already shards by rank, else ShardedBatches."""
+    if not ctx.enabled or getattr(source, "world_size", None) == ctx.world or isinstance(source, ShardedBatches):
+        return source
+    return ShardedBatches(source, ctx.rank, ctx.world)
+
+
+__all__ = [
+    "BUCKET_ELEMENTS", "DistContext", "global_mean_losses", "ShardedBatches", "all_reduce_grads", "all_reduce_sum_",
+    "broadcast_object", "broadcast_state", "context", "reduce_gradient_balancer", "setup", "shard_source",
+]
