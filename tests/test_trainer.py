@@ -179,3 +179,14 @@ def test_weight_decay_spares_the_balancers_parameters():
     # Decayed, they would shrink by (1 - 0.01·5)^7 ≈ 0.7; the model's slightly different losses move them < 1e-3.
     assert torch.allclose(log_vars[0.0], log_vars[5.0], atol=1e-2)
     assert not torch.allclose(log_vars[0.0], torch.ones_like(log_vars[0.0]))  # they did train
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    table = toy_table(100, 0)
+    schema = SPEC.fit(table)
+    model = build_model(ModelSpec(backbone="shared_bottom", options={"hidden": [8], "batch_norm": True}), schema, TASKS)
+    trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(), TASKS),
+                      TrainSpec(optimizer="adamw", weight_decay=0.1, progress=False))
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    matrices = {id(p) for p in model.parameters() if p.ndim > 1}
+    assert decayed == matrices and any(p.ndim == 1 for p in model.parameters())

@@ -237,7 +237,13 @@ class Trainer:
         optimizer_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
         # Balancer parameters (log-variances, GradNorm weights) are not model weights: decaying
         # them towards 0 would bias the weighting itself, so they get their own group without decay.
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": spec.weight_decay}]
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Biases and normalisation scales (1-D tensors) are not decayed either: the usual AdamW
+        # recipe (Loshchilov & Hutter 2019; BERT), since shrinking them regularises nothing useful.
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": spec.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}] if spec.weight_decay else \
+                 [{"params": params, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
         balancer_params = [p for p in balancer.parameters() if p.requires_grad]
         if balancer_params:
             groups.append({"params": balancer_params, "weight_decay": 0.0})
