@@ -139,7 +139,7 @@ def time_methods(methods, t, backbone, args, libmtl):
             balancer = LibMTLBalancer(libmtl, class_name, kwargs, names, model)
         else:
             balancer = build_balancer(BalancerSpec(name=method, options=METHOD_OPTIONS.get(method, {})), tasks)
-            if method == "mgda_ub":  # the representation hook, until MultiTaskModel exposes it
+            if method == "mgda_ub":  # this loop calls the model directly, so set the representation hook
                 from mtlkit.balancing.mgda_ub import expose_shared_features
 
                 expose_shared_features(model, model.backbone.experts if backbone == "mmoe" else model.backbone.bottom)

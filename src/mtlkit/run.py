@@ -184,6 +184,21 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
     return False
 
 
+def run_summary(result, model: nn.Module, test: Optional[dict], **describe) -> dict:
+    """``summary.json``: what the run was (``describe``), then what training and testing gave."""
+    return {
+        **describe,
+        "parameters": count_parameters(model),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "validation": result.best_results,
+        "test": test,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
+    }
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -226,19 +241,8 @@ def train_run(
         encoded.schema.save(path / "schema.json")
     result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
-    summary = {
-        "backbone": config.model.backbone,
-        "balancer": config.balancer.name,
-        "tasks": [t.name for t in prepared.tasks],
-        "parameters": count_parameters(model),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "validation": result.best_results,
-        "test": test,
-        "train_seconds": result.seconds,
-        "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
-    }
+    summary = run_summary(result, model, test, backbone=config.model.backbone, balancer=config.balancer.name,
+                          tasks=[t.name for t in prepared.tasks])
     if path is not None and ctx.is_main:
         if test is not None:
             (path / "test_metrics.json").write_text(json.dumps(test, indent=1))

@@ -14,9 +14,9 @@ Where ``Z`` comes from: the model must expose the representation of the current 
 as ``model.last_shared_features`` — a tensor, or a list/tuple of tensors (e.g. an MMoE's expert
 outputs) — that every task's output is computed from. The balancer reads it and then clears it
 (sets it to ``None``), so a stale tensor from an earlier step is never reused.
-:class:`mtlkit.models.MultiTaskModel` does not set it yet (the hook is proposed separately);
-meanwhile :func:`expose_shared_features` sets it from any submodule's output with a forward hook
-(``model.backbone.bottom`` for shared-bottom, ``model.backbone.experts`` for the MoE family). A
+:class:`mtlkit.models.MultiTaskModel` sets it when the trainer asks (``keep_shared_features``);
+for other models :func:`expose_shared_features` sets it from any submodule's output with a
+forward hook (``model.backbone.bottom`` for shared-bottom, ``model.backbone.experts`` for MoE). A
 model without it raises a :class:`~mtlkit.errors.ConfigError` at the first step, unless
 ``fallback_to_parameters=True``, which then runs parameter-level MGDA. With several forward
 passes per step (one batch per task), only the features of the last one would be seen: a task

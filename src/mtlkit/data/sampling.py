@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from mtlkit.data.schema import _float_column
 from mtlkit.errors import ConfigError, DataError
 
 
@@ -39,13 +39,7 @@ def downsample_negatives(table: pa.Table, label: str, rate: float, seed: int = 0
         raise ConfigError(f"negative sampling rate must be in (0, 1], got {rate!r}")
     if label not in table.column_names:
         raise DataError(f"{source}: missing label column {label!r} (asked to down-sample its negatives)")
-    column = table.column(label).combine_chunks()
-    if pa.types.is_boolean(column.type):
-        column = column.cast(pa.int8())
-    try:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{source}: label column {label!r} must be numeric 0/1, found {column.type}") from None
+    values = _float_column(table, label, source)  # booleans and numbers as float64, nulls as NaN
     bad = ~np.isnan(values) & (values != 0) & (values != 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

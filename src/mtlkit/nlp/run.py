@@ -160,7 +160,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
                   progress: Optional[bool] = None, callbacks: Sequence[Any] = (), encoder: Optional[torch.nn.Module] = None) -> dict:
     """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
     from mtlkit.nlp.model import build_nlp_model
-    from mtlkit.run import _prepare_run_dir, count_parameters
+    from mtlkit.run import _prepare_run_dir, run_summary
     from mtlkit.train import Trainer
 
     prepared = prepare(config)
@@ -178,23 +178,16 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
                         transforms={t.name: t.transform_batch for t in tasks})
     result = trainer.fit(train, _validation(prepared, "validation"), resume=resume)
     test = _validation(prepared, "test").evaluate(model, trainer.device) if prepared.tables["test"] else None
-    summary = {
-        "backbone": Path(config.encoder.name).name + (f" + {config.mixing.backbone}" if config.mixing else ""),
-        "encoder": config.encoder.name,
-        "balancer": config.balancer.name,
-        "sampling": sampling.strategy,
-        "tasks": [t.name for t in tasks],
-        "kinds": {t.name: t.kind for t in tasks},
-        "rows": {t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
-        "parameters": count_parameters(model),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "validation": result.best_results,
-        "test": test,
-        "train_seconds": result.seconds,
-        "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
-    }
+    summary = run_summary(
+        result, model, test,
+        backbone=Path(config.encoder.name).name + (f" + {config.mixing.backbone}" if config.mixing else ""),
+        encoder=config.encoder.name,
+        balancer=config.balancer.name,
+        sampling=sampling.strategy,
+        tasks=[t.name for t in tasks],
+        kinds={t.name: t.kind for t in tasks},
+        rows={t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
+    )
     if path is not None:
         if test is not None:
             (path / "test_metrics.json").write_text(json.dumps(test, indent=1))

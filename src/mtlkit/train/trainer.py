@@ -249,6 +249,7 @@ class Trainer:
             groups.append({"params": balancer_params, "weight_decay": 0.0})
         # The fused kernel updates all parameters in one pass instead of a Python loop over them.
         self.optimizer = optimizer_cls(groups, lr=spec.lr, fused=True)
+        self._clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]  # fixed: built once
         self.independent = bool(getattr(model, "independent_tasks", False))
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
@@ -402,7 +403,7 @@ class Trainer:
                     if self.spec.grad_clip:
                         if self.scaler is not None:
                             self.scaler.unscale_(self.optimizer)  # the threshold is in true gradient units
-                        nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.spec.grad_clip)
+                        nn.utils.clip_grad_norm_(self._clip_params, self.spec.grad_clip)
                     if self.scaler is None:
                         self.optimizer.step()
                     else:  # skips the step if a gradient overflowed, then adapts the scale
