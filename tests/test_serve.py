@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
+import fastapi  # noqa: F401  (the test extra installs these: a missing one fails, never skips)
+import httpx
+import uvicorn
 
 from mtlkit.cli import app as cli  # noqa: E402
 from mtlkit.run import load_run, predict_table  # noqa: E402
