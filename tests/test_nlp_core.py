@@ -154,6 +154,11 @@ def test_gradient_reversal_flips_sign_and_scales_by_lambda():
     pooled.grad = None
     task.compute_loss(head.classifier(None, pooled, {}), target).backward()  # the same classifier without R_λ
     assert torch.allclose(reversed_grad, -2.0 * pooled.grad)
+    plain = task.model_copy(update={"adversarial": False}).build_head(3)  # the ablation: no reversal
+    plain.load_state_dict(head.state_dict())
+    pooled.grad = None
+    task.compute_loss(plain(None, pooled, {}), target).backward()
+    assert torch.allclose(-2.0 * pooled.grad, reversed_grad)
 
 
 # -- model: sharing, mixing, trimming ------------------------------------------------------------
@@ -266,6 +271,7 @@ def test_readers_on_the_shared_files(tmp_path):
     sts = read_sts(NLP / "stsb" / "sts-dev.tsv")
     assert len(sts) == 1500 and sts[0].label == 5.0 and sts[0].domain == "main-captions"
     assert {e.domain for e in sts} == {"main-captions", "main-forums", "main-news"}
+    assert {e.domain for e in read_sts(NLP / "stsb" / "sts-train.tsv")} == {e.domain for e in sts}  # train's "main-forum" aliased
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood\t1\nno label here\n")
     with pytest.raises(DataError, match=r"bad\.tsv:3: 1 tab-separated fields, expected 2"):
@@ -304,6 +310,18 @@ def test_config_errors_are_one_line_naming_the_key(change, message):
     with pytest.raises(ConfigError, match=message) as error:
         parse_nlp_config(raw, "run.yaml")
     assert str(error.value).startswith("run.yaml: ") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"strategy": "proportional"}, {"strategy": "temperature", "temperature": 3.0, "cap": 0.5},
+                                      {"strategy": "auxiliary_first", "main": ["a"]}])
+def test_saved_config_reads_back_to_the_same_config(sampling):
+    import yaml
+
+    from mtlkit.nlp.config import dump_nlp_config
+
+    config = parse_nlp_config(_raw(sampling=sampling, init_from="/runs/mtl"))
+    again = parse_nlp_config(yaml.safe_load(dump_nlp_config(config)), "config.yaml")
+    assert again == config
 
 
 def test_gradient_balancer_defaults_to_round_sampling():
@@ -358,6 +376,28 @@ def test_tiny_multitask_run_through_mtlkit_train(tiny, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["validation"]["stsb"]["pearson"] == pytest.approx(summary["validation"]["stsb"]["pearson"], abs=1e-6)
+
+
+def test_second_stage_starts_from_the_multitask_weights(tiny, tmp_path):
+    """MT-DNN's fine-tuning stage: ``init_from`` loads the shared encoder and the task's own head."""
+    from mtlkit.nlp.run import train_nlp_run
+
+    root, _, _ = tiny
+    sst2 = {"name": "sst2", "kind": "classification", "max_length": 24,
+            "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),
+                     "format": "glue_tsv", "max_rows": {"train": 32, "validation": 16}}}
+    stsb = {"name": "stsb", "kind": "regression", "max_length": 24,
+            "data": {"train": str(NLP / "stsb" / "sts-train.tsv"), "format": "sts", "max_rows": {"train": 32, "validation": 8}}}
+    train = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "patience": None}
+    mtl = train_nlp_run(parse_nlp_config({"encoder": {"name": str(root)}, "train": train, "tasks": [sst2, stsb]}), tmp_path / "mtl")
+    frozen = {**train, "epochs": 1, "lr": 1e-12}  # effectively no update: the run scores the weights it started from
+    second = train_nlp_run(parse_nlp_config({"encoder": {"name": str(root)}, "train": frozen, "tasks": [sst2],
+                                             "init_from": str(tmp_path / "mtl")}), tmp_path / "ft")
+    fresh = train_nlp_run(parse_nlp_config({"encoder": {"name": str(root)}, "train": frozen, "tasks": [sst2]}), tmp_path / "fresh")
+    # the same 16 validation rows in both configs (subsamples are keyed by task name, not position)
+    assert second["validation"]["sst2"]["loss"] == pytest.approx(mtl["validation"]["sst2"]["loss"], abs=1e-5)
+    assert abs(fresh["validation"]["sst2"]["loss"] - mtl["validation"]["sst2"]["loss"]) > 1e-3
+    assert second["init_from"]["loaded"] > 0 and second["init_from"]["fresh"] == []
 
 
 def test_interrupted_run_resumes_exactly(tiny, tmp_path, monkeypatch):

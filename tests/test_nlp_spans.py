@@ -417,3 +417,30 @@ def test_cross_sentence_context_keeps_markers_and_spans_on_the_sentence(tokenize
     starts = ner_table.inputs["span_starts"][0].tolist()
     assert [tokenizer.convert_ids_to_tokens(int(table_id)) for table_id in ner_table.inputs["input_ids"][0, starts]] == \
         ["bert", "improves", "ner"]
+
+
+def test_end_to_end_relations_score_the_entity_models_predictions(tokenizer, bert):
+    """The pipeline equals predict entities → re-featurize → classify pairs, done by hand."""
+    from mtlkit.nlp.evaluation import predict_task
+    from mtlkit.nlp.model import NLPMultiTaskModel
+    from mtlkit.nlp.pipeline import end_to_end_relations
+
+    ner = SpanNERTask(name="ents", labels=["method", "task"], max_span_width=2, max_length=32, width_dim=8)
+    rel = RelationTask(name="re", labels=["USED-FOR"], max_length=32)
+    torch.manual_seed(0)
+    model = NLPMultiTaskModel({"shared": bert}, [ner, rel]).train()
+    with torch.no_grad():  # make the entity head call every span an entity, so pairs exist
+        last = [m for m in model.heads["ents"].modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias.copy_(torch.tensor([-50.0, 50.0, 0.0]))
+    sentences = [ie_sentence(), ie_sentence().with_entities([])]
+    scores = end_to_end_relations(model, ner, rel, sentences, tokenizer, batch_size=1)
+    assert model.training  # mode restored
+    model.eval()
+    table = ner.featurize(sentences, tokenizer)
+    outputs, _, _ = predict_task(model, ner, table, 8)
+    predicted = ner.predict_entities(outputs, table, sentences)
+    assert all(e.type == "method" for s in predicted for e in s.entities) and len(predicted[1].entities) >= 2
+    pairs = rel.featurize(predicted, tokenizer)
+    by_hand = rel.evaluate(predict_task(model, rel, pairs, 8)[0], pairs, predicted)
+    assert scores == by_hand
+    assert scores["relation_strict_f1"] == 0.0  # every predicted entity is a "method": no strict match is possible

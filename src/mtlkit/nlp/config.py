@@ -38,6 +38,10 @@ mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, 
         kind: mlm
         data: {from_tasks: [sst2, rte]}           # the texts of other tasks, split by split
 
+``init_from: RUN_DIR`` starts from another run's best weights wherever names and shapes match
+(MT-DNN's second stage: fine-tune the multi-task model on one task; see
+:mod:`mtlkit.nlp.warm_start`).
+
 ``data``: ``train`` / ``validation`` / ``test`` (a file or a list of files, relative to the
 config file), ``format`` (a reader of :mod:`mtlkit.nlp.readers`) and its ``options``; ``split``
 holds out seeded fractions of train when validation/test files are missing (``split.group:
@@ -155,6 +159,7 @@ class NLPRunConfig(BaseModel):
     tasks: list[NLPTaskEntry] = Field(min_length=1)
     balancer: BalancerSpec = Field(default_factory=BalancerSpec)
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(**NLP_TRAIN_DEFAULTS))
+    init_from: Optional[Path] = None  # a run directory (its best.pt) or checkpoint: MT-DNN's fine-tuning stage
 
     @field_validator("train", mode="before")
     @classmethod
@@ -204,7 +209,8 @@ class NLPRunConfig(BaseModel):
             entries.append(e.model_copy(update={"data": e.data.model_copy(update=update)}))
         encoder = {k: str((base / v).resolve()) for k in ("name", "tokenizer")
                    if (v := getattr(self.encoder, k)) and not Path(v).is_absolute() and (base / v).exists()}
-        return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder)})
+        init = {"init_from": (base / self.init_from).resolve()} if self.init_from and not self.init_from.is_absolute() else {}
+        return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder), **init})
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -279,6 +285,8 @@ def parse_nlp_config(raw: dict[str, Any], source: str = "config") -> NLPRunConfi
 def dump_nlp_config(config: NLPRunConfig) -> str:
     """YAML that :func:`parse_nlp_config` reads back to the same config (tasks flat, with ``kind``)."""
     body = config.model_dump(mode="json", exclude={"tasks"}, exclude_none=True)
+    # keys a strategy does not use must stay unset, or reading the file back rejects them
+    body["sampling"] = config.sampling.model_dump(mode="json", exclude_none=True, exclude_unset=True)
     tasks = [{"name": e.task.name, "kind": e.task.kind, **e.task.model_dump(mode="json", exclude_none=True, exclude={"name"}),
               "data": e.data.model_dump(mode="json", exclude_none=True, exclude_defaults=True)} for e in config.tasks]
     ordered = {"seed": body.pop("seed"), "encoder": body.pop("encoder"), **body, "tasks": tasks}

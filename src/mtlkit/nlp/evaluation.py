@@ -85,8 +85,9 @@ def length_order(table: EncodedTable) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_task(model: nn.Module, task: NLPTask, table: EncodedTable, examples: Sequence[Any],
-                  batch_size: int, device: str | torch.device = "cpu") -> dict[str, float]:
+def predict_task(model: nn.Module, task: NLPTask, table: EncodedTable, batch_size: int,
+                 device: str | torch.device = "cpu") -> tuple[Any, float, int]:
+    """``(outputs in table order, mean loss, labelled rows)`` of ``task`` on ``table`` (model mode untouched)."""
     order = length_order(table)
     loss_sum = torch.zeros((), device=device)
     rows = torch.zeros((), device=device)
@@ -100,10 +101,17 @@ def evaluate_task(model: nn.Module, task: NLPTask, table: EncodedTable, examples
         loss_sum += loss.float() * mask.sum()
         rows += mask.sum()
         chunks.append(_to_cpu(task.eval_outputs(outputs, batch)))
-    outputs = _reorder(gather(chunks), torch.argsort(order))
+    outputs = _reorder(gather(chunks), torch.argsort(order)) if chunks else None
     n = int(rows)  # one sync per task and split
-    result = {"loss": float(loss_sum) / max(n, 1), "rows": n}
-    result.update(task.evaluate(outputs, table, examples))
+    return outputs, float(loss_sum) / max(n, 1), n
+
+
+def evaluate_task(model: nn.Module, task: NLPTask, table: EncodedTable, examples: Sequence[Any],
+                  batch_size: int, device: str | torch.device = "cpu") -> dict[str, float]:
+    outputs, loss, n = predict_task(model, task, table, batch_size, device)
+    result: dict[str, float] = {"loss": loss, "rows": n}
+    if outputs is not None:  # an empty table (no rows at all) has no metrics
+        result.update(task.evaluate(outputs, table, examples))
     return result
 
 
@@ -127,4 +135,4 @@ class NLPValidation:
             model.train(was_training)
 
 
-__all__ = ["EVAL_SEED", "NLPValidation", "evaluate_task", "gather", "length_order"]
+__all__ = ["EVAL_SEED", "NLPValidation", "evaluate_task", "gather", "length_order", "predict_task"]

@@ -16,6 +16,7 @@ with its source task as ``domain``.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -34,10 +35,10 @@ from mtlkit.nlp.sampling import TaskSampler
 SUMMARY = "summary.json"
 
 
-def _key(*parts: int) -> int:
+def _key(*parts: int | str) -> int:
     key = 0
-    for part in parts:
-        key = (key * 1_000_003 + int(part)) % (2**63 - 1)
+    for part in parts:  # names hash stably, so a task's subsample does not depend on which other tasks a config has
+        key = (key * 1_000_003 + (zlib.crc32(part.encode()) if isinstance(part, str) else int(part))) % (2**63 - 1)
     return key
 
 
@@ -85,7 +86,7 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
     from mtlkit.nlp.readers import read
 
     data: dict[str, dict[str, list]] = {}
-    for index, entry in enumerate(config.tasks):
+    for entry in config.tasks:
         spec, name = entry.data, entry.task.name
         if spec.train is None:
             continue
@@ -95,9 +96,9 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
         fractions = {s: f for s, f in (("validation", holdout.validation), ("test", holdout.test)) if s not in splits and f > 0}
         if fractions:
             splits.update(_holdout(splits["train"], fractions, holdout.seed, name, holdout.group))
-        data[name] = {s: _subsample(x, spec.max_rows[s], _key(config.seed, index, i)) if s in spec.max_rows else x
-                      for i, (s, x) in enumerate(splits.items())}
-    for index, entry in enumerate(config.tasks):
+        data[name] = {s: _subsample(x, spec.max_rows[s], _key(config.seed, name, s)) if s in spec.max_rows else x
+                      for s, x in splits.items()}
+    for entry in config.tasks:
         spec, name = entry.data, entry.task.name
         if spec.from_tasks is None:
             continue
@@ -106,7 +107,7 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
             rows = [TextExample(*_texts(x, name, source), domain=source, source=getattr(x, "source", ""))
                     for source in spec.from_tasks for x in data[source].get(s, [])]
             if rows:
-                derived[s] = _subsample(rows, spec.max_rows[s], _key(config.seed, index, SPLITS.index(s))) if s in spec.max_rows else rows
+                derived[s] = _subsample(rows, spec.max_rows[s], _key(config.seed, name, s)) if s in spec.max_rows else rows
         data[name] = derived
     for name, splits in data.items():
         if not splits.get("validation"):
@@ -170,6 +171,11 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     resume = _prepare_run_dir(path, overwrite) if path is not None else False
     torch.manual_seed(config.seed)
     model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
+    warm = None
+    if config.init_from is not None and not resume:  # a resumed run's own checkpoint wins
+        from mtlkit.nlp.warm_start import checkpoint_state, warm_start
+
+        warm = warm_start(model, checkpoint_state(config.init_from))
     trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)  # creates `path`
     if path is not None and not resume:
         (path / "config.yaml").write_text(dump_nlp_config(config))
@@ -187,6 +193,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
         tasks=[t.name for t in tasks],
         kinds={t.name: t.kind for t in tasks},
         rows={t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
+        **({"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}),
     )
     if path is not None:
         if test is not None:
@@ -195,8 +202,12 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     return summary
 
 
-def evaluate_nlp_run(run_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
-    """``{split: {task: metrics}}`` of a run's best checkpoint on its validation and test splits."""
+def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> tuple[PreparedNLP, torch.nn.Module]:
+    """A trained run's data (re-read and featurized) and its best model, in eval mode.
+
+    ``task_updates`` changes inference-time options of tasks before featurizing, e.g.
+    ``{"qa": {"answer_threshold": 0.5}}`` to score a QA run with paragraph filtering.
+    """
     import yaml
 
     from mtlkit.nlp.model import build_nlp_model
@@ -205,11 +216,22 @@ def evaluate_nlp_run(run_dir: str | Path) -> dict[str, dict[str, dict[str, float
     for name in ("config.yaml", "best.pt"):
         if not (run_dir / name).exists():
             raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
-    config = parse_nlp_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    prepared = prepare(config)
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for task, update in (task_updates or {}).items():
+        entry = next((t for t in raw["tasks"] if t["name"] == task), None)
+        if entry is None:
+            raise ConfigError(f"{run_dir}: no task {task!r} to update")
+        entry.update(update)
+    prepared = prepare(parse_nlp_config(raw, str(run_dir / "config.yaml")))
     model = build_nlp_model(prepared.config.encoder, prepared.tasks, prepared.config.mixing)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
+    return prepared, model.eval()
+
+
+def evaluate_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``{split: {task: metrics}}`` of a run's best checkpoint on its validation and test splits."""
+    prepared, model = load_nlp_run(run_dir, task_updates)
     return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}
 
 
-__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "prepare", "train_nlp_run"]
+__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "load_nlp_run", "prepare", "train_nlp_run"]

@@ -12,6 +12,8 @@ The domain of a row is ``example.domain``: STS-B's genre (reader ``sts``) or, wi
 ``data: {from_tasks: [a, b]}``, the name of the task each text came from. Its loss and accuracy
 are reported like any task's; exclude it from model selection by monitoring a main task's
 metric (``train.monitor: stsb/pearson``), since a good adversary means a *low* domain accuracy.
+``adversarial: false`` drops the reversal: the same head as an ordinary auxiliary task, whose
+gradient teaches the encoder the domain instead (the ablation "with vs without reversal").
 
 Example:
     >>> import torch
@@ -53,13 +55,13 @@ def reverse_gradient(x: Tensor, lam: float = 1.0) -> Tensor:
 class DomainHead(nn.Module):
     """``R_λ`` then a :class:`PooledHead` over the domains."""
 
-    def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float) -> None:
+    def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float | None) -> None:
         super().__init__()
-        self.lam = lam
+        self.lam = lam  # None: no reversal
         self.classifier = PooledHead(hidden_size, n_domains, options)
 
     def forward(self, sequence: Tensor, pooled: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
-        return self.classifier(sequence, reverse_gradient(pooled, self.lam), inputs)
+        return self.classifier(sequence, pooled if self.lam is None else reverse_gradient(pooled, self.lam), inputs)
 
 
 @NLP_KINDS.register("domain")
@@ -68,6 +70,7 @@ class DomainTask(ClassificationTask):
     default_metrics: ClassVar[list[str]] = ["accuracy"]
 
     grl_lambda: float = Field(default=1.0, ge=0.0)
+    adversarial: bool = True  # false: no reversal, a plain auxiliary domain classifier (the ablation of the GRL)
 
     @property
     def mixed_texts(self) -> bool:
@@ -77,7 +80,7 @@ class DomainTask(ClassificationTask):
         return getattr(example, "domain", None)
 
     def build_head(self, hidden_size: int) -> nn.Module:
-        return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda)
+        return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda if self.adversarial else None)
 
 
 __all__ = ["DomainHead", "DomainTask", "reverse_gradient"]

@@ -1,0 +1,97 @@
+"""Domain-adversarial auxiliary task on STS-B (Ganin & Lempitsky, ICML 2015): genre as the domain.
+
+Arms, each over several seeds, MiniLM encoder, same rows, epochs and schedule:
+
+* ``stsb``: STS-B regression alone.
+* ``aux``: STS-B + a genre classifier (captions / forums / news) as an ordinary auxiliary task
+  (``adversarial: false``): the encoder is taught the genre.
+* ``grl``: the same classifier behind a gradient reversal layer (λ = --grl-lambda): the encoder is
+  pushed to hide the genre.
+
+Model selection: best epoch on STS-B validation Pearson (never the genre task: a good adversary
+means a *low* genre accuracy). Reported on sts-test.tsv: Pearson, Spearman, and the genre
+head's accuracy next to the majority-genre rate.
+
+    python benchmarks/nlp_domain.py --seeds 0 1      # writes nlp_domain.csv / nlp_domain.md to --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+
+from mtlkit.nlp.readers.glue import read_sts  # noqa: E402
+
+ARMS = ("stsb", "aux", "grl")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
+    parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--pooling", default="mean", choices=["cls", "mean"], help="mean: how MiniLM was trained")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--rows", type=int, default=1500, help="STS-B training rows (seeded subsample)")
+    parser.add_argument("--grl-lambda", type=float, default=0.1)
+    parser.add_argument("--genre-weight", type=float, default=0.5, help="loss weight of the genre task")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_domain"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sts = args.data.resolve() / "stsb"
+    files = {"train": str(sts / "sts-train.tsv"), "validation": str(sts / "sts-dev.tsv"), "test": str(sts / "sts-test.tsv"), "format": "sts"}
+    stsb = {"name": "stsb", "kind": "regression", "max_length": 96,
+            "data": {**files, "max_rows": {"train": args.rows, "validation": 500}}}
+    genre = {"name": "genre", "kind": "domain", "max_length": 96, "loss_weight": args.genre_weight, "grl_lambda": args.grl_lambda,
+             "data": {**files, "max_rows": {"train": args.rows, "validation": 500}}}
+    steps = args.epochs * -(-args.rows // args.batch_size)
+
+    def config(seed: int, arm: str) -> dict:
+        tasks = [stsb] if arm == "stsb" else [stsb, {**genre, "adversarial": arm == "grl"}]
+        # `round`: every step takes one batch of each task, so the reversed gradient meets every STS-B step
+        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": args.pooling}, "balancer": {"name": "fixed"},
+                "sampling": {"strategy": "round"},
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": steps // 10,
+                          "monitor": "stsb/pearson", "patience": None, "threads": args.threads, "precision": args.precision},
+                "tasks": tasks}
+
+    records = []
+    for seed in args.seeds:
+        for arm in args.arms:
+            s = run_config(config(seed, arm), args.out / f"seed{seed}" / arm, Path.cwd())
+            records.append({"seed": seed, "arm": arm, "pearson": s["test"]["stsb"]["pearson"], "spearman": s["test"]["stsb"]["spearman"],
+                            "genre_accuracy": s["test"].get("genre", {}).get("accuracy"), "wall_seconds": s.get("wall_seconds")})
+        with open(args.out / "nlp_domain.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    genres = collections.Counter(x.domain for x in read_sts(files["test"]))
+    majority = max(genres.values()) / sum(genres.values())
+    rows = []
+    for arm in args.arms:
+        mine = [r for r in records if r["arm"] == arm]
+        pick = lambda key: [r[key] for r in mine if r[key] is not None]  # noqa: E731
+        rows.append([arm, len(mine), mean_std(pick("pearson")), mean_std(pick("spearman")), mean_std(pick("genre_accuracy")),
+                     f"{statistics.mean(pick('wall_seconds')):.0f}" if pick("wall_seconds") else "—"])
+    table = markdown_table(["arm", "seeds", "STS-B test Pearson", "Spearman", "genre accuracy", "s / run"], rows)
+    footer = (f"pooling {args.pooling}; train rows {args.rows}; epochs {args.epochs}; GRL λ {args.grl_lambda}; genre loss weight {args.genre_weight}; "
+              f"majority-genre rate on test {majority:.4f} ({dict(genres)})")
+    (args.out / "nlp_domain.md").write_text(table + "\n\n" + footer + "\n")
+    print(table)
+    print(footer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""MT-DNN on four GLUE tasks (Liu et al., ACL 2019), CPU-sized: single-task fine-tuning against
+multi-task training followed by per-task fine-tuning, at the same budget, over several seeds.
+
+Tasks and splits (files under --data, the layout of ``../shared/data/nlp``):
+
+| task | train | validation (model selection) | test (reported) | metric |
+|---|---|---|---|---|
+| SST-2 | train.tsv, seeded subsample (--rows) | dev.tsv, seeded 872 | test.tsv (872 = GLUE dev) | accuracy |
+| RTE | train.tsv, seeded subsample | val.tsv (363) | dev.tsv (277 = GLUE dev) | accuracy |
+| MRPC | msr_paraphrase_train.txt less a seeded 10 %, subsample | that 10 % | msr_paraphrase_test.txt (1,725) | accuracy, F1 |
+| STS-B | sts-train.tsv, subsample | sts-dev.tsv, seeded 500 | sts-test.tsv (1,379) | Pearson, Spearman |
+
+Arms, per seed (subsamples depend on the seed, and are the same in every arm):
+
+* ``single``: the MiniLM encoder fine-tuned on one task for ``E`` epochs; best epoch on the task's
+  validation metric.
+* ``mtl``: one shared encoder, four heads, MT-DNN's proportional sampling (each task's batches once
+  per epoch, shuffled), ``E - F`` epochs; best epoch on the summed validation loss. Its test
+  figures are reported too (the multi-task model without fine-tuning).
+* ``mtdnn``: the ``mtl`` model fine-tuned on each task alone for ``F`` epochs (``init_from``);
+  best epoch on the task's validation metric.
+
+Same budget: every arm passes over each task's training rows ``E`` times (single: E; mtdnn: E - F
+multi-task + F alone), at the same batch size, learning rate and schedule.
+
+    python benchmarks/nlp_glue.py --seeds 0 1          # writes nlp_glue.csv / nlp_glue.md to --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+
+METRICS = {"sst2": ["accuracy"], "rte": ["accuracy"], "mrpc": ["accuracy", "f1"], "stsb": ["pearson", "spearman"]}
+SELECT = {"sst2": "sst2/accuracy", "rte": "rte/accuracy", "mrpc": "mrpc/f1", "stsb": "stsb/pearson"}
+
+
+def task_defs(data: Path, rows: dict[str, int]) -> dict[str, dict]:
+    return {
+        "sst2": {"name": "sst2", "kind": "classification", "max_length": 64,
+                 "data": {"train": str(data / "sst2/train.tsv"), "validation": str(data / "sst2/dev.tsv"),
+                          "test": str(data / "sst2/test.tsv"), "format": "glue_tsv",
+                          "max_rows": {"train": rows["sst2"], "validation": 872}}},
+        "rte": {"name": "rte", "kind": "classification", "max_length": 128,
+                "data": {"train": str(data / "rte/train.tsv"), "validation": str(data / "rte/val.tsv"),
+                         "test": str(data / "rte/dev.tsv"), "format": "glue_tsv",
+                         "options": {"columns": ["index", "sentence1", "sentence2", "label"]},
+                         "max_rows": {"train": rows["rte"]}}},
+        "mrpc": {"name": "mrpc", "kind": "classification", "max_length": 128, "metrics": ["accuracy", "f1"],
+                 "data": {"train": str(data / "mrpc/msr_paraphrase_train.txt"), "test": str(data / "mrpc/msr_paraphrase_test.txt"),
+                          "format": "mrpc", "split": {"validation": 0.1, "seed": 0}, "max_rows": {"train": rows["mrpc"]}}},
+        "stsb": {"name": "stsb", "kind": "regression", "max_length": 128,
+                 "data": {"train": str(data / "stsb/sts-train.tsv"), "validation": str(data / "stsb/sts-dev.tsv"),
+                          "test": str(data / "stsb/sts-test.tsv"), "format": "sts",
+                          "max_rows": {"train": rows["stsb"], "validation": 500}}},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
+    parser.add_argument("--encoder", default="minilm", help="minilm, a local save_pretrained folder, or a cached hub id")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tasks", nargs="+", default=list(METRICS), choices=list(METRICS))
+    parser.add_argument("--rows", type=int, nargs=4, default=[3000, 1000, 1000, 1500], metavar=("SST2", "RTE", "MRPC", "STSB"),
+                        help="training rows kept per task (seeded subsample)")
+    parser.add_argument("--epochs", type=int, default=3, help="E: passes over each task's rows in every arm")
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="F: of E, the per-task fine-tuning epochs of MT-DNN")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", default=["single", "mtdnn"], choices=["single", "mtdnn"])
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_glue"))
+    args = parser.parse_args()
+    if not 0 < args.finetune_epochs < args.epochs:
+        parser.error("--finetune-epochs must be between 1 and --epochs - 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    defs = task_defs(args.data.resolve(), dict(zip(METRICS, args.rows)))
+
+    rows_of = dict(zip(METRICS, args.rows))
+    walls: dict[str, float] = {}
+
+    def config(seed: int, tasks: list[str], epochs: int, monitor: str, **extra) -> dict:
+        steps = epochs * sum(-(-rows_of[t] // args.batch_size) for t in tasks)  # (MRPC's is a slight overestimate)
+        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": "cls"}, "balancer": {"name": "fixed"},
+                "sampling": {"strategy": "proportional"},
+                "train": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": steps // 10,
+                          "monitor": monitor, "patience": None, "threads": args.threads, "precision": args.precision},
+                "tasks": [defs[t] for t in tasks], **extra}
+
+    records: list[dict] = []
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        if "single" in args.arms:
+            for task in args.tasks:
+                s = run_config(config(seed, [task], args.epochs, SELECT[task]), args.out / f"seed{seed}" / f"single_{task}", Path.cwd())
+                records += [{"seed": seed, "arm": "single", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
+                walls["single"] = walls.get("single", 0.0) + s.get("wall_seconds", 0.0)
+        if "mtdnn" in args.arms:
+            mtl_dir = args.out / f"seed{seed}" / "mtl"
+            s = run_config(config(seed, args.tasks, args.epochs - args.finetune_epochs, "loss"), mtl_dir, Path.cwd())
+            records += [{"seed": seed, "arm": "mtl", "task": t, "metric": m, "value": s["test"][t][m]} for t in args.tasks for m in METRICS[t]]
+            walls["mtdnn"] = walls.get("mtdnn", 0.0) + s.get("wall_seconds", 0.0)
+            for task in args.tasks:
+                s = run_config(config(seed, [task], args.finetune_epochs, SELECT[task], init_from=str(mtl_dir.resolve())),
+                               args.out / f"seed{seed}" / f"mtdnn_{task}", Path.cwd())
+                records += [{"seed": seed, "arm": "mtdnn", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
+                walls["mtdnn"] += s.get("wall_seconds", 0.0)
+        with open(args.out / "nlp_glue.csv", "w", newline="") as f:  # rewritten per seed: nothing lost on a crash
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+
+    arms = [a for a in ("single", "mtl", "mtdnn") if any(r["arm"] == a for r in records)]
+    rows = []
+    for task in args.tasks:
+        for metric in METRICS[task]:
+            values = {a: [r["value"] for r in records if (r["arm"], r["task"], r["metric"]) == (a, task, metric)] for a in arms}
+            delta = (f"{statistics.mean(values['mtdnn']) - statistics.mean(values['single']):+.4f}"
+                     if values.get("mtdnn") and values.get("single") else "—")
+            rows.append([task, metric, *[mean_std(values[a]) for a in arms], delta])
+    table = markdown_table(["task", "test metric", *arms, "mtdnn − single"], rows)
+    footer = (f"seeds {args.seeds}; train rows {rows_of}; E = {args.epochs}, F = {args.finetune_epochs}; "
+              f"wall seconds over all runs: {', '.join(f'{a} {s:.0f}' for a, s in walls.items())} (mtdnn includes its mtl stage)")
+    (args.out / "nlp_glue.md").write_text(table + "\n\n" + footer + "\n")
+    print(table)
+    print(footer)
+
+
+if __name__ == "__main__":
+    main()

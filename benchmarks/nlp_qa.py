@@ -1,0 +1,103 @@
+"""Extractive QA on XQuAD-en with and without the auxiliary "this window contains the answer"
+classifier (the paragraph-selection auxiliary of multi-paragraph QA: Clark & Gardner 2018,
+Min et al. 2018), MiniLM encoder.
+
+Split: our own, by paragraph (all questions of a context in one split; seeded, fixed across
+seeds): 70 % train, 15 % validation, 15 % test of the 240 paragraphs / 1,190 questions.
+Contexts are cut into windows of --max-length word pieces overlapping by --stride, so most
+questions have windows without the answer: that is where the auxiliary task has something to
+learn and where filtering matters. (With 384-piece windows nearly every XQuAD context fits in one
+window and the classifier would always say "yes".)
+
+Arms:
+
+* ``span``: start/end prediction alone;
+* ``aux``: start/end + the contains-answer classifier, trained jointly (loss span + 0.5·BCE);
+  scored twice from the same checkpoint: best span over all windows (``aux``), and over the windows
+  the classifier keeps (p ≥ --threshold; ``aux+filter``: the filtering at inference).
+
+Best epoch on validation SQuAD F1. Reported on test: SQuAD EM and F1 (official normalisation).
+
+    python benchmarks/nlp_qa.py --seeds 0 1       # writes nlp_qa.csv / nlp_qa.md to --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+
+ARMS = ("span", "aux")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
+    parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--stride", type=int, default=48)
+    parser.add_argument("--train-rows", type=int, default=None, help="keep a seeded subsample of the training questions")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_qa"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = str(args.data.resolve() / "xquad_en" / "xquad.en.json")
+
+    def config(seed: int, arm: str) -> dict:
+        qa = {"name": "qa", "kind": "span_qa", "max_length": args.max_length, "doc_stride": args.stride,
+              "answer_classifier": arm == "aux",
+              "data": {"train": source, "format": "squad", "split": {"validation": 0.15, "test": 0.15, "seed": 0, "group": "paragraph"},
+                       **({"max_rows": {"train": args.train_rows}} if args.train_rows else {})}}
+        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": "cls"}, "balancer": {"name": "fixed"},
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 20,
+                          "monitor": "qa/squad_f1", "patience": None, "threads": args.threads, "precision": args.precision},
+                "tasks": [qa]}
+
+    records = []
+    for seed in args.seeds:
+        for arm in args.arms:
+            run_dir = args.out / f"seed{seed}" / arm
+            s = run_config(config(seed, arm), run_dir, Path.cwd())
+            records.append({"seed": seed, "arm": arm, "em": s["test"]["qa"]["squad_em"], "f1": s["test"]["qa"]["squad_f1"],
+                            "questions": s["rows"]["qa"]["test"], "wall_seconds": s.get("wall_seconds")})
+            if arm == "aux":
+                filtered_file = run_dir / f"test_filtered_{args.threshold}.json"
+                if not filtered_file.exists():
+                    from mtlkit.nlp.run import evaluate_nlp_run
+
+                    filtered_file.write_text(json.dumps(evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}), indent=1))
+                filtered = json.loads(filtered_file.read_text())["test"]["qa"]
+                records.append({"seed": seed, "arm": "aux+filter", "em": filtered["squad_em"], "f1": filtered["squad_f1"],
+                                "questions": s["rows"]["qa"]["test"], "wall_seconds": None,
+                                "answer_window_accuracy": filtered.get("answer_window_accuracy")})
+            print(f"  {arm} seed {seed}: {records[-1]}", flush=True)
+        with open(args.out / "nlp_qa.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["seed", "arm", "em", "f1", "questions", "wall_seconds", "answer_window_accuracy"])
+            writer.writeheader()
+            writer.writerows(records)
+    rows = []
+    for arm in [a for a in ("span", "aux", "aux+filter") if any(r["arm"] == a for r in records)]:
+        mine = [r for r in records if r["arm"] == arm]
+        rows.append([arm, len(mine), mean_std([r["em"] for r in mine]), mean_std([r["f1"] for r in mine])])
+    table = markdown_table(["arm", "seeds", "test EM", "test F1"], rows)
+    footer = (f"windows of {args.max_length} pieces, stride {args.stride}; threshold {args.threshold}; epochs {args.epochs}; "
+              f"lr {args.lr}; split by paragraph 70/15/15 (seed 0)")
+    (args.out / "nlp_qa.md").write_text(table + "\n\n" + footer + "\n")
+    print(table)
+    print(footer)
+
+
+if __name__ == "__main__":
+    main()
