@@ -346,7 +346,7 @@ def test_tiny_multitask_run_through_mtlkit_train(tiny, tmp_path):
              "data": {"train": [str(NLP / "rte" / "train.tsv"), str(NLP / "rte" / "val.tsv")], "validation": str(NLP / "rte" / "dev.tsv"),
                       "format": "glue_tsv", "options": {"columns": ["index", "sentence1", "sentence2", "label"]},
                       "max_rows": rows}},
-            {"name": "stsb", "kind": "regression", "max_length": 32,
+            {"name": "stsb", "kind": "regression", "max_length": 32, "prediction_inputs": ["rte"],  # P(entailment) as a feature
              "data": {"train": str(NLP / "stsb" / "sts-train.tsv"), "format": "sts", "split": {"validation": 0.2},
                       "max_rows": rows}},
             {"name": "genre", "kind": "domain", "grl_lambda": 0.1, "max_length": 32,
@@ -455,3 +455,42 @@ def test_holdout_keeps_groups_in_one_split():
     assert not {r.paragraph for r in parts["train"]} & {r.paragraph for r in parts["validation"]}
     with pytest.raises(ConfigError, match="no attribute 'genre'"):
         _holdout(rows, {"validation": 0.2}, seed=0, task="qa", group="genre")
+
+
+# -- one task's prediction as another's input (stop-gradient) ------------------------------------
+def test_prediction_input_feeds_probabilities_without_training_the_source(tiny):
+    _, tokenizer, bert = tiny
+    import copy
+
+    source = ClassificationTask(name="sent", labels=["0", "1"], max_length=24, head={"dropout": 0.0})
+    consumer = RegressionTask(name="score", max_length=24, prediction_inputs=["sent"], head={"dropout": 0.0})
+    model = NLPMultiTaskModel({"shared": copy.deepcopy(bert)}, [source, consumer]).eval()
+    assert model.heads["score"].output.in_features == model.hidden_size + 2  # pooled ⊕ P(sent)
+    table = consumer.featurize(PAIRS, tokenizer)
+    batch = table.take(slice(0, 3))
+    out = model(batch.inputs, ("score",))["score"]
+    # by hand: the source's softmax on the same texts, appended to the pooled vector
+    inputs = trim_padding(batch.inputs)
+    sequence, pooled = model.encode("shared", inputs)
+    probabilities = torch.softmax(model.heads["sent"](sequence, pooled, inputs), -1)
+    assert torch.allclose(out, model.heads["score"](sequence, torch.cat([pooled, probabilities], -1), inputs), atol=1e-6)
+    model.zero_grad()
+    consumer.compute_loss(out, batch.targets["score"]).backward()
+    assert all(p.grad is None for p in model.heads["sent"].parameters())  # stop-gradient: the source is not trained
+    assert model.heads["score"].output.weight.grad is not None
+    assert any(p.grad is not None for p in model.encoders["shared"].parameters())  # the consumer still trains the encoder
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ([{"name": "a", "kind": "classification", "prediction_inputs": ["a"]}], "names the task itself"),
+    ([{"name": "a", "kind": "classification", "prediction_inputs": ["zz"]}], "'zz', which is not a task"),
+    ([{"name": "a", "kind": "classification", "prediction_inputs": ["b"]},
+      {"name": "b", "kind": "classification", "prediction_inputs": ["a"]}], r"cycle: a → b → a"),
+    ([{"name": "a", "kind": "classification"}, {"name": "m", "kind": "mlm", "prediction_inputs": ["a"]}], "reads the pooled vector"),
+    ([{"name": "m", "kind": "mlm"}, {"name": "a", "kind": "classification", "prediction_inputs": ["m"]}], "no per-text prediction"),
+])
+def test_prediction_input_errors_name_the_task(tasks, message):
+    for t in tasks:
+        t["data"] = {"train": "a.tsv", "format": "glue_tsv"}
+    with pytest.raises(ConfigError, match=message):
+        parse_nlp_config({"encoder": {"name": "x"}, "tasks": tasks}, "run.yaml")

@@ -34,6 +34,9 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
 - ``transform_batch(batch, generator)``: a per-batch random transform (masked-LM masking),
   applied by the samplers and the evaluator with a generator seeded by ``(seed, epoch, step)``,
   so resumed runs see exactly the same masks.
+- ``prediction_width`` / ``prediction_features(outputs)``: what the task feeds a task that
+  lists it in ``prediction_inputs`` (:mod:`mtlkit.nlp.prediction_inputs`); ``pooled_head``
+  marks the kinds that can take such inputs.
 - ``eval_outputs(outputs, batch)``: shrink one batch's head outputs before they are gathered
   for :meth:`evaluate` (masked-LM keeps per-row loss sums, not ``(B, L, V)`` logits).
 
@@ -75,6 +78,9 @@ class NLPTask(BaseModel):
     encoder: str = "shared"  # "shared", or "own": a separate encoder for this task only
     max_length: int = Field(default=128, ge=8)
     head: HeadOptions = Field(default_factory=HeadOptions)
+    prediction_inputs: list[str] = Field(default_factory=list)  # tasks whose predictions feed this head (stop-gradient)
+
+    pooled_head: ClassVar[bool] = False  # the head reads only ``pooled`` (may take prediction_inputs)
 
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         raise NotImplementedError
@@ -97,6 +103,15 @@ class NLPTask(BaseModel):
 
     def eval_outputs(self, outputs: Any, batch: Batch) -> Any:
         return outputs
+
+    @property
+    def prediction_width(self) -> Optional[int]:
+        """Width of :meth:`prediction_features` (None: this kind cannot feed another task)."""
+        return None
+
+    def prediction_features(self, outputs: Tensor) -> Tensor:
+        """``(B, prediction_width)`` features of the head's outputs (see :mod:`mtlkit.nlp.prediction_inputs`)."""
+        raise NotImplementedError(f"task kind {self.kind!r} has no prediction to feed another task")
 
 
 NLP_KINDS: Registry[type[NLPTask]] = Registry("NLP task kind")

@@ -176,6 +176,9 @@ class NLPRunConfig(BaseModel):
             for source in e.data.from_tasks or []:
                 if source not in with_files:
                     raise ValueError(f"task {e.task.name!r}: from_tasks names {source!r}, which is not a task with data files")
+        from mtlkit.nlp.prediction_inputs import check_prediction_inputs
+
+        check_prediction_inputs(self.task_list())
         for name in self.sampling.main or []:
             if name not in names:
                 raise ValueError(f"sampling.main: unknown task {name!r}")

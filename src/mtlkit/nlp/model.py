@@ -22,6 +22,9 @@ What the heads see — the convention every task kind follows (see :mod:`mtlkit.
   sequence-level task on the shared encoder reads its own mixture (projected back to ``H`` when
   the experts are narrower) as ``pooled``; token-level kinds (``token_level = True``) keep the
   raw states.
+- ``prediction_inputs: [a, …]`` on a sequence-level task appends the predictions of tasks ``a, …``
+  on the same texts, computed under ``no_grad`` (a stop-gradient), to its pooled vector
+  (:mod:`mtlkit.nlp.prediction_inputs`).
 - A head with ``bind_encoder(encoder)`` is handed its task's encoder after construction
   (masked-LM ties its decoder to the input embeddings this way).
 
@@ -58,6 +61,7 @@ from mtlkit.models.base import BACKBONES
 from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.encoder import EncoderSpec, accepts_token_types, hidden_size, load_encoder, pool
 from mtlkit.nlp.featurize import TEXT_INPUTS
+from mtlkit.nlp.prediction_inputs import check_prediction_inputs, extra_width
 
 SHARED = "shared"
 
@@ -108,7 +112,8 @@ class NLPMultiTaskModel(nn.Module):
         self.pooling = pooling
         self._token_types = {k: accepts_token_types(e) for k, e in self.encoders.items()}
         self.hidden_size = hidden_size(next(iter(self.encoders.values())))
-        self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size) for t in tasks})
+        check_prediction_inputs(tasks)  # raises on unknown sources, unsupported kinds, cycles
+        self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
         for name, head in self.heads.items():
             if hasattr(head, "bind_encoder"):
                 head.bind_encoder(self.encoders[self.encoder_of[name]])
@@ -150,14 +155,37 @@ class NLPMultiTaskModel(nn.Module):
         outputs: dict[str, Any] = {}
         if self.keep_shared_features:
             self.last_shared_features = None  # never a stale graph from an earlier batch
+        encoded: dict[str, tuple[Tensor, Tensor]] = {}
         for key, members in groups.items():
-            sequence, pooled = self.encode(key, inputs)
+            sequence, pooled = encoded[key] = self.encode(key, inputs)
             if key == SHARED and self.keep_shared_features and torch.is_grad_enabled():
                 self.last_shared_features = sequence  # every head reads it (pooled is a function of it)
             mixed = self.mix(pooled) if key == SHARED and self.mixing is not None and any(n in self.mixed_names for n in members) else {}
             for name in members:
-                outputs[name] = self.heads[name](sequence, mixed.get(name, pooled), inputs)
+                vector = mixed.get(name, pooled)
+                if self.tasks[name].prediction_inputs:
+                    with torch.no_grad():  # the stop-gradient: this task's loss never trains its sources
+                        features = self._prediction_inputs(name, inputs, encoded, {})
+                    vector = torch.cat([vector, features.to(vector.dtype)], dim=-1)
+                outputs[name] = self.heads[name](sequence, vector, inputs)
         return outputs
+
+    def _prediction_inputs(self, name: str, inputs: Mapping[str, Tensor], encoded: dict[str, tuple[Tensor, Tensor]],
+                           done: dict[str, Tensor]) -> Tensor:
+        """``(B, Σ widths)``: the predictions of ``name``'s source tasks on this batch's texts (call under no_grad)."""
+        features = []
+        for source in self.tasks[name].prediction_inputs:
+            if source not in done:
+                key = self.encoder_of[source]
+                if key not in encoded:  # a source on another encoder than any task of the batch
+                    encoded[key] = self.encode(key, inputs)
+                sequence, pooled = encoded[key]
+                vector = self.mix(pooled)[source] if self.mixing is not None and source in self.mixed_names else pooled
+                if self.tasks[source].prediction_inputs:  # a chain A → B → C
+                    vector = torch.cat([vector, self._prediction_inputs(source, inputs, encoded, done).to(vector.dtype)], dim=-1)
+                done[source] = self.tasks[source].prediction_features(self.heads[source](sequence, vector, inputs))
+            features.append(done[source])
+        return torch.cat(features, dim=-1)
 
     def mixing_gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The mixing backbone's gate weights ``{gate: (B, experts)}`` on these inputs."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from pydantic import field_validator
 from torch import Tensor, nn
@@ -40,6 +41,8 @@ class ClassificationTask(NLPTask):
     kind: ClassVar[str] = "classification"
     default_metrics: ClassVar[list[str]] = ["accuracy"]
     supported_metrics: ClassVar[list[str]] = ["accuracy", "f1", "f1_macro", "mcc"]
+
+    pooled_head: ClassVar[bool] = True
 
     labels: Optional[list[str]] = None
     positive_label: Optional[str] = None
@@ -102,6 +105,13 @@ class ClassificationTask(NLPTask):
             else:
                 results[name] = METRICS.get(name)(scores, labels)
         return results
+
+    @property
+    def prediction_width(self) -> Optional[int]:
+        return len(self.labels) if self.labels else None
+
+    def prediction_features(self, outputs: Tensor) -> Tensor:
+        return torch.softmax(outputs.float(), dim=-1)  # the predicted class distribution
 
     def predict(self, outputs: Tensor) -> list[str]:
         """Class names of ``(N, C)`` outputs."""

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,14 @@ class RegressionTask(NLPTask):
     kind: ClassVar[str] = "regression"
     default_metrics: ClassVar[list[str]] = ["pearson", "spearman"]
     supported_metrics: ClassVar[list[str]] = ["pearson", "spearman", "rmse", "mae"]
+    pooled_head: ClassVar[bool] = True
+
+    @property
+    def prediction_width(self) -> Optional[int]:
+        return 1
+
+    def prediction_features(self, outputs: Tensor) -> Tensor:
+        return outputs.float().reshape(-1, 1)
 
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         sources = [getattr(e, "source", "") for e in examples]
