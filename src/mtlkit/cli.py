@@ -115,15 +115,32 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
-    data: Path = typer.Argument(..., help="CSV or Parquet file with the feature columns."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="Output file (.csv or .parquet)."),
-    keep: List[str] = typer.Option([], "--keep", help="Input columns to copy to the output (e.g. an id)."),
+    data: Path = typer.Argument(..., help="Tabular run: CSV or Parquet file with the feature columns. NLP run: a file in the task's data format."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: tabular .csv or .parquet (default predictions.csv); "
+                                       "NLP .jsonl, or .csv for classification/regression (default predictions.jsonl)."),
+    keep: List[str] = typer.Option([], "--keep", help="Tabular runs: input columns to copy to the output (e.g. an id)."),
+    task: Optional[str] = typer.Option(None, "--task", help="NLP runs: the task to predict (required when the run has several)."),
+    format: Optional[str] = typer.Option(None, "--format", help="NLP runs: the data format of DATA (default: the task's format in the run's config)."),
 ) -> None:
-    """Write one prediction column per task."""
-    from mtlkit.run import predict_run
+    """Write predictions: one column per task (tabular run), or one JSON record per example of a task (NLP run, see mtlkit.nlp.predict)."""
+    from mtlkit.config import is_nlp_run
+    from mtlkit.errors import ConfigError
 
     try:
-        rows = predict_run(run_dir, data, out, keep)
+        if is_nlp_run(run_dir):
+            from mtlkit.nlp.predict import predict_nlp_run
+
+            if keep:
+                raise ConfigError("--keep copies columns of a tabular input; an NLP run writes one record per example, in input order")
+            out = out or Path("predictions.jsonl")
+            rows = predict_nlp_run(run_dir, data, out, task=task, format=format)
+        else:
+            from mtlkit.run import predict_run
+
+            if task is not None or format is not None:
+                raise ConfigError("--task / --format are for NLP runs; a tabular run predicts every task from the feature columns")
+            out = out or Path("predictions.csv")
+            rows = predict_run(run_dir, data, out, keep)
     except MtlkitError as error:
         _fail(error)
     console.print(f"wrote {rows} rows to {out}")

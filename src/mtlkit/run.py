@@ -242,7 +242,7 @@ def train_run(
     result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
     summary = run_summary(result, model, test, backbone=config.model.backbone, balancer=config.balancer.name,
-                          tasks=[t.name for t in prepared.tasks])
+                          tasks=[t.name for t in prepared.tasks], processes=ctx.world)
     if path is not None and ctx.is_main:
         if test is not None:
             (path / "test_metrics.json").write_text(json.dumps(test, indent=1))

@@ -39,6 +39,9 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
   marks the kinds that can take such inputs.
 - ``eval_outputs(outputs, batch)``: shrink one batch's head outputs before they are gathered
   for :meth:`evaluate` (masked-LM keeps per-row loss sums, not ``(B, L, V)`` logits).
+- ``predict_records(outputs, table, examples)``: one JSON-able dict per example from the
+  gathered outputs, for ``mtlkit predict`` (:mod:`mtlkit.nlp.predict`); ``auxiliary`` marks a
+  kind with nothing to predict (masked-LM), skipped when ``predict`` picks a run's task.
 
 Padding: the model trims every batch to its longest row, so token-level outputs have a
 sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token targets to
@@ -81,6 +84,7 @@ class NLPTask(BaseModel):
     prediction_inputs: list[str] = Field(default_factory=list)  # tasks whose predictions feed this head (stop-gradient)
 
     pooled_head: ClassVar[bool] = False  # the head reads only ``pooled`` (may take prediction_inputs)
+    auxiliary: ClassVar[bool] = False  # a training signal only, nothing to predict (masked-LM)
 
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         raise NotImplementedError
@@ -103,6 +107,10 @@ class NLPTask(BaseModel):
 
     def eval_outputs(self, outputs: Any, batch: Batch) -> Any:
         return outputs
+
+    def predict_records(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
+        """One JSON-able record per example, in ``examples`` order (``outputs``: :func:`~mtlkit.nlp.evaluation.predict_task`'s)."""
+        raise NotImplementedError(f"task kind {self.kind!r} does not write predictions")
 
     @property
     def prediction_width(self) -> Optional[int]:

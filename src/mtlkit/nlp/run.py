@@ -7,6 +7,11 @@
 written last; a directory without it is resumed from ``last.pt``, exactly (the samplers and the
 masked-LM masks are functions of ``(seed, epoch, step)``).
 
+Under ``torchrun`` the run is data-parallel as a tabular one is (:mod:`mtlkit.train.distributed`):
+every rank draws the same global batches from the task sampler (a function of seed, epoch and
+step) and keeps rows ``rank::world`` of each; gradients are averaged over ranks; every rank scores
+the whole validation split; only rank 0 writes. Dropout masks differ from a 1-process run's.
+
 Splits per task: the files given; a missing validation (test) split is a seeded ``split``
 fraction of train (default 10 % validation); then ``max_rows`` keeps a seeded subsample of a
 split. Tasks with ``from_tasks`` take the texts of those tasks, split by split, each labelled
@@ -162,13 +167,16 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
     from mtlkit.nlp.model import build_nlp_model
     from mtlkit.run import _prepare_run_dir, run_summary
-    from mtlkit.train import Trainer
+    from mtlkit.train import Trainer, distributed
 
     prepared = prepare(config)
     config, tasks = prepared.config, prepared.tasks
     spec = config.train if progress is None else config.train.model_copy(update={"progress": progress})
     path = Path(run_dir) if run_dir is not None else None
-    resume = _prepare_run_dir(path, overwrite) if path is not None else False
+    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
+    resume = _prepare_run_dir(path, overwrite) if path is not None and ctx.is_main else False
+    if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
+        resume = bool(distributed.broadcast_object(resume))
     torch.manual_seed(config.seed)
     model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
     warm = None
@@ -177,7 +185,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
 
         warm = warm_start(model, checkpoint_state(config.init_from))
     trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)  # creates `path`
-    if path is not None and not resume:
+    if path is not None and not resume and ctx.is_main:
         (path / "config.yaml").write_text(dump_nlp_config(config))
     sampling = config.sampling.model_copy(update={"strategy": config.strategy})
     train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,
@@ -193,9 +201,10 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
         tasks=[t.name for t in tasks],
         kinds={t.name: t.kind for t in tasks},
         rows={t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
+        processes=ctx.world,
         **({"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}),
     )
-    if path is not None:
+    if path is not None and ctx.is_main:
         if test is not None:
             (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
         (path / SUMMARY).write_text(json.dumps(summary, indent=1))

@@ -118,5 +118,11 @@ class ClassificationTask(NLPTask):
         labels = self._labels()
         return [labels[i] for i in outputs.argmax(-1).tolist()]
 
+    def predict_records(self, outputs: Tensor, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
+        """``{"label": name, "probabilities": {name: p}}`` per row (the softmax of the logits)."""
+        labels = self._labels()
+        return [{"label": name, "probabilities": dict(zip(labels, p))}
+                for name, p in zip(self.predict(outputs), torch.softmax(outputs.float(), dim=-1).tolist())]
+
 
 __all__ = ["ClassificationTask"]

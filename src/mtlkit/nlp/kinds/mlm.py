@@ -94,6 +94,7 @@ class MaskedLMTask(NLPTask):
     default_metrics: ClassVar[list[str]] = ["perplexity"]
     supported_metrics: ClassVar[list[str]] = ["perplexity"]
     token_level: ClassVar[bool] = True
+    auxiliary: ClassVar[bool] = True
 
     probability: float = Field(default=0.15, gt=0.0, le=1.0)
     mask_share: float = Field(default=0.8, ge=0.0, le=1.0)
@@ -172,6 +173,9 @@ class MaskedLMTask(NLPTask):
         keep = table.masks[self.name].numpy()
         sums = outputs.float().numpy()[keep]
         return {name: METRICS.get(name)(sums, None) for name in self.metrics or self.default_metrics}
+
+    def predict_records(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
+        raise ConfigError(f"task {self.name!r} is a masked-LM auxiliary objective: it has no predictions to write")
 
 
 __all__ = ["IGNORE", "MaskedLMHead", "MaskedLMTask", "POSITIONS"]

@@ -102,5 +102,10 @@ class RankingTask(NLPTask):
         scores, labels = outputs.float().numpy()[keep], table.targets[self.name].numpy()[keep]
         return {name: METRICS.get(name)(scores, labels) for name in self.metrics or self.default_metrics}
 
+    def predict_records(self, outputs: Tensor, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
+        """``{"best": index, "scores": [...]}`` per query: the relevance score of each of its own candidates."""
+        rows = [row[: len(ex.candidates)] for ex, row in zip(examples, outputs.float().tolist())]
+        return [{"best": row.index(max(row)) if row else None, "scores": row} for row in rows]
+
 
 __all__ = ["RankingHead", "RankingTask"]

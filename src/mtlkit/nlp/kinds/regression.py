@@ -70,5 +70,8 @@ class RegressionTask(NLPTask):
         predictions, targets = outputs.float().numpy()[keep], table.targets[self.name].numpy()[keep]
         return {name: METRICS.get(name)(predictions, targets) for name in self.metrics or self.default_metrics}
 
+    def predict_records(self, outputs: Tensor, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
+        return [{"value": v} for v in outputs.float().reshape(-1).tolist()]
+
 
 __all__ = ["RegressionTask"]

@@ -237,5 +237,14 @@ class RelationTask(NLPTask):
                   "relation_strict_f1": span_metrics.prf(strict, gold_strict).f1}
         return {k: v for k, v in values.items() if self.metrics is None or k in self.metrics}
 
+    def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
+                        examples: Sequence[IESentence]) -> list[dict[str, Any]]:
+        """``{"tokens", "relations": [...]}`` per sentence; its given entities are the candidate arguments."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for e, s, s_type, o, o_type, kind in self.predict_relations(outputs, table, examples):
+            found.setdefault(e, []).append({"subject": list(s), "subject_type": s_type, "object": list(o),
+                                            "object_type": o_type, "type": kind})
+        return [{"tokens": list(ex.tokens), "relations": found.get(e, [])} for e, ex in enumerate(examples)]
+
 
 __all__ = ["NO_RELATION", "RelationHead", "RelationTask", "entity_pairs", "mark_pair"]

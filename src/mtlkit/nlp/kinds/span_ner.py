@@ -173,5 +173,12 @@ class SpanNERTask(NLPTask):
         values = {"entity_precision": scores.precision, "entity_recall": scores.recall, "entity_f1": scores.f1}
         return {k: v for k, v in values.items() if self.metrics is None or k in self.metrics}
 
+    def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
+                        examples: Sequence[IESentence]) -> list[dict[str, Any]]:
+        """``{"tokens", "entities": [{"start", "end", "type", "text"}]}`` per sentence (inclusive word spans)."""
+        return [{"tokens": list(ex.tokens),
+                 "entities": [{"start": e.start, "end": e.end, "type": e.type, "text": ex.span_text(e.span)} for e in ex.entities]}
+                for ex in self.predict_entities(outputs, table, examples)]
+
 
 __all__ = ["NONE", "SpanNERHead", "SpanNERTask", "enumerate_spans"]

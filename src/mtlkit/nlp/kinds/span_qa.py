@@ -243,5 +243,11 @@ class SpanQATask(NLPTask):
             values["answer_window_accuracy"] = float(((p_answer >= threshold) == target).float().mean())
         return {k: v for k, v in values.items() if self.metrics is None or k in self.metrics}
 
+    def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
+                        examples: Sequence[QAExample]) -> list[dict[str, Any]]:
+        """``{"id", "answer"}`` per question, in ``examples`` order."""
+        answers = self.predict_answers(outputs, table, examples)
+        return [{"id": ex.id, "answer": answers.get(ex.id, "")} for ex in examples]
+
 
 __all__ = ["SpanQAHead", "SpanQATask", "decode_spans"]

@@ -157,5 +157,11 @@ class TaggingTask(NLPTask):
         values = {"entity_precision": scores.precision, "entity_recall": scores.recall, "entity_f1": scores.f1}
         return {k: v for k, v in values.items() if self.metrics is None or k in self.metrics}
 
+    def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
+                        examples: Sequence[TaggedSentence]) -> list[dict[str, Any]]:
+        """``{"tokens", "tags"}`` per sentence, one tag per word (``O`` past truncation)."""
+        tags = self.predict_tags(outputs, table)
+        return [{"tokens": list(ex.tokens), "tags": t + ["O"] * (len(ex.tokens) - len(t))} for ex, t in zip(examples, tags)]
+
 
 __all__ = ["TaggingHead", "TaggingTask", "first_subtokens"]
