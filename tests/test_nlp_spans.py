@@ -444,3 +444,17 @@ def test_end_to_end_relations_score_the_entity_models_predictions(tokenizer, ber
     by_hand = rel.evaluate(predict_task(model, rel, pairs, 8)[0], pairs, predicted)
     assert scores == by_hand
     assert scores["relation_strict_f1"] == 0.0  # every predicted entity is a "method": no strict match is possible
+
+
+def test_end_to_end_relations_without_any_predicted_pair(tokenizer, bert):
+    """An entity model that finds nothing: no relation rows at all, every gold relation a miss (no crash)."""
+    from mtlkit.nlp.model import NLPMultiTaskModel
+    from mtlkit.nlp.pipeline import end_to_end_relations
+
+    ner = SpanNERTask(name="ents", labels=["method", "task"], max_span_width=2, max_length=32, width_dim=8)
+    rel = RelationTask(name="re", labels=["USED-FOR"], max_length=32)
+    model = NLPMultiTaskModel({"shared": bert}, [ner, rel])
+    with torch.no_grad():
+        [m for m in model.heads["ents"].modules() if isinstance(m, torch.nn.Linear)][-1].bias.copy_(torch.tensor([50.0, -50.0, -50.0]))
+    scores = end_to_end_relations(model, ner, rel, [ie_sentence()], tokenizer)
+    assert scores["relation_recall"] == 0.0 and scores["relation_f1"] == 0.0

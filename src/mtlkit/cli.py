@@ -115,14 +115,14 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
-    data: Path = typer.Argument(..., help="Tabular run: CSV or Parquet file with the feature columns. NLP run: a file in the task's data format."),
+    data: Path = typer.Argument(..., help="Tabular run: CSV or Parquet with the feature columns. NLP run: a file in the task's format."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: tabular .csv or .parquet (default predictions.csv); "
                                        "NLP .jsonl, or .csv for classification/regression (default predictions.jsonl)."),
     keep: List[str] = typer.Option([], "--keep", help="Tabular runs: input columns to copy to the output (e.g. an id)."),
     task: Optional[str] = typer.Option(None, "--task", help="NLP runs: the task to predict (required when the run has several)."),
-    format: Optional[str] = typer.Option(None, "--format", help="NLP runs: the data format of DATA (default: the task's format in the run's config)."),
+    format: Optional[str] = typer.Option(None, "--format", help="NLP runs: the reader format of DATA (default: the task's, from the run's config)."),
 ) -> None:
-    """Write predictions: one column per task (tabular run), or one JSON record per example of a task (NLP run, see mtlkit.nlp.predict)."""
+    """Write predictions: one column per task (tabular run), or one JSON record per example of one task (NLP run)."""
     from mtlkit.config import is_nlp_run
     from mtlkit.errors import ConfigError
 

@@ -80,7 +80,7 @@ def length_order(table: EncodedTable) -> Tensor:
     mask = table.inputs.get("attention_mask")
     if mask is None:
         return torch.arange(len(table))
-    lengths = mask.reshape(mask.shape[0], -1).sum(1)
+    lengths = mask.flatten(1).sum(1) if mask.dim() > 1 else mask
     return torch.sort(lengths, descending=True, stable=True).indices
 
 

@@ -36,7 +36,6 @@ import csv
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -98,9 +97,9 @@ def _device(spec: str) -> torch.device:
 def _write(out: Path, records: list[dict[str, Any]]) -> None:
     """JSON lines or CSV, through a temporary file renamed at the end."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic; the umask's mode
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
             if out.suffix.lower() == ".csv":
                 rows = [flat_row(r) for r in records]
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
@@ -110,7 +109,7 @@ def _write(out: Path, records: list[dict[str, Any]]) -> None:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -154,7 +153,8 @@ def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
     device = _device(config.train.device)
     model.to(device).eval()
-    outputs, _, _ = predict_task(model, chosen, table, config.train.eval_batch_size, device)
+    # a relation table may have no rows (no sentence with two entities); predict_task cannot take an empty table
+    outputs = predict_task(model, chosen, table, config.train.eval_batch_size, device)[0] if len(table) else None
     records = [{"task": chosen.name, **r} for r in chosen.predict_records(outputs, table, examples)]
     if len(records) != len(examples):  # a kind's predict_records broke its contract
         raise RuntimeError(f"task {chosen.name!r}: {len(records)} prediction records for {len(examples)} examples")
