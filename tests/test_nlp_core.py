@@ -378,6 +378,48 @@ def test_tiny_multitask_run_through_mtlkit_train(tiny, tmp_path):
     assert again["validation"]["stsb"]["pearson"] == pytest.approx(summary["validation"]["stsb"]["pearson"], abs=1e-6)
 
 
+def test_tiny_run_on_the_other_shared_datasets_through_mtlkit_train(tiny, tmp_path):
+    """MRPC, WNUT-17, SciERC (entities + relations, separate encoders) and XQuAD (with the answer auxiliary)."""
+    import yaml
+
+    root, _, _ = tiny
+    rows = {"train": 12, "validation": 6, "test": 6}
+    scierc = {"train": str(NLP / "scierc" / "train.json"), "validation": str(NLP / "scierc" / "dev.json"),
+              "test": str(NLP / "scierc" / "test.json"), "format": "scierc", "max_rows": rows}
+    config = {
+        "seed": 0, "encoder": {"name": str(root)}, "sampling": {"strategy": "proportional"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False, "patience": None, "monitor": "loss"},
+        "tasks": [
+            {"name": "mrpc", "kind": "classification", "max_length": 48, "metrics": ["accuracy", "f1"],
+             "data": {"train": str(NLP / "mrpc" / "msr_paraphrase_train.txt"), "test": str(NLP / "mrpc" / "msr_paraphrase_test.txt"),
+                      "format": "mrpc", "split": {"validation": 0.1}, "max_rows": rows}},
+            {"name": "wnut", "kind": "tagging", "max_length": 48,
+             "labels": ["O"] + [f"{p}-{t}" for t in ("corporation", "creative-work", "group", "location", "person", "product") for p in "BI"],
+             "data": {"train": str(NLP / "wnut17" / "wnut17train.conll"), "validation": str(NLP / "wnut17" / "emerging.dev.conll"),
+                      "format": "conll", "max_rows": rows}},
+            {"name": "ner", "kind": "span_ner", "max_length": 64, "encoder": "own", "width_dim": 8,
+             "labels": ["Generic", "Material", "Method", "Metric", "OtherScientificTerm", "Task"], "data": scierc},
+            {"name": "rel", "kind": "relation", "max_length": 64,
+             "labels": ["COMPARE", "CONJUNCTION", "EVALUATE-FOR", "FEATURE-OF", "HYPONYM-OF", "PART-OF", "USED-FOR"], "data": scierc},
+            {"name": "qa", "kind": "span_qa", "max_length": 96, "doc_stride": 16, "max_question_length": 32, "answer_classifier": True,
+             "metrics": ["squad_em", "squad_f1", "answer_window_accuracy"],
+             "data": {"train": str(NLP / "xquad_en" / "xquad.en.json"), "format": "squad",
+                      "split": {"validation": 0.1, "test": 0.1, "group": "paragraph"}, "max_rows": rows}},
+        ],
+    }
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["validation"]) == {"mrpc", "wnut", "ner", "rel", "qa"}
+    assert {"f1", "accuracy"} <= set(summary["test"]["mrpc"]) and {"entity_f1"} <= set(summary["validation"]["wnut"])
+    assert {"entity_f1"} <= set(summary["test"]["ner"]) and {"relation_f1", "relation_strict_f1"} <= set(summary["test"]["rel"])
+    assert {"squad_em", "squad_f1", "answer_window_accuracy"} <= set(summary["test"]["qa"])
+    assert summary["rows"]["qa"]["train"] == 12 and summary["rows"]["rel"]["test"] == 6
+    assert all(0.0 <= summary["test"][t][m] <= 1.0 for t, m in (("qa", "squad_f1"), ("rel", "relation_f1"), ("mrpc", "f1")))
+
+
 def test_second_stage_starts_from_the_multitask_weights(tiny, tmp_path):
     """MT-DNN's fine-tuning stage: ``init_from`` loads the shared encoder and the task's own head."""
     from mtlkit.nlp.run import train_nlp_run
