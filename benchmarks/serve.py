@@ -13,12 +13,19 @@ task's output for the batch, so the set-ups differ in what it takes to get all k
 - ``single_task backbone``: the same k networks inside one model (``backbone: single_task``),
   one server, one request: the compute of k models without the k round trips.
 
-Every server runs with ``--threads 1``; client and servers share this machine's cores, so compare
-the rows of one run, not runs on different machines. Latency is per prediction (all k tasks);
-rows/s = batch rows / latency, one request in flight.
+With ``--backends pytorch onnx`` (or ``torchscript``) every set-up is also exported
+(``mtlkit export``, to the work directory) and served from the export directory, so the PyTorch
+run and its ONNX/TorchScript artifact are timed side by side, one after the other, in the same run.
+
+Every server runs with ``--threads 1`` (PyTorch's and onnxruntime's intra-op threads); client and
+servers share this machine's cores, so compare the rows of one run, not runs on different
+machines. Latency is per prediction (all k tasks); rows/s = batch rows / latency, one request in
+flight.
 
     python benchmarks/serve.py                       # ~2 minutes: 20k training rows, 3 s per cell
     python benchmarks/serve.py --seconds 1 --train-rows 8000
+    python benchmarks/serve.py --backends pytorch onnx                  # each set-up from the run and its ONNX export
+    python benchmarks/serve.py --backends pytorch onnx --setups multi-task --train-rows 2000 --seconds 0.5 --batches 1 32
 """
 
 from __future__ import annotations
@@ -56,19 +63,54 @@ def configs(rows: int) -> dict[str, dict]:
     return out
 
 
-def train(directory: Path, rows: int) -> dict[str, Path]:
+BACKENDS = ("pytorch", "onnx", "torchscript")
+SETUPS = {  # --setups name → the runs it serves
+    "multi-task": ["multi-task"],
+    "single-servers": [f"single:{t}" for t in TASKS],
+    "single-backbone": ["single_task backbone"],
+}
+SETUP_TITLES = {
+    "multi-task": "multi-task (1 server, 1 request)",
+    "single-servers": f"{len(TASKS)} single-task servers ({len(TASKS)} requests)",
+    "single-backbone": f"single_task backbone ({len(TASKS)} nets, 1 request)",
+}
+
+
+def stem(name: str) -> str:
+    return name.replace(":", "_").replace(" ", "_")
+
+
+def train(directory: Path, rows: int, names: set[str]) -> dict[str, Path]:
     from mtlkit.config import load_config
     from mtlkit.run import train_run
 
     runs = {}
     for name, config in configs(rows).items():
-        path = directory / (name.replace(":", "_").replace(" ", "_") + ".yaml")
+        if name not in names:
+            continue
+        path = directory / (stem(name) + ".yaml")
         path.write_text(yaml.safe_dump(config))
         runs[name] = directory / path.stem
         started = time.perf_counter()
         train_run(load_config(path), runs[name], progress=False)
         print(f"  trained {name:<22} in {time.perf_counter() - started:5.1f} s", flush=True)
     return runs
+
+
+def export(directory: Path, runs: dict[str, Path], backends: list[str]) -> dict[tuple[str, str], Path]:
+    """(run name, backend) → the directory `mtlkit serve` gets: the run itself for pytorch, else its export."""
+    from mtlkit.export import export_run
+
+    served = {}
+    for name, run_dir in runs.items():
+        for backend in backends:
+            if backend == "pytorch":
+                served[name, backend] = run_dir
+                continue
+            started = time.perf_counter()
+            served[name, backend] = export_run(run_dir, backend, directory / "export" / f"{stem(name)}-{backend}").directory
+            print(f"  exported {name:<21} to {backend} in {time.perf_counter() - started:5.1f} s", flush=True)
+    return served
 
 
 def free_port() -> int:
@@ -78,7 +120,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`mtlkit serve RUN_DIR` in its own process, on a loopback port."""
+    """`mtlkit serve DIR` (a run or an export directory) in its own process, on a loopback port."""
 
     def __init__(self, run_dir: Path, threads: int) -> None:
         import httpx
@@ -131,10 +173,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-rows", type=int, default=20_000, help="rows of the synthetic log to train on (1 epoch)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 512])
-    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per set-up and batch size")
-    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per server")
-    parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: a temporary directory)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per set-up, backend and batch size")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads per server (PyTorch's or onnxruntime's)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["pytorch"],
+                        help="serve each set-up from the run (pytorch) and/or its export (onnx, torchscript)")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS), help="set-ups to time")
+    parser.add_argument("--work", type=Path, default=None, help="keep runs and exports here (default: a temporary directory)")
     args = parser.parse_args()
+    backends = list(dict.fromkeys(args.backends))
 
     from mtlkit.data.datasets.shortvideo import shortvideo_table
 
@@ -142,40 +188,53 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         print(f"training on {args.train_rows} synthetic short-video rows (1 epoch each) …", flush=True)
-        runs = train(work, args.train_rows)
+        runs = train(work, args.train_rows, {name for setup in args.setups for name in SETUPS[setup]})
+        served = export(work, runs, backends)
         rows = shortvideo_table(max(args.batches), seed=123).select(FEATURE_COLUMNS).to_pylist()
         bodies = {b: json.dumps({"rows": rows[:b]}).encode() for b in args.batches}
-        setups = {
-            "multi-task (1 server, 1 request)": ["multi-task"],
-            f"{len(TASKS)} single-task servers ({len(TASKS)} requests)": [f"single:{t}" for t in TASKS],
-            f"single_task backbone ({len(TASKS)} nets, 1 request)": ["single_task backbone"],
-        }
-        results: dict[tuple[str, int], list[float]] = {}
-        for setup, names in setups.items():
-            servers = [Server(runs[n], args.threads) for n in names]
-            try:
-                for batch in args.batches:
-                    results[setup, batch] = measure(servers, bodies[batch], args.seconds)
-            finally:
-                for server in servers:
-                    server.close()
+        results: dict[tuple[str, str, int], list[float]] = {}
+        for setup in args.setups:
+            for backend in backends:  # back to back per set-up: the backends see the same machine load
+                servers = [Server(served[name, backend], args.threads) for name in SETUPS[setup]]
+                try:
+                    for batch in args.batches:
+                        results[setup, backend, batch] = measure(servers, bodies[batch], args.seconds)
+                finally:
+                    for server in servers:
+                        server.close()
 
     import torch
 
-    print(f"\nserving latency per prediction of all {len(TASKS)} tasks (HTTP on loopback, {args.threads} torch thread(s) "
-          f"per server, torch {torch.__version__}, {args.seconds:g} s per cell)")
-    print(f"{'set-up':<42}{'batch':>6}{'p50 ms':>9}{'p99 ms':>9}{'rows/s':>10}{'calls':>7}")
+    versions = f"torch {torch.__version__}"
+    if "onnx" in backends:
+        import onnxruntime
+
+        versions += f", onnxruntime {onnxruntime.__version__}"
+    print(f"\nserving latency per prediction of all {len(TASKS)} tasks (HTTP on loopback, {args.threads} inference thread(s) "
+          f"per server, {versions}, {args.seconds:g} s per cell)")
+    print(f"{'set-up':<42}{'backend':>12}{'batch':>6}{'p50 ms':>9}{'p99 ms':>9}{'rows/s':>10}{'calls':>7}")
     for batch in args.batches:
-        for setup in setups:
-            lat = np.array(results[setup, batch]) * 1000
-            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-            print(f"{setup:<42}{batch:>6}{p50:>9.2f}{p99:>9.2f}{batch / np.median(lat) * 1000:>10.0f}{len(lat):>7}")
+        for setup in args.setups:
+            for backend in backends:
+                lat = np.array(results[setup, backend, batch]) * 1000
+                p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+                print(f"{SETUP_TITLES[setup]:<42}{backend:>12}{batch:>6}{p50:>9.2f}{p99:>9.2f}"
+                      f"{batch / np.median(lat) * 1000:>10.0f}{len(lat):>7}")
     print()
-    multi = list(setups)[0]
-    for setup in list(setups)[1:]:
-        ratios = [np.median(results[setup, b]) / np.median(results[multi, b]) for b in args.batches]
-        print(f"{setup}: median latency × " + ", ".join(f"{r:.2f} (batch {b})" for r, b in zip(ratios, args.batches))
-              + " of the multi-task model")
+
+    def ratios(a: tuple[str, str], b: tuple[str, str]) -> str:
+        values = [np.median(results[(*a, n)]) / np.median(results[(*b, n)]) for n in args.batches]
+        return ", ".join(f"{r:.2f} (batch {n})" for r, n in zip(values, args.batches))
+
+    first = args.setups[0]
+    for backend in backends:
+        for setup in args.setups[1:]:
+            print(f"{SETUP_TITLES[setup]} [{backend}]: median latency × {ratios((setup, backend), (first, backend))} "
+                  f"of {SETUP_TITLES[first].split(' (')[0]} [{backend}]")
+    for backend in backends[1:]:
+        for setup in args.setups:
+            print(f"{SETUP_TITLES[setup]}: {backend} median latency × {ratios((setup, backend), (setup, backends[0]))} "
+                  f"of {backends[0]}")
 
 
 if __name__ == "__main__":

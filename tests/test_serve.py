@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -36,15 +37,14 @@ def trained(tmp_path_factory):
     return shared_run(tmp_path_factory, "mmoe_sequence")
 
 
-@pytest.fixture(scope="module")
-def server(trained):
-    """The app under uvicorn in a thread, on a socket bound to a free loopback port (no race for the port)."""
-    _, run_dir = trained
+@contextmanager
+def running(app):
+    """``app`` under uvicorn in a thread, on a socket bound to a free loopback port (no race for the port): an httpx client."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(run_dir, max_batch=MAX_BATCH), log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -52,11 +52,20 @@ def server(trained):
     while not instance.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+            yield client
+    finally:
+        instance.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    _, run_dir = trained
+    with running(create_app(run_dir, max_batch=MAX_BATCH)) as client:
         yield client
-    instance.should_exit = True
-    thread.join(10)
-    sock.close()
 
 
 def json_rows(table) -> list[dict]:
@@ -71,7 +80,8 @@ def served(client, rows) -> list[dict]:
 
 
 def test_health_and_schema(server):
-    assert server.get("/health").json()["status"] == "ok"
+    health = server.get("/health").json()
+    assert health["status"] == "ok" and health["backend"] == "pytorch" and health["tasks"] == ["click", "buy", "topic", "watch"]
     schema = server.get("/schema").json()
     features = {f["name"]: f for f in schema["features"]}
     assert {n: f["type"] for n, f in features.items()} == {

@@ -200,7 +200,7 @@ def export(
     """Export the best model on encoded tensors, with schema.json and manifest.json (see mtlkit.export).
 
     Outputs are served values (calibrated probabilities, values in label units, class
-    probabilities) and the fused score; the batch axis is dynamic. Extra: mtlkit[export].
+    probabilities) and the fused score; the batch axis is dynamic. Extra: mtlkit\\[export].
     """
     from mtlkit.export import export_run
 
@@ -221,17 +221,18 @@ def export(
 
 @app.command()
 def serve(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
+    directory: Path = typer.Argument(..., help="A run directory written by `mtlkit train`, or an export directory "
+                                     "written by `mtlkit export` (has manifest.json: served with onnxruntime / torch.jit)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port."),
     max_batch: int = typer.Option(4096, "--max-batch", min=1, help="Most rows in one /predict request (more: HTTP 413)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="PyTorch threads for inference (default: PyTorch's)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Inference threads, PyTorch's or onnxruntime's (default: the library's)."),
 ) -> None:
-    """Serve the best model over HTTP: POST /predict, GET /health, GET /schema. Extra: mtlkit[serve]."""
+    """Serve a run's best model, or its export, over HTTP: POST /predict, GET /health, GET /schema. Extra: mtlkit\\[serve]."""
     from mtlkit.serve import serve as run_server
 
     try:
-        run_server(run_dir, host=host, port=port, max_batch=max_batch, threads=threads)
+        run_server(directory, host=host, port=port, max_batch=max_batch, threads=threads)
     except MtlkitError as error:
         _fail(error)
 

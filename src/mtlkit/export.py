@@ -270,7 +270,7 @@ def _export_onnx(module: ServingModule, example: tuple[Tensor, ...], path: Path,
 class _Runner:
     """Runs an exported artifact on numpy inputs (by name) → numpy outputs (in manifest order)."""
 
-    def __init__(self, artifact: Path, format: str, input_names: Sequence[str]) -> None:
+    def __init__(self, artifact: Path, format: str, input_names: Sequence[str], threads: Optional[int] = None) -> None:
         self.format, self.input_names = format, list(input_names)
         if format == "onnx":
             _require("onnxruntime", "running an ONNX")
@@ -278,6 +278,9 @@ class _Runner:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if threads is not None:  # ONNX only: a TorchScript model uses torch.set_num_threads (the caller sets it)
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = threads
             self.session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
         else:
             with warnings.catch_warnings():
@@ -408,7 +411,7 @@ def export_run(
 class ExportedModel:
     """An export directory loaded back: raw Arrow rows → the columns of :func:`mtlkit.run.predict_table`."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, threads: Optional[int] = None) -> None:
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.exists():
@@ -419,7 +422,7 @@ class ExportedModel:
         self.schema = FittedSchema.load(directory / self.manifest["schema"])
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
-        self._run = _Runner(directory / self.manifest["artifact"], self.manifest["format"], [s["name"] for s in self.inputs])
+        self._run = _Runner(directory / self.manifest["artifact"], self.manifest["format"], [s["name"] for s in self.inputs], threads)
 
     def encode(self, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
         """The graph's inputs for ``table``, by input name (the schema's encoding, bias left out)."""
@@ -443,9 +446,9 @@ class ExportedModel:
         return columns
 
 
-def load_exported(directory: str | Path) -> ExportedModel:
-    """Load an export directory written by :func:`export_run`."""
-    return ExportedModel(directory)
+def load_exported(directory: str | Path, threads: Optional[int] = None) -> ExportedModel:
+    """Load an export directory written by :func:`export_run` (``threads``: onnxruntime's intra-op threads)."""
+    return ExportedModel(directory, threads)
 
 
 __all__ = ["ExportError", "ExportResult", "ExportedModel", "ServingModule", "export_run", "input_specs", "load_exported", "output_specs"]

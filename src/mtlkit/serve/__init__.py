@@ -1,10 +1,12 @@
-"""HTTP serving of a trained run (extra ``mtlkit[serve]``: FastAPI and uvicorn).
+"""HTTP serving of a trained run or of its export (extra ``mtlkit[serve]``: FastAPI and uvicorn).
 
-``mtlkit serve RUN_DIR`` starts the service; :func:`create_app` builds the same application for
-tests or for another ASGI server. Endpoints (see :mod:`mtlkit.serve.app`):
+``mtlkit serve DIR`` starts the service; DIR is a run directory (the PyTorch model) or an export
+directory of ``mtlkit export`` (has ``manifest.json``: onnxruntime for ONNX, ``torch.jit`` for
+TorchScript), told apart automatically (:mod:`mtlkit.serve.predictor`). :func:`create_app`
+builds the same application for tests or for another ASGI server. Endpoints (see :mod:`mtlkit.serve.app`):
 
 - ``POST /predict`` ``{"rows": [{feature: value, ...}, ...]}`` → ``{"predictions": [{task: value, ..., "fused_score": s}, ...]}``
-- ``GET /health`` → ``{"status": "ok", ...}``
+- ``GET /health`` → ``{"status": "ok", "backend": "pytorch" | "onnx" | "torchscript", ...}``
 - ``GET /schema`` → the features a row needs (names, types, vocabulary sizes), the tasks, the fused score
 
 Importing this package does not import FastAPI; the functions below do, and say which extra is
@@ -14,6 +16,7 @@ Example (needs a trained run directory)::
 
     from mtlkit.serve import create_app
     app = create_app("runs/shortvideo", max_batch=1024)
+    app = create_app("runs/shortvideo/export/onnx", max_batch=1024, threads=1)   # its ONNX export
 """
 
 from __future__ import annotations
@@ -33,23 +36,29 @@ def _require_serve_extra() -> None:
         raise ConfigError(f"serving needs {', '.join(missing)}: pip install 'mtlkit[serve]'")
 
 
-def create_app(run_dir: str | Path, max_batch: int = DEFAULT_MAX_BATCH) -> Any:
-    """The FastAPI application serving the best model of ``run_dir``."""
+def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, threads: Optional[int] = None) -> Any:
+    """The FastAPI application serving the best model of a run directory, or an export directory.
+
+    ``threads``: onnxruntime intra-op threads when serving an ONNX export (default: onnxruntime's).
+    """
     _require_serve_extra()
     from mtlkit.serve.app import create_app as _create_app
 
-    return _create_app(run_dir, max_batch)
+    return _create_app(directory, max_batch, threads=threads)
 
 
 def serve(
-    run_dir: str | Path,
+    directory: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_batch: int = DEFAULT_MAX_BATCH,
     threads: Optional[int] = None,
     log_level: str = "info",
 ) -> None:
-    """Load the run, then serve it with uvicorn until interrupted (the run is checked before the port opens)."""
+    """Load the run or export, then serve it with uvicorn until interrupted (checked before the port opens).
+
+    ``threads`` is the inference thread count: PyTorch's (run, TorchScript) and onnxruntime's (ONNX).
+    """
     _require_serve_extra()
     import torch
     import uvicorn
@@ -58,7 +67,7 @@ def serve(
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    app = create_app(run_dir, max_batch)
+    app = create_app(directory, max_batch, threads)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

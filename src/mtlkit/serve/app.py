@@ -1,9 +1,14 @@
-"""The FastAPI application: ``/predict``, ``/health``, ``/schema`` for one trained run.
+"""The FastAPI application: ``/predict``, ``/health``, ``/schema`` for one trained run or export.
+
+The directory is a run (served in PyTorch) or an export of ``mtlkit export`` (``manifest.json``:
+served with onnxruntime or ``torch.jit``), see :mod:`mtlkit.serve.predictor`; both answer the same
+requests with the same responses and errors, and ``/health`` names the ``backend``.
 
 ``/predict`` takes ``{"rows": [{feature: value, ...}, ...]}`` and answers
 ``{"predictions": [{task: value, ..., "fused_score": value}, ...]}`` in row order, computed by
-:func:`mtlkit.run.predict_table` on an Arrow table built from the rows
-(:mod:`mtlkit.serve.rows`), so a served prediction equals ``mtlkit predict`` on the same rows.
+:func:`mtlkit.run.predict_table` (or :meth:`mtlkit.export.ExportedModel.predict_table`) on an
+Arrow table built from the rows (:mod:`mtlkit.serve.rows`), so a served prediction equals
+``mtlkit predict`` on the same rows (an export: within its verified tolerance).
 Binary tasks give a probability (or odds with ``output: odds``), regression tasks a value in
 label units, multiclass tasks ``{"class": c, "probabilities": [...]}``. A value that is not finite
 (an overflowing input) is answered as ``null``.
@@ -11,9 +16,9 @@ label units, multiclass tasks ``{"class": c, "probabilities": [...]}``. A value 
 Bad requests get 400 (malformed JSON), 413 (too many rows or bytes) or 422 (wrong shape, missing
 feature, wrong type) with ``{"detail": "<what is wrong>"}``; never a 500.
 
-Example (needs a trained run directory)::
+Example (needs a trained run or an export directory)::
 
-    app = create_app("runs/census")
+    app = create_app("runs/census")                     # or create_app("runs/census/export/onnx")
     uvicorn.run(app, host="127.0.0.1", port=8000)   # or: mtlkit serve runs/census
 """
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +35,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.export import refuse_text_runs
-from mtlkit.run import LoadedRun, load_run, predict_table
 from mtlkit.serve import DEFAULT_MAX_BATCH
+from mtlkit.serve.predictor import Predictor, load_predictor
 from mtlkit.serve.rows import RequestError, parse_rows, rows_to_table
 from mtlkit.tasks import TaskKind
 
@@ -46,9 +50,9 @@ _REQUEST_BODY = {  # for the OpenAPI page: the body is parsed by hand, for exact
 }
 
 
-def schema_description(run: LoadedRun, max_batch: int) -> dict[str, Any]:
+def schema_description(predictor: Predictor, max_batch: int) -> dict[str, Any]:
     """What ``/schema`` returns: the features a row must hold, the tasks and the fused score."""
-    schema = run.schema
+    schema = predictor.schema
     features: list[dict[str, Any]] = []
     for f in schema.categorical:
         features.append({"name": f.name, "type": "categorical", "accepts": "string, number, boolean or null",
@@ -62,22 +66,11 @@ def schema_description(run: LoadedRun, max_batch: int) -> dict[str, Any]:
         features.append({"name": s.name, "type": "sequence", "accepts": accepts, "max_len": s.max_len,
                          "separator": s.separator, "shares_vocabulary_with": s.share_vocabulary_with,
                          "vocabulary_size": len(vocabulary.vocabulary), "hash_buckets": vocabulary.hash_buckets})
-    tasks = []
-    for task in run.tasks:
-        entry: dict[str, Any] = {"name": task.name, "kind": task.kind.value}
-        if task.kind is TaskKind.BINARY:
-            entry["output"] = task.output
-        elif task.kind is TaskKind.MULTICLASS:
-            entry.update(output="class and probabilities", n_classes=task.n_classes)
-        else:
-            entry["output"] = "value" + (" (expm1 of the log1p model)" if task.label_transform == "log1p" else "")
-        tasks.append(entry)
-    fusion = getattr(run.model, "fusion", None)
     return {
         "features": features,
         "ignored_features": [f.name for f in schema.bias],  # bias features: never used at serving
-        "tasks": tasks,
-        "fused_score": fusion.model_dump() if fusion is not None else None,
+        "tasks": [task.describe() for task in predictor.tasks],
+        "fused_score": predictor.fusion,
         "max_batch": max_batch,
     }
 
@@ -89,15 +82,15 @@ def _finite(values: np.ndarray) -> list[Any]:
     return [v if math.isfinite(v) else None for v in values.tolist()]
 
 
-def predictions(run: LoadedRun, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def predictions(predictor: Predictor, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One dict per row: every task's served value, and ``fused_score`` when configured."""
-    table = rows_to_table(run.schema, rows)
+    table = rows_to_table(predictor.schema, rows)
     try:
-        columns = predict_table(run, table, "request")
+        columns = predictor.predict_table(table, "request")
     except (MtlkitError, pa.ArrowException, ValueError, OverflowError) as error:  # values the schema cannot encode
         raise RequestError(422, f"the rows cannot be encoded: {error}") from None
     per_key: dict[str, list[Any]] = {}
-    for task in run.tasks:
+    for task in predictor.tasks:
         if task.kind is TaskKind.MULTICLASS:
             classes = columns[task.name].tolist()
             probabilities = np.stack([columns[f"{task.name}_p{c}"] for c in range(task.n_classes or 0)], axis=1)
@@ -110,18 +103,25 @@ def predictions(run: LoadedRun, rows: list[dict[str, Any]]) -> list[dict[str, An
     return [dict(zip(keys, values)) for values in zip(*per_key.values())]
 
 
-def create_app(run_dir: str | Path, max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The service for the best model of ``run_dir`` (loaded once, here); raises ConfigError for a bad run."""
+def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = MAX_BODY_BYTES,
+               threads: Optional[int] = None) -> FastAPI:
+    """The service for a run's best model or an export (loaded once, here); raises a MtlkitError for a bad directory.
+
+    ``threads``: onnxruntime intra-op threads for an ONNX export (PyTorch's are the caller's to set).
+    """
     if max_batch < 1:
         raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
-    refuse_text_runs(Path(run_dir), "served")
-    run = load_run(run_dir)
-    description = schema_description(run, max_batch)
-    app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of run {Path(run_dir).name}")
-    app.state.run = run
+    predictor = load_predictor(directory, threads)
+    description = schema_description(predictor, max_batch)
+    what = "run" if predictor.backend == "pytorch" else f"{predictor.backend} export"
+    app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {Path(directory).name}")
+    app.state.predictor = predictor
+    status = {"status": "ok", "backend": predictor.backend, "run": predictor.run_dir,
+              **({} if predictor.backend == "pytorch" else {"export": str(directory)}),
+              "backbone": predictor.backbone, "tasks": [t.name for t in predictor.tasks]}
 
     def _predict(body: bytes) -> dict[str, Any]:
-        return {"predictions": predictions(run, parse_rows(body, max_batch))}
+        return {"predictions": predictions(predictor, parse_rows(body, max_batch))}
 
     @app.post("/predict", openapi_extra=_REQUEST_BODY)
     async def predict(request: Request) -> JSONResponse:
@@ -137,7 +137,7 @@ def create_app(run_dir: str | Path, max_batch: int = DEFAULT_MAX_BATCH, max_body
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "run": str(run_dir), "backbone": run.config.model.backbone, "tasks": [t.name for t in run.tasks]}
+        return status
 
     @app.get("/schema")
     async def schema() -> dict[str, Any]:
