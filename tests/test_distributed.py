@@ -7,8 +7,9 @@ batches of 16 rows (the last one 13: 7 + 6 rows) over 2 ranks, task b labelled o
 run computes the gradients of the 1-process run up to float summation order, and the final
 weights (3 epochs, Adam) agree to
 ``ATOL`` for equal weighting (fixed), two gradient methods (mgda, pcgrad: the Jacobian is
-all-reduced before aggregation) and two loss-level methods with state (uncertainty: learned
-log-variances; dwa: epoch mean losses).
+all-reduced before aggregation), two loss-level methods with state (uncertainty: learned
+log-variances; dwa: epoch mean losses) and two whose weights depend on the step's loss values
+(gls; famo, whose task logits are updated from them: every rank sees the global mean loss values).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from mtlkit.train import distributed
 
 ATOL = 1e-5
-BALANCERS = ("fixed", "mgda", "pcgrad", "uncertainty", "dwa")
+BALANCERS = ("fixed", "mgda", "pcgrad", "uncertainty", "dwa", "gls", "famo")
 
 WORKER = textwrap.dedent('''
     import json, sys

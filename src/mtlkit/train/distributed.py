@@ -43,8 +43,9 @@
 - **Loss weighting.** Learned weights (uncertainty log-variances, …) are optimiser parameters:
   their gradients are averaged like the model's. The epoch mean losses that DWA and the
   scheduled weights read at ``epoch_end`` are sums all-reduced over ranks, so every rank sees the
-  global means. Methods whose weights depend on the step's loss values (GLS, FAMO) see the
-  rank's own losses: close to, not equal to, the single-process run.
+  global means. Methods whose weights depend on the step's loss values (GLS, FAMO) get the
+  global batch's mean loss as every task loss's *value* (with the rank's re-weighted gradient):
+  their weights and state are the same on every rank and equal to the 1-process run's.
 - **Evaluation.** Every rank evaluates the *whole* validation (and test) split, which is in
   memory: AUC, GAUC and logloss are those of the whole split (not averages of per-rank values),
   and no gather is needed. Rank 0's results are broadcast (one small pickled object per epoch),
@@ -195,18 +196,31 @@ def all_reduce_sum_(*tensors: Tensor) -> None:
 
 
 def global_mean_losses(losses: dict[str, Tensor], rows: dict[str, Tensor], world: int) -> dict[str, Tensor]:
-    """``L_k,r · W · n_k,r / N_k``: rank ``r``'s mean loss of task ``k`` re-weighted by its share
-    of the task's labelled rows (``N_k = Σ_r n_k,r``, one small all-reduce), so that the average
-    over ranks is the mean over the global batch — exact for unweighted masked means when ranks
-    or task masks hold different row counts (an uneven last batch, sparse tasks)."""
+    """Rank ``r``'s loss of task ``k`` with the gradient of ``L_k,r · W · n_k,r / N_k`` and the
+    *value* of the global batch's mean loss ``Σ_r n_k,r L_k,r / N_k`` (one all-reduce of 2T numbers).
+
+    The gradient: rank ``r``'s mean loss re-weighted by its share of the task's labelled rows
+    (``N_k = Σ_r n_k,r``), so the average over ranks of the gradients is the gradient of the
+    global batch's mean — exact for unweighted masked means when ranks or task masks hold
+    different row counts (an uneven last batch, sparse tasks). The value: every rank sees the
+    global mean (``s − s.detach() + v``), so a balancer whose weights depend on the loss values
+    (GLS, FAMO, uncertainty's weight gradient) computes the same weights and state on every rank
+    as the 1-process run does, and the averaged gradient ``Σ_k w_k(v) ∇L_k`` is the exact one."""
     names = list(losses)
     if not names:
         return losses
     counts = torch.stack([rows[n].to(losses[n].device, torch.float32).reshape(()) for n in names])
-    total = counts.clone()
-    dist.all_reduce(total)
+    values = torch.stack([losses[n].detach().float().reshape(()) for n in names])
+    sums = torch.cat([counts, counts * values])
+    dist.all_reduce(sums)
+    total, weighted = sums[: len(names)], sums[len(names):]
     factor = counts * world / total.clamp_min(1)
-    return {n: losses[n] * factor[i].to(losses[n].dtype) for i, n in enumerate(names)}
+    mean = weighted / total.clamp_min(1)
+    out = {}
+    for i, n in enumerate(names):
+        scaled = losses[n] * factor[i].to(losses[n].dtype)
+        out[n] = scaled - scaled.detach() + mean[i].to(scaled.dtype)
+    return out
 
 
 _UNSUPPORTED = {
