@@ -35,6 +35,30 @@ from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
 ARMS = ("span", "aux")
 
 
+def window_diagnostics(run_dir: Path, threshold: float) -> dict:
+    """On test: the classifier's window accuracy, how often the best span already lies in an
+    answer-holding window, and how many answers the filter changes."""
+    from mtlkit.nlp.evaluation import predict_task
+    from mtlkit.nlp.run import load_nlp_run
+
+    prepared, model = load_nlp_run(run_dir)
+    task = prepared.tasks[0]
+    table, examples = prepared.tables["test"][task.name], prepared.examples[task.name]["test"]
+    outputs, _, _ = predict_task(model, task, table, 64)
+    plain, p_answer = task._predict(outputs, table, examples)
+    filtered, _ = task.model_copy(update={"answer_threshold": threshold})._predict(outputs, table, examples)
+    holds = table.targets[task.name][:, 2].bool()
+    _, _, score, _ = task._window_scores(outputs, table)
+    best: dict[int, int] = {}
+    for window, question in enumerate(table.extras["example_index"].tolist()):
+        if question not in best or score[window] > score[best[question]]:
+            best[question] = window
+    return {"windows": len(holds), "windows_with_answer": int(holds.sum()),
+            "window_accuracy": float(((p_answer >= threshold) == holds).float().mean()),
+            "best_span_in_answer_window": sum(bool(holds[w]) for w in best.values()) / len(best),
+            "answers_changed_by_filter": sum(plain[k] != filtered[k] for k in plain), "questions": len(plain)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
@@ -65,7 +89,7 @@ def main() -> None:
                           "monitor": "qa/squad_f1", "patience": None, "threads": args.threads, "precision": args.precision},
                 "tasks": [qa]}
 
-    records = []
+    records, diagnostics = [], {}
     for seed in args.seeds:
         for arm in args.arms:
             run_dir = args.out / f"seed{seed}" / arm
@@ -79,9 +103,13 @@ def main() -> None:
 
                     filtered_file.write_text(json.dumps(evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}), indent=1))
                 filtered = json.loads(filtered_file.read_text())["test"]["qa"]
+                diagnostics_file = run_dir / f"windows_{args.threshold}.json"
+                if not diagnostics_file.exists():
+                    diagnostics_file.write_text(json.dumps(window_diagnostics(run_dir, args.threshold), indent=1))
+                diagnostics[seed] = json.loads(diagnostics_file.read_text())
                 records.append({"seed": seed, "arm": "aux+filter", "em": filtered["squad_em"], "f1": filtered["squad_f1"],
                                 "questions": s["rows"]["qa"]["test"], "wall_seconds": None,
-                                "answer_window_accuracy": filtered.get("answer_window_accuracy")})
+                                "answer_window_accuracy": diagnostics[seed]["window_accuracy"]})
             print(f"  {arm} seed {seed}: {records[-1]}", flush=True)
         with open(args.out / "nlp_qa.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["seed", "arm", "em", "f1", "questions", "wall_seconds", "answer_window_accuracy"])
@@ -94,6 +122,10 @@ def main() -> None:
     table = markdown_table(["arm", "seeds", "test EM", "test F1"], rows)
     footer = (f"windows of {args.max_length} pieces, stride {args.stride}; threshold {args.threshold}; epochs {args.epochs}; "
               f"lr {args.lr}; split by paragraph 70/15/15 (seed 0)")
+    for seed, d in diagnostics.items():
+        footer += (f"\nseed {seed} (aux, test): window accuracy {d['window_accuracy']:.3f} ({d['windows_with_answer']} of {d['windows']} "
+                   f"windows hold the answer); best span already in an answer window for {d['best_span_in_answer_window']:.1%} of "
+                   f"questions; the filter changes {d['answers_changed_by_filter']} of {d['questions']} answers")
     (args.out / "nlp_qa.md").write_text(table + "\n\n" + footer + "\n")
     print(table)
     print(footer)
