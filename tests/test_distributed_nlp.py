@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -20,31 +19,16 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED_DATA
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from tiny_bert import save_tiny_bert
 
 NLP = SHARED_DATA / "nlp"
 ATOL = 1e-4
 
 
-def _tiny_bert(root):
-    text = " ".join(open(NLP / "sst2" / "train.tsv", encoding="utf-8").read().splitlines()[:40]
-                    + open(NLP / "stsb" / "sts-train.tsv", encoding="utf-8").read().splitlines()[:40])
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
-    chars = sorted({c for w in words for c in w})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [c for c in chars if c not in words] + [f"##{c}" for c in chars]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertModel(config, add_pooling_layer=False).save_pretrained(root)
-    BertTokenizerFast(vocab=str(root / "vocab.txt")).save_pretrained(root)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp_nlp")
-    (tmp / "bert").mkdir()
-    _tiny_bert(tmp / "bert")
+    save_tiny_bert(tmp / "bert", [(NLP / "sst2" / "train.tsv", 40), (NLP / "stsb" / "sts-train.tsv", 40)], dropout=0.0, max_positions=64)
     rows = {"train": 40, "validation": 16}
     config = {
         "seed": 0, "encoder": {"name": str(tmp / "bert")}, "sampling": {"strategy": "proportional"},

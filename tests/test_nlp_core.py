@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
 
 from conftest import SHARED_DATA  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from tiny_bert import save_tiny_bert  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mtlkit.cli import app  # noqa: E402
@@ -30,30 +29,14 @@ from mtlkit.nlp.readers.ranking import read_ranking_tsv  # noqa: E402
 from mtlkit.nlp.sampling import SamplingSpec, TaskSampler, capped, probabilities  # noqa: E402
 
 NLP = SHARED_DATA / "nlp"
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def _head_rows(path, n):
-    return [line for _, line in zip(range(n), open(path, encoding="utf-8-sig"))]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A WordPiece vocabulary from the first rows of the shared files and a 2-layer BERT, saved together."""
-    text = " ".join(_head_rows(NLP / "sst2" / "train.tsv", 60) + _head_rows(NLP / "rte" / "train.tsv", 40)
-                    + _head_rows(NLP / "stsb" / "sts-train.tsv", 40) + _head_rows(NLP / "rte" / "val.tsv", 20))
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
-    chars = sorted({c for w in words for c in w})
-    vocab = SPECIALS + words + [c for c in chars if c not in words] + [f"##{c}" for c in chars]
     root = tmp_path_factory.mktemp("tiny_bert")
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    bert = BertModel(config, add_pooling_layer=False)
-    bert.save_pretrained(root)
-    tokenizer.save_pretrained(root)
+    tokenizer, bert = save_tiny_bert(root, [(NLP / "sst2" / "train.tsv", 60), (NLP / "rte" / "train.tsv", 40),
+                                            (NLP / "stsb" / "sts-train.tsv", 40), (NLP / "rte" / "val.tsv", 20)])
     return root, tokenizer, bert
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
 
 from conftest import SHARED_DATA  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from tiny_bert import head_rows, save_tiny_bert  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mtlkit.cli import app  # noqa: E402
@@ -30,31 +29,15 @@ from mtlkit.nlp.readers import read  # noqa: E402
 from mtlkit.nlp.records import Answer, Entity, IESentence, QAExample  # noqa: E402
 
 NLP = SHARED_DATA / "nlp"
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 runner = CliRunner()
-
-
-def _head_rows(path, n):
-    return [line for _, line in zip(range(n), open(path, encoding="utf-8-sig"))]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A WordPiece vocabulary from the first rows of the shared files and a 2-layer BERT, saved together."""
-    text = " ".join(_head_rows(NLP / "sst2" / "train.tsv", 60) + _head_rows(NLP / "stsb" / "sts-train.tsv", 40)
-                    + _head_rows(NLP / "wnut17" / "wnut17train.conll", 200))
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", text.lower())))
-    chars = sorted({c for w in words for c in w})
-    vocab = SPECIALS + words + [c for c in chars if c not in words] + [f"##{c}" for c in chars]
     root = tmp_path_factory.mktemp("tiny_bert")
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    bert = BertModel(config, add_pooling_layer=False)
-    bert.save_pretrained(root)
-    tokenizer.save_pretrained(root)
+    tokenizer, bert = save_tiny_bert(root, [(NLP / "sst2" / "train.tsv", 60), (NLP / "stsb" / "sts-train.tsv", 40),
+                                            (NLP / "wnut17" / "wnut17train.conll", 200)])
     return root, tokenizer, bert
 
 
@@ -113,7 +96,7 @@ def _jsonl(path):
 @pytest.fixture
 def sst2_rows(tmp_path):
     path = tmp_path / "new.tsv"
-    path.write_text("".join(_head_rows(NLP / "sst2" / "dev.tsv", 6)))  # header + 5 rows
+    path.write_text("".join(head_rows(NLP / "sst2" / "dev.tsv", 6)))  # header + 5 rows
     return path
 
 
@@ -140,7 +123,7 @@ def test_csv_for_classification_and_regression(run_dir, loaded, sst2_rows, tmp_p
     assert all(float(r["p_0"]) + float(r["p_1"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
 
     sts = tmp_path / "sts.tsv"
-    sts.write_text("".join(_head_rows(NLP / "stsb" / "sts-dev.tsv", 4)))
+    sts.write_text("".join(head_rows(NLP / "stsb" / "sts-dev.tsv", 4)))
     out = tmp_path / "stsb.csv"
     result = _predict(run_dir, sts, "--task", "stsb", "--out", out)
     assert result.exit_code == 0, result.output
