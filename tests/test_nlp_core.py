@@ -144,6 +144,29 @@ def test_gradient_reversal_flips_sign_and_scales_by_lambda():
     assert torch.allclose(-2.0 * pooled.grad, reversed_grad)
 
 
+def test_annealed_gradient_reversal_follows_ganins_schedule(tiny):
+    """λ_p = λ·(2/(1+exp(−10p)) − 1): silent at the start, λ·0.99991 at the end (Ganin & Lempitsky 2015, §5.2.1)."""
+    import math
+
+    _, _, bert = tiny
+    task = DomainTask(name="d", labels=["a", "b"], grl_lambda=0.5, grl_schedule="ganin", head={"dropout": 0.0})
+    model = NLPMultiTaskModel({"shared": bert}, [task])
+    head = model.heads["d"]
+    pooled, target = torch.randn(4, model.hidden_size, requires_grad=True), torch.tensor([0, 1, 1, 0])
+    grads = []
+    for progress in (0.0, 0.5, 1.0):
+        model.set_training_progress(progress)  # what the trainer calls before every step
+        pooled.grad = None
+        task.compute_loss(head(None, pooled, {}), target).backward()
+        grads.append(pooled.grad.clone())
+    pooled.grad = None
+    task.compute_loss(head.classifier(None, pooled, {}), target).backward()  # the classifier's own gradient
+    assert torch.count_nonzero(grads[0]) == 0
+    for progress, grad in zip((0.5, 1.0), grads[1:]):
+        lam = 0.5 * (2 / (1 + math.exp(-10 * progress)) - 1)
+        assert torch.allclose(grad, -lam * pooled.grad, atol=1e-7)
+
+
 # -- model: sharing, mixing, trimming ------------------------------------------------------------
 def test_shared_and_own_encoders_are_separate_parameters(tiny):
     _, tokenizer, bert = tiny

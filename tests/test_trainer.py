@@ -190,3 +190,12 @@ def test_weight_decay_skips_biases_and_norm_scales():
     decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     matrices = {id(p) for p in model.parameters() if p.ndim > 1}
     assert decayed == matrices and any(p.ndim == 1 for p in model.parameters())
+
+
+def test_progress_aware_models_hear_the_fraction_of_training_done():
+    trainer, train, valid = make(epochs=2)
+    heard = []
+    trainer._progress_hook = heard.append  # what `model.set_training_progress` receives
+    trainer.fit(train, valid)
+    steps = 2 * len(train)
+    assert heard == [step / steps for step in range(steps)]  # before every step, from 0 up to (steps-1)/steps

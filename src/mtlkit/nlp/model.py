@@ -187,6 +187,12 @@ class NLPMultiTaskModel(nn.Module):
             features.append(done[source])
         return torch.cat(features, dim=-1)
 
+    def set_training_progress(self, progress: float) -> None:
+        """Called by the trainer before each step with the fraction of training done; passed to heads that schedule on it."""
+        for head in self.heads.values():
+            if hasattr(head, "set_progress"):
+                head.set_progress(progress)
+
     def mixing_gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The mixing backbone's gate weights ``{gate: (B, experts)}`` on these inputs."""
         if self.mixing is None:

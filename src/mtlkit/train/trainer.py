@@ -207,6 +207,9 @@ class Trainer:
             raise ConfigError(f"the balancer weighs tasks {balancer.task_names} but the model trains "
                               f"{self.loss_task_names}: build it for model.loss_task_names")
         self._task_penalties = getattr(model, "task_penalties", None)
+        # A model with `set_training_progress(p)` hears the fraction p ∈ [0, 1) of training done before
+        # each step (e.g. the annealed gradient-reversal weight of a domain-adversarial NLP task).
+        self._progress_hook = getattr(model, "set_training_progress", None)
         self._task_aware = bool(getattr(model, "task_aware", False))
         self.spec = spec
         # Data-parallel (mtlkit.train.distributed): every rank reads a checkpoint from `_resume_dir`;
@@ -359,6 +362,8 @@ class Trainer:
                     losses: dict[str, Tensor] = {}
                     rows: dict[str, Tensor] = {}
                     features: list[Tensor] = []
+                    if self._progress_hook is not None:  # a function of the global step: resumes exactly
+                        self._progress_hook(pos.global_step / (self.spec.epochs * steps_per_epoch))
                     if self._compile_pending:
                         self._compile_now(step_batches)
                     for batch in step_batches:

@@ -5,8 +5,11 @@ the gradient reversal layer ``R_λ`` is the identity in the forward pass and mul
 gradient by ``−λ`` in the backward pass, ``dR_λ/dx = −λ·I``. Put between the encoder's pooled
 vector and a domain classifier, the classifier learns to tell the domains apart while the
 encoder receives the reversed gradient and learns features that hide the domain (the
-saddle point of the paper's objective, reached with plain SGD). ``grl_lambda`` is λ (constant here; the paper anneals it
-as ``2/(1+exp(−10p)) − 1`` over training progress ``p``).
+saddle point of the paper's objective, reached with plain SGD). ``grl_lambda`` is λ: constant
+(``grl_schedule: constant``, the default) or annealed as in the paper (§5.2.1), ``grl_schedule: ganin``:
+``λ_p = grl_lambda · (2/(1+exp(−10p)) − 1)`` over the fraction ``p`` of training steps done (the
+trainer passes it before every step), so the adversary starts silent while the domain classifier
+is still noise.
 
 The domain of a row is ``example.domain``: STS-B's genre (reader ``sts``) or, with
 ``data: {from_tasks: [a, b]}``, the name of the task each text came from. Its loss and accuracy
@@ -25,7 +28,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+import math
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 from pydantic import Field
@@ -55,10 +59,17 @@ def reverse_gradient(x: Tensor, lam: float = 1.0) -> Tensor:
 class DomainHead(nn.Module):
     """``R_λ`` then a :class:`PooledHead` over the domains."""
 
-    def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float | None) -> None:
+    def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float | None, schedule: str = "constant") -> None:
         super().__init__()
         self.lam = lam  # None: no reversal
+        self.max_lam, self.schedule = lam, schedule
+        if schedule == "ganin" and lam is not None:
+            self.lam = 0.0  # progress 0, until the trainer says otherwise
         self.classifier = PooledHead(hidden_size, n_domains, options)
+
+    def set_progress(self, progress: float) -> None:
+        if self.schedule == "ganin" and self.max_lam is not None:
+            self.lam = self.max_lam * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
 
     def forward(self, sequence: Tensor, pooled: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.classifier(sequence, pooled if self.lam is None else reverse_gradient(pooled, self.lam), inputs)
@@ -70,6 +81,7 @@ class DomainTask(ClassificationTask):
     default_metrics: ClassVar[list[str]] = ["accuracy"]
 
     grl_lambda: float = Field(default=1.0, ge=0.0)
+    grl_schedule: Literal["constant", "ganin"] = "constant"
     adversarial: bool = True  # false: no reversal, a plain auxiliary domain classifier (the ablation of the GRL)
 
     @property
@@ -80,7 +92,8 @@ class DomainTask(ClassificationTask):
         return getattr(example, "domain", None)
 
     def build_head(self, hidden_size: int) -> nn.Module:
-        return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda if self.adversarial else None)
+        return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda if self.adversarial else None,
+                          self.grl_schedule)
 
 
 __all__ = ["DomainHead", "DomainTask", "reverse_gradient"]
