@@ -529,6 +529,26 @@ def test_prediction_input_feeds_probabilities_without_training_the_source(tiny):
     assert any(p.grad is not None for p in model.encoders["shared"].parameters())  # the consumer still trains the encoder
 
 
+def test_prediction_inputs_chain_through_mixing_and_own_encoders(tiny):
+    """A → B → C with MMoE mixing on the shared encoder and C on its own encoder: shapes, and no gradient to A or B."""
+    _, tokenizer, bert = tiny
+    import copy
+
+    a = ClassificationTask(name="a", labels=["0", "1"], max_length=24)
+    b = RegressionTask(name="b", max_length=24, prediction_inputs=["a"])
+    c = ClassificationTask(name="c", labels=["x", "y", "z"], max_length=24, prediction_inputs=["b", "a"], encoder="own")
+    model = _model(copy.deepcopy(bert), [a, b, c], mixing=MixingSpec(backbone="mmoe", options={"experts": 2, "expert_hidden": [16]}), own=["c"])
+    assert model.heads["c"].output.in_features == model.hidden_size + 1 + 2
+    batch = b.featurize(PAIRS, tokenizer).take(slice(0, 3))
+    out = model(batch.inputs, ("c",))["c"]
+    assert out.shape == (3, 3)
+    model.zero_grad()
+    out.sum().backward()
+    assert all(p.grad is None for name in ("a", "b") for p in model.heads[name].parameters())
+    assert all(p.grad is None for p in model.encoders["shared"].parameters())  # c's loss reaches only its own encoder
+    assert model.heads["c"].output.weight.grad is not None
+
+
 @pytest.mark.parametrize("tasks, message", [
     ([{"name": "a", "kind": "classification", "prediction_inputs": ["a"]}], "names the task itself"),
     ([{"name": "a", "kind": "classification", "prediction_inputs": ["zz"]}], "'zz', which is not a task"),
