@@ -84,3 +84,26 @@ def test_unknown_backbone_and_option_are_rejected():
         ModelSpec(backbone="mmmoe")
     with pytest.raises(ValueError, match="hiden"):
         ModelSpec(backbone="shared_bottom", options={"hiden": [3]})
+
+
+def test_embedding_table_backends_are_interchangeable():
+    """`model.embedding_table`: the per-field layout with the fused table's rows gives the same model output."""
+    from mtlkit.nn import EMBEDDING_TABLES
+
+    table = toy_table(64, 0)
+    schema = SPEC.fit(table)
+    batch = schema.encode(table, TASKS).take(slice(0, 16))
+    models = {}
+    for name in ("fused", "per_field"):
+        torch.manual_seed(0)
+        models[name] = build_model(ModelSpec(backbone="mmoe", options={"experts": 2, "expert_hidden": [8]}, embedding_table=name),
+                                   schema, TASKS).eval()
+    fused, per_field = models["fused"], models["per_field"]
+    per_field.encoder.embedding.load_fused(fused.encoder.embedding)
+    rest = {k: v for k, v in fused.state_dict().items() if not k.startswith("encoder.embedding.")}
+    per_field.load_state_dict(rest, strict=False)
+    a, b = fused(batch.inputs), per_field(batch.inputs)
+    assert all(torch.allclose(a[t.name], b[t.name], atol=1e-6) for t in TASKS)
+    assert isinstance(per_field.encoder.embedding, EMBEDDING_TABLES.get("per_field"))
+    with pytest.raises(Exception, match="unknown embedding_table 'sharded'; choose one of: fused, per_field"):
+        ModelSpec(embedding_table="sharded")

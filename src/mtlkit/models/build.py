@@ -25,7 +25,7 @@ from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
-from mtlkit.nn import TabularEncoder
+from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
 from mtlkit.tasks import Task, TaskKind
 
 
@@ -36,6 +36,7 @@ class ModelSpec(BaseModel):
     backbone: str = "shared_bottom"
     options: dict[str, Any] = Field(default_factory=dict)
     embedding_dim: int = Field(default=8, ge=1)
+    embedding_table: str = "fused"  # a backend of mtlkit.nn.embedding_tables: fused | per_field | a registered one
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     relations: TaskRelations = Field(default_factory=TaskRelations)
@@ -46,6 +47,8 @@ class ModelSpec(BaseModel):
     def _check_backbone(self) -> "ModelSpec":
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES.names())}")
+        if self.embedding_table not in EMBEDDING_TABLES:
+            raise ValueError(f"unknown embedding_table {self.embedding_table!r}; choose one of: {', '.join(EMBEDDING_TABLES.names())}")
         self.backbone_options()  # raises a ValidationError naming the bad option
         has_relations = self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs
         if has_relations and BACKBONES.get(self.backbone).independent_tasks:
@@ -88,7 +91,7 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
     default_biased = [t.name for t in tasks if t.kind is TaskKind.BINARY and t.name not in derived]
 
     def assemble(model_tasks: Sequence[Task]) -> MultiTaskModel:
-        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim)
+        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table)
         backbone = backbone_cls(encoder.output_dim, [t.name for t in model_tasks], options)
         shallow = None
         if spec.shallow_tower is not None:

@@ -1,6 +1,7 @@
-"""Building blocks: MLPs, the fused embedding table, the tabular input encoder, sequence pooling, expert banks and gates."""
+"""Building blocks: MLPs, embedding tables (fused, per-field; a registry for other backends), the tabular input encoder, sequence pooling, expert banks and gates."""
 
-from mtlkit.nn.embedding import FusedEmbedding, TabularEncoder
+from mtlkit.nn.embedding import TabularEncoder
+from mtlkit.nn.embedding_tables import EMBEDDING_TABLES, FusedEmbedding, PerFieldEmbedding
 from mtlkit.nn.experts import BatchedLinear, ExpertBank
 from mtlkit.nn.gates import Gates
 from mtlkit.nn.hard_concrete import HardConcrete
@@ -8,6 +9,6 @@ from mtlkit.nn.mlp import MLP
 from mtlkit.nn.sequence import DinAttention, SequenceField, masked_pool
 
 __all__ = [
-    "MLP", "BatchedLinear", "DinAttention", "ExpertBank", "FusedEmbedding", "Gates", "HardConcrete",
-    "SequenceField", "TabularEncoder", "masked_pool",
+    "EMBEDDING_TABLES", "MLP", "BatchedLinear", "DinAttention", "ExpertBank", "FusedEmbedding", "Gates", "HardConcrete",
+    "PerFieldEmbedding", "SequenceField", "TabularEncoder", "masked_pool",
 ]

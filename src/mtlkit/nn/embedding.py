@@ -1,10 +1,10 @@
 """One embedding table for all categorical fields, and the encoder that feeds backbones.
 
-:class:`FusedEmbedding` stores every field's rows in a single ``nn.Embedding`` and shifts each
-field's ids by a per-field offset, so a batch of ``F`` fields is one gather instead of ``F``
-module calls. :class:`TabularEncoder` concatenates the flattened embeddings with the numeric
-columns into the vector every backbone consumes. A different backend (for example sharded
-tables) only has to map ``inputs`` to ``(B, output_dim)`` the same way.
+:class:`TabularEncoder` concatenates the flattened field embeddings with the numeric columns into
+the vector every backbone consumes. The embeddings come from a table of
+:mod:`mtlkit.nn.embedding_tables` (``table="fused"`` by default: every field's rows in a single
+``nn.Embedding`` with per-field offsets, so ``F`` fields are one gather); another backend, such as
+sharded tables, plugs in there.
 
 Sequence features (``inputs["seq:<name>"]``, ``(B, L)`` ids, 0 = padding) are embedded from the same
 fused table — from the rows of a categorical field when they share its vocabulary (so an item id and
@@ -32,32 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.nn.embedding_tables import EMBEDDING_TABLES
 from mtlkit.nn.sequence import DinAttention, SequenceField, masked_pool
 
 if TYPE_CHECKING:
     from mtlkit.data.schema import FittedSchema
-
-
-class FusedEmbedding(nn.Module):
-    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
-        super().__init__()
-        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(int(sum(cardinalities)), dim)
-        nn.init.normal_(self.table.weight, std=0.05)
-        self.num_fields = len(cardinalities)
-        self.dim = dim
-
-    def forward(self, ids: Tensor) -> Tensor:
-        """``(B, F)`` per-field ids of the first ``F`` fields → ``(B, F, dim)`` embeddings."""
-        # index_select's backward (index_add) is ~5x cheaper on CPU than nn.Embedding's dense backward.
-        rows = self.table.weight.index_select(0, (ids + self.offsets[: ids.shape[-1]]).reshape(-1))
-        return rows.view(*ids.shape, self.dim)
-
-    def field(self, ids: Tensor, field: int) -> Tensor:
-        """Ids of any shape, all of field ``field`` → ``(*ids.shape, dim)`` embeddings."""
-        rows = self.table.weight.index_select(0, (ids + self.offsets[field]).reshape(-1))
-        return rows.view(*ids.shape, self.dim)
 
 
 class TabularEncoder(nn.Module):
@@ -67,12 +46,13 @@ class TabularEncoder(nn.Module):
         numeric_dim: int,
         embedding_dim: int,
         sequences: Sequence[SequenceField] = (),
+        table: str = "fused",
     ) -> None:
         super().__init__()
         self.num_categorical = len(cardinalities)
         own = [s.cardinality for s in sequences if s.shared_field is None]
         fields = [*cardinalities, *own]
-        self.embedding = FusedEmbedding(fields, embedding_dim) if fields else None
+        self.embedding = EMBEDDING_TABLES.get(table)(fields, embedding_dim) if fields else None
         self.numeric_dim = numeric_dim
         self.sequences = list(sequences)
         self._sequence_fields: list[int] = []  # the fused-table field each sequence reads
@@ -97,7 +77,7 @@ class TabularEncoder(nn.Module):
         self.output_dim = (len(cardinalities) + len(self.sequences)) * embedding_dim + numeric_dim
 
     @classmethod
-    def from_schema(cls, schema: "FittedSchema", embedding_dim: int) -> "TabularEncoder":
+    def from_schema(cls, schema: "FittedSchema", embedding_dim: int, table: str = "fused") -> "TabularEncoder":
         """The encoder for a fitted schema: categoricals, numerics and its sequence features."""
         index = {f.name: i for i, f in enumerate(schema.categorical)}
         fields = [
@@ -110,7 +90,7 @@ class TabularEncoder(nn.Module):
             )
             for s in schema.sequences
         ]
-        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields)
+        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = []

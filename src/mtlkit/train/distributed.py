@@ -60,17 +60,13 @@
   checkpoint are the all-reduced ones (on Ctrl-C, rank 0's own, as no collective is safe then).
 
 Model-parallel embeddings (not implemented): the data-parallel design replicates every
-parameter, so an embedding table must fit one device. The plug point for larger tables is
-:class:`mtlkit.nn.embedding.FusedEmbedding` — ``forward(ids: (B, F) long) → (B, F, dim)``, one
-table with per-feature offsets — which :class:`~mtlkit.nn.embedding.TabularEncoder` is the only
-caller of. A TorchRec backend would implement the same interface with an
-``EmbeddingBagCollection`` (one ``EmbeddingBagConfig`` per feature, ids as a
-``KeyedJaggedTensor``) sharded by ``DistributedModelParallel`` (table-wise / row-wise /
-column-wise plans from ``EmbeddingShardingPlanner``), while the dense part (backbone, towers)
-stays replicated and all-reduced as here. What changes then: the embedding parameters leave
-:func:`all_reduce_grads` (TorchRec's fused optimiser updates them in the backward), checkpoints
-become sharded (``torch.distributed.checkpoint``), and the gradient methods must keep the
-embeddings out of ``shared_parameters()`` (a Jacobian over a sharded table is not local).
+parameter, so an embedding table must fit one device. Larger tables plug in as a backend of
+:data:`mtlkit.nn.embedding_tables.EMBEDDING_TABLES` (``model.embedding_table``), the interface
+:class:`~mtlkit.nn.embedding.TabularEncoder` reads categorical fields through; that module's
+docstring sketches the TorchRec backend (``EmbeddingBagCollection`` sharded by
+``DistributedModelParallel``) and what changes here with it: the tables' parameters leave
+:func:`all_reduce_grads`, checkpoints become sharded, and gradient methods keep the tables out of
+``shared_parameters()``.
 
 Example:
     >>> context()  # no process group in a plain process
