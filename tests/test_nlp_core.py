@@ -278,6 +278,10 @@ def test_readers_on_the_shared_files(tmp_path):
     assert len(sts) == 1500 and sts[0].label == 5.0 and sts[0].domain == "main-captions"
     assert {e.domain for e in sts} == {"main-captions", "main-forums", "main-news"}
     assert {e.domain for e in read_sts(NLP / "stsb" / "sts-train.tsv")} == {e.domain for e in sts}  # train's "main-forum" aliased
+    kept = read_sts(NLP / "stsb" / "sts-dev.tsv", domains=["main-captions", "main-news"])  # an unseen-genre split
+    assert len(kept) == 1125 and {e.domain for e in kept} == {"main-captions", "main-news"}
+    with pytest.raises(DataError, match="no rows of genre 'main-forum' .*main-forums"):
+        read_sts(NLP / "stsb" / "sts-dev.tsv", domains=["main-forum"])
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood\t1\nno label here\n")
     with pytest.raises(DataError, match=r"bad\.tsv:3: 1 tab-separated fields, expected 2"):

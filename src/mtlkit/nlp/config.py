@@ -4,8 +4,8 @@ A config with ``encoder:`` is an NLP run (every other run config has ``data:`` a
 ``features:``); both go through ``mtlkit train CONFIG``. Each entry of ``tasks`` is one MT-DNN
 task_def: ``name``, ``kind`` (a registered task kind: classification, regression, ranking,
 mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, ``metrics``,
-``loss_weight``, ``encoder: shared|own``, ``max_length``, ``head: {hidden, dropout}``, …) and
-``data``::
+``loss_weight``, ``encoder: shared|own``, ``max_length``, ``head: {hidden, dropout}``,
+``prediction_inputs: [other tasks]`` (:mod:`mtlkit.nlp.prediction_inputs`), …) and ``data``::
 
     seed: 0
     encoder: {name: minilm, pooling: cls}      # or a local dir (save_pretrained), or a cached hub id

@@ -14,7 +14,8 @@ number, is a :class:`~mtlkit.errors.DataError` naming ``file:line``.
   ``#2 String``.
 - ``sts`` — STS Benchmark's distribution files, no header: genre, file, years, id, score
   (0–5), sentence1, sentence2 [, source1, source2]; ``domain`` is the genre (``domain: genre``,
-  default) or the source file (``domain: file``: MSRvid, headlines, …).
+  default) or the source file (``domain: file``: MSRvid, headlines, …); ``domains: [...]`` keeps
+  only those (train on some genres, test on an unseen one).
 
 Example:
     >>> import os, tempfile
@@ -101,7 +102,7 @@ GENRE_ALIASES = {"main-forum": "main-forums"}
 
 
 @READERS.register("sts")
-def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre") -> list[TextExample]:
+def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre", domains: Optional[list[str]] = None) -> list[TextExample]:
     path = Path(path)
     examples = []
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -119,6 +120,12 @@ def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre") -> li
                 raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
             label = GENRE_ALIASES.get(fields[0], fields[0]) if domain == "genre" else fields[1]
             examples.append(TextExample(fields[5], fields[6], score, label, f"{path}:{number}"))
+    if domains is not None:  # e.g. train on two genres, test on the third (an unseen domain)
+        present = {e.domain for e in examples}
+        missing = [d for d in domains if d not in present]
+        if missing:
+            raise DataError(f"{path}: no rows of {domain} {missing[0]!r} (the file has: {', '.join(sorted(present))})")
+        examples = [e for e in examples if e.domain in domains]
     return examples
 
 
