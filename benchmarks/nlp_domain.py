@@ -15,6 +15,11 @@ means a *low* genre accuracy). Reported on sts-test.tsv: Pearson, Spearman, and 
 head's accuracy next to the majority-genre rate.
 
     python benchmarks/nlp_domain.py --seeds 0 1      # writes nlp_domain.csv / nlp_domain.md to --out
+
+``--unseen main-forums`` is the domain-adaptation setting the GRL was made for: STS-B trains
+and selects on the other genres only, the genre task sees the texts of *every* genre's training
+split (the unseen genre's unlabelled target-domain texts included, as in Ganin & Lempitsky), and
+STS-B is also scored on the unseen genre's test rows ("unseen" columns).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +38,20 @@ from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
 from mtlkit.nlp.readers.glue import read_sts  # noqa: E402
 
 ARMS = ("stsb", "aux", "grl", "grl_annealed")
+
+
+def unseen_scores(run_dir: Path, files: dict, genre: str) -> dict:
+    """STS-B of a run's best checkpoint on the test rows of ``genre`` only (cached in the run directory)."""
+    cache = run_dir / f"unseen_{genre}.json"
+    if not cache.exists():
+        from mtlkit.nlp.run import evaluate_nlp_run
+
+        data = {"train": files["train"], "test": files["test"], "format": "sts", "options": {"domains": [genre]},
+                "split": {"validation": 0.1}}
+        scores = evaluate_nlp_run(run_dir, {"stsb": {"data": data}})["test"]["stsb"]
+        cache.write_text(json.dumps(scores, indent=1))
+    scores = json.loads(cache.read_text())
+    return {"unseen_pearson": scores["pearson"], "unseen_spearman": scores["spearman"]}
 
 
 def main() -> None:
@@ -50,13 +70,20 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_domain"))
+    parser.add_argument("--unseen", default=None, help="a genre STS-B never trains on, scored separately (e.g. main-forums)")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmark-results/nlp_domain[_unseen-<genre>]")
     args = parser.parse_args()
+    args.out = args.out or Path("benchmark-results/nlp_domain" + (f"_unseen-{args.unseen}" if args.unseen else ""))
     args.out.mkdir(parents=True, exist_ok=True)
     sts = args.data.resolve() / "stsb"
     files = {"train": str(sts / "sts-train.tsv"), "validation": str(sts / "sts-dev.tsv"), "test": str(sts / "sts-test.tsv"), "format": "sts"}
+    all_genres = sorted({x.domain for x in read_sts(files["train"])})
+    if args.unseen is not None and args.unseen not in all_genres:
+        parser.error(f"--unseen: {args.unseen!r} is not a genre of the training file ({', '.join(all_genres)})")
+    seen = [g for g in all_genres if g != args.unseen]
     stsb = {"name": "stsb", "kind": "regression", "max_length": 96,
-            "data": {**files, "max_rows": {"train": args.rows, "validation": 500}}}
+            "data": {**files, "max_rows": {"train": args.rows, "validation": 500},
+                     **({"options": {"domains": seen}} if args.unseen else {})}}
     genre = {"name": "genre", "kind": "domain", "max_length": 96, "loss_weight": args.genre_weight, "grl_lambda": args.grl_lambda,
              "data": {**files, "max_rows": {"train": args.rows, "validation": 500}}}
     steps = args.epochs * -(-args.rows // args.batch_size)
@@ -79,8 +106,11 @@ def main() -> None:
     for seed in args.seeds:
         for arm in args.arms:
             s = run_config(config(seed, arm), args.out / f"seed{seed}" / arm, Path.cwd())
-            records.append({"seed": seed, "arm": arm, "pearson": s["test"]["stsb"]["pearson"], "spearman": s["test"]["stsb"]["spearman"],
-                            "genre_accuracy": s["test"].get("genre", {}).get("accuracy"), "wall_seconds": s.get("wall_seconds")})
+            record = {"seed": seed, "arm": arm, "pearson": s["test"]["stsb"]["pearson"], "spearman": s["test"]["stsb"]["spearman"],
+                      "genre_accuracy": s["test"].get("genre", {}).get("accuracy"), "wall_seconds": s.get("wall_seconds")}
+            if args.unseen:
+                record.update(unseen_scores(args.out / f"seed{seed}" / arm, files, args.unseen))
+            records.append(record)
         with open(args.out / "nlp_domain.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(records[0]))
             writer.writeheader()
@@ -90,10 +120,13 @@ def main() -> None:
     rows = []
     for arm in args.arms:
         mine = [r for r in records if r["arm"] == arm]
-        pick = lambda key: [r[key] for r in mine if r[key] is not None]  # noqa: E731
-        rows.append([arm, len(mine), mean_std(pick("pearson")), mean_std(pick("spearman")), mean_std(pick("genre_accuracy")),
+        pick = lambda key: [r[key] for r in mine if r.get(key) is not None]  # noqa: E731
+        unseen = [mean_std(pick("unseen_pearson")), mean_std(pick("unseen_spearman"))] if args.unseen else []
+        rows.append([arm, len(mine), mean_std(pick("pearson")), mean_std(pick("spearman")), *unseen, mean_std(pick("genre_accuracy")),
                      f"{statistics.mean(pick('wall_seconds')):.0f}" if pick("wall_seconds") else "—"])
-    table = markdown_table(["arm", "seeds", "STS-B test Pearson", "Spearman", "genre accuracy", "s / run"], rows)
+    header = ["arm", "seeds", "STS-B test Pearson" + (" (seen genres)" if args.unseen else ""), "Spearman",
+              *([f"Pearson on unseen {args.unseen}", "Spearman (unseen)"] if args.unseen else []), "genre accuracy", "s / run"]
+    table = markdown_table(header, rows)
     footer = (f"pooling {args.pooling}; train rows {args.rows}; epochs {args.epochs}; GRL λ {args.grl_lambda} (annealed arm: λ_max {args.annealed_lambda}); genre loss weight {args.genre_weight}; "
               f"majority-genre rate on test {majority:.4f} ({dict(genres)})")
     (args.out / "nlp_domain.md").write_text(table + "\n\n" + footer + "\n")
