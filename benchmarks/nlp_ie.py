@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--validation-rows", type=int, default=150, help="validation sentences per task")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=5e-5, help="the encoder's learning rate")
+    parser.add_argument("--head-lr", type=float, default=5e-4, help="the task heads' learning rate (PURE: 5e-4)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_ie"))
@@ -73,7 +74,7 @@ def main() -> None:
                "data": {**files, "max_rows": {"train": args.rel_rows, "validation": args.validation_rows}}}
         return {"seed": seed, "encoder": {"name": args.encoder, "pooling": "cls"}, "balancer": {"name": "fixed"},
                 "sampling": {"strategy": "proportional"},
-                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 30,
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr, "warmup_steps": 30,
                           "monitor": "loss", "patience": None, "threads": args.threads, "precision": args.precision},
                 "tasks": [ner, rel]}
 
@@ -104,7 +105,7 @@ def main() -> None:
     table = markdown_table(["encoders", "seeds", "parameters", "entity F1", "Rel F1 (gold entities)", "Rel F1 (end to end)",
                             "Rel+ F1 (end to end)"], rows)
     footer = (f"train sentences: ner {args.ner_rows}, rel {args.rel_rows} (seeded subsamples of 1,861); validation {args.validation_rows} "
-              f"sentences; test 551 sentences; epochs {args.epochs}")
+              f"sentences; test 551 sentences; epochs {args.epochs}; lr {args.lr} (heads {args.head_lr})")
     (args.out / "nlp_ie.md").write_text(table + "\n\n" + footer + "\n")
     print(table)
     print(footer)

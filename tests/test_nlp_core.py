@@ -566,3 +566,21 @@ def test_prediction_input_errors_name_the_task(tasks, message):
         t["data"] = {"train": "a.tsv", "format": "glue_tsv"}
     with pytest.raises(ConfigError, match=message):
         parse_nlp_config({"encoder": {"name": "x"}, "tasks": tasks}, "run.yaml")
+
+
+def test_head_lr_puts_the_heads_in_their_own_groups(tiny):
+    """train.head_lr: heads at their rate (PURE's 5e-4), the encoder at train.lr; the tied MLM decoder stays the encoder's."""
+    import copy
+
+    from mtlkit.balancing import BalancerSpec, build_balancer
+    from mtlkit.train import Trainer, TrainSpec
+
+    _, _, bert = tiny
+    tasks = [ClassificationTask(name="a", labels=["0", "1"]), MaskedLMTask(name="lm")]
+    model = NLPMultiTaskModel({"shared": copy.deepcopy(bert)}, tasks)
+    trainer = Trainer(model, tasks, build_balancer(BalancerSpec(), tasks),
+                      TrainSpec(lr=5e-5, head_lr=5e-4, weight_decay=0.01, progress=False))
+    lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(lr_of[id(p)] == 5e-4 for p in model.heads["a"].parameters())
+    assert all(lr_of[id(p)] == 5e-5 for p in model.encoders["shared"].parameters())
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter once

@@ -208,6 +208,12 @@ class NLPMultiTaskModel(nn.Module):
             if module is not None:
                 yield from module.parameters()
 
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Every task head's parameters (``train.head_lr`` applies to them; a bound MLM decoder's tied embedding is the encoder's)."""
+        encoder_ids = {id(p) for e in self.encoders.values() for p in e.parameters()}
+        for head in self.heads.values():
+            yield from (p for p in head.parameters() if id(p) not in encoder_ids)
+
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         if task in self.heads:
             yield from self.heads[task].parameters()

@@ -29,6 +29,9 @@ class TrainSpec(BaseModel):
     eval_batch_size: int = Field(default=8192, ge=1)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
+    # Learning rate of the task heads (``model.head_parameters()``), e.g. PURE's 5e-4 next to 1e-5 for
+    # a pre-trained encoder: a fresh head on a slow encoder learns too slowly at the encoder's rate.
+    head_lr: Optional[float] = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)

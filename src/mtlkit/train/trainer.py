@@ -246,6 +246,13 @@ class Trainer:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": spec.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}] if spec.weight_decay else \
                  [{"params": params, "weight_decay": 0.0}]
+        if spec.head_lr is not None:  # the heads in groups of their own, at their own rate
+            if not hasattr(model, "head_parameters"):
+                raise ConfigError(f"train.head_lr: model {type(model).__name__} does not say which parameters are heads")
+            heads = {id(p) for p in model.head_parameters()}
+            groups = [part for g in groups for part in (
+                {**g, "params": [p for p in g["params"] if id(p) not in heads]},
+                {**g, "params": [p for p in g["params"] if id(p) in heads], "lr": spec.head_lr})]
         groups = [g for g in groups if g["params"]]
         balancer_params = [p for p in balancer.parameters() if p.requires_grad]
         if balancer_params:
