@@ -7,11 +7,12 @@ stopped (the trainer itself resumes an unfinished run from ``last.pt``).
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from mtlkit.nlp.config import parse_nlp_config
 from mtlkit.nlp.run import train_nlp_run
@@ -31,6 +32,28 @@ def run_config(raw: dict[str, Any], run_dir: Path, base: Path) -> dict:
     return summary
 
 
+def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s result, stored in ``path`` the first time (a re-run reads it back)."""
+    if not path.exists():
+        path.write_text(json.dumps(compute(), indent=1))
+    return json.loads(path.read_text())
+
+
+def write_csv(path: Path, records: Sequence[dict[str, Any]], fieldnames: Optional[Sequence[str]] = None) -> None:
+    """All records so far (rewritten after each seed: nothing is lost on a crash)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames or records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def report(path: Path, table: str, footer: str) -> None:
+    """The results table and its protocol line, printed and written to ``path`` (Markdown)."""
+    path.write_text(table + "\n\n" + footer + "\n")
+    print(table)
+    print(footer)
+
+
 def mean_std(values: Sequence[float]) -> str:
     if not values:
         return "—"
@@ -45,4 +68,4 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["markdown_table", "mean_std", "run_config"]
+__all__ = ["cached_json", "markdown_table", "mean_std", "report", "run_config", "write_csv"]

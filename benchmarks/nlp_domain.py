@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+from nlp_common import cached_json, markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
 
 from mtlkit.nlp.readers.glue import read_sts  # noqa: E402
 
@@ -42,15 +40,10 @@ ARMS = ("stsb", "aux", "grl", "grl_annealed")
 
 def unseen_scores(run_dir: Path, files: dict, genre: str) -> dict:
     """STS-B of a run's best checkpoint on the test rows of ``genre`` only (cached in the run directory)."""
-    cache = run_dir / f"unseen_{genre}.json"
-    if not cache.exists():
-        from mtlkit.nlp.run import evaluate_nlp_run
+    from mtlkit.nlp.run import evaluate_nlp_run
 
-        data = {"train": files["train"], "test": files["test"], "format": "sts", "options": {"domains": [genre]},
-                "split": {"validation": 0.1}}
-        scores = evaluate_nlp_run(run_dir, {"stsb": {"data": data}})["test"]["stsb"]
-        cache.write_text(json.dumps(scores, indent=1))
-    scores = json.loads(cache.read_text())
+    data = {"train": files["train"], "test": files["test"], "format": "sts", "options": {"domains": [genre]}, "split": {"validation": 0.1}}
+    scores = cached_json(run_dir / f"unseen_{genre}.json", lambda: evaluate_nlp_run(run_dir, {"stsb": {"data": data}})["test"]["stsb"])
     return {"unseen_pearson": scores["pearson"], "unseen_spearman": scores["spearman"]}
 
 
@@ -111,10 +104,7 @@ def main() -> None:
             if args.unseen:
                 record.update(unseen_scores(args.out / f"seed{seed}" / arm, files, args.unseen))
             records.append(record)
-        with open(args.out / "nlp_domain.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        write_csv(args.out / "nlp_domain.csv", records)
     genres = collections.Counter(x.domain for x in read_sts(files["test"]))
     majority = max(genres.values()) / sum(genres.values())
     rows = []
@@ -129,9 +119,7 @@ def main() -> None:
     table = markdown_table(header, rows)
     footer = (f"pooling {args.pooling}; train rows {args.rows}; epochs {args.epochs}; GRL λ {args.grl_lambda} (annealed arm: λ_max {args.annealed_lambda}); genre loss weight {args.genre_weight}; "
               f"majority-genre rate on test {majority:.4f} ({dict(genres)})")
-    (args.out / "nlp_domain.md").write_text(table + "\n\n" + footer + "\n")
-    print(table)
-    print(footer)
+    report(args.out / "nlp_domain.md", table, footer)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,12 @@ multi-task + F alone), at the same batch size, learning rate and schedule.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+from nlp_common import markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
 
 METRICS = {"sst2": ["accuracy"], "rte": ["accuracy"], "mrpc": ["accuracy", "f1"], "stsb": ["pearson", "spearman"]}
 SELECT = {"sst2": "sst2/accuracy", "rte": "rte/accuracy", "mrpc": "mrpc/f1", "stsb": "stsb/pearson"}
@@ -113,10 +112,7 @@ def main() -> None:
                                args.out / f"seed{seed}" / f"mtdnn_{task}", Path.cwd())
                 records += [{"seed": seed, "arm": "mtdnn", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
                 walls["mtdnn"] += s.get("wall_seconds", 0.0)
-        with open(args.out / "nlp_glue.csv", "w", newline="") as f:  # rewritten per seed: nothing lost on a crash
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        write_csv(args.out / "nlp_glue.csv", records)
 
     arms = [a for a in ("single", "mtl", "mtdnn") if any(r["arm"] == a for r in records)]
     rows = []
@@ -129,9 +125,7 @@ def main() -> None:
     table = markdown_table(["task", "test metric", *arms, "mtdnn − single"], rows)
     footer = (f"seeds {args.seeds}; train rows {rows_of}; E = {args.epochs}, F = {args.finetune_epochs}; "
               f"wall seconds over all runs: {', '.join(f'{a} {s:.0f}' for a, s in walls.items())} (mtdnn includes its mtl stage)")
-    (args.out / "nlp_glue.md").write_text(table + "\n\n" + footer + "\n")
-    print(table)
-    print(footer)
+    report(args.out / "nlp_glue.md", table, footer)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ entity model's predictions as the only candidates: :func:`mtlkit.nlp.pipeline.en
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+from nlp_common import cached_json, markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
 
 ARMS = ("shared", "own")
 
@@ -83,19 +81,13 @@ def main() -> None:
         for arm in args.arms:
             run_dir = args.out / f"seed{seed}" / arm
             s = run_config(config(seed, arm), run_dir, Path.cwd())
-            e2e_file = run_dir / "end_to_end.json"
-            if not e2e_file.exists():
-                e2e_file.write_text(json.dumps(end_to_end(run_dir), indent=1))
-            e2e = json.loads(e2e_file.read_text())
+            e2e = cached_json(run_dir / "end_to_end.json", lambda: end_to_end(run_dir))
             records.append({"seed": seed, "arm": arm, "parameters": s["parameters"], "entity_f1": s["test"]["ner"]["entity_f1"],
                             "relation_f1_gold_entities": s["test"]["rel"]["relation_f1"],
                             "relation_f1_end_to_end": e2e["relation_f1"], "relation_strict_f1_end_to_end": e2e["relation_strict_f1"],
                             "wall_seconds": s.get("wall_seconds")})
             print(f"  {arm} seed {seed}: {records[-1]}", flush=True)
-        with open(args.out / "nlp_ie.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        write_csv(args.out / "nlp_ie.csv", records)
     rows = []
     for arm in args.arms:
         mine = [r for r in records if r["arm"] == arm]
@@ -106,9 +98,7 @@ def main() -> None:
                             "Rel+ F1 (end to end)"], rows)
     footer = (f"train sentences: ner {args.ner_rows}, rel {args.rel_rows} (seeded subsamples of 1,861); validation {args.validation_rows} "
               f"sentences; test 551 sentences; epochs {args.epochs}; lr {args.lr} (heads {args.head_lr})")
-    (args.out / "nlp_ie.md").write_text(table + "\n\n" + footer + "\n")
-    print(table)
-    print(footer)
+    report(args.out / "nlp_ie.md", table, footer)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,11 @@ Best epoch on validation SQuAD F1. Reported on test: SQuAD EM and F1 (official n
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nlp_common import markdown_table, mean_std, run_config  # noqa: E402
+from nlp_common import cached_json, markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
 
 ARMS = ("span", "aux")
 
@@ -97,24 +95,16 @@ def main() -> None:
             records.append({"seed": seed, "arm": arm, "em": s["test"]["qa"]["squad_em"], "f1": s["test"]["qa"]["squad_f1"],
                             "questions": s["rows"]["qa"]["test"], "wall_seconds": s.get("wall_seconds")})
             if arm == "aux":
-                filtered_file = run_dir / f"test_filtered_{args.threshold}.json"
-                if not filtered_file.exists():
-                    from mtlkit.nlp.run import evaluate_nlp_run
+                from mtlkit.nlp.run import evaluate_nlp_run
 
-                    filtered_file.write_text(json.dumps(evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}), indent=1))
-                filtered = json.loads(filtered_file.read_text())["test"]["qa"]
-                diagnostics_file = run_dir / f"windows_{args.threshold}.json"
-                if not diagnostics_file.exists():
-                    diagnostics_file.write_text(json.dumps(window_diagnostics(run_dir, args.threshold), indent=1))
-                diagnostics[seed] = json.loads(diagnostics_file.read_text())
+                filtered = cached_json(run_dir / f"test_filtered_{args.threshold}.json",
+                                       lambda: evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}))["test"]["qa"]
+                diagnostics[seed] = cached_json(run_dir / f"windows_{args.threshold}.json", lambda: window_diagnostics(run_dir, args.threshold))
                 records.append({"seed": seed, "arm": "aux+filter", "em": filtered["squad_em"], "f1": filtered["squad_f1"],
                                 "questions": s["rows"]["qa"]["test"], "wall_seconds": None,
                                 "answer_window_accuracy": diagnostics[seed]["window_accuracy"]})
             print(f"  {arm} seed {seed}: {records[-1]}", flush=True)
-        with open(args.out / "nlp_qa.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["seed", "arm", "em", "f1", "questions", "wall_seconds", "answer_window_accuracy"])
-            writer.writeheader()
-            writer.writerows(records)
+        write_csv(args.out / "nlp_qa.csv", records, ["seed", "arm", "em", "f1", "questions", "wall_seconds", "answer_window_accuracy"])
     rows = []
     for arm in [a for a in ("span", "aux", "aux+filter") if any(r["arm"] == a for r in records)]:
         mine = [r for r in records if r["arm"] == arm]
@@ -126,9 +116,7 @@ def main() -> None:
         footer += (f"\nseed {seed} (aux, test): window accuracy {d['window_accuracy']:.3f} ({d['windows_with_answer']} of {d['windows']} "
                    f"windows hold the answer); best span already in an answer window for {d['best_span_in_answer_window']:.1%} of "
                    f"questions; the filter changes {d['answers_changed_by_filter']} of {d['questions']} answers")
-    (args.out / "nlp_qa.md").write_text(table + "\n\n" + footer + "\n")
-    print(table)
-    print(footer)
+    report(args.out / "nlp_qa.md", table, footer)
 
 
 if __name__ == "__main__":

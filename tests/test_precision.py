@@ -29,6 +29,7 @@ from mtlkit.train import trainer as trainer_module
 from mtlkit.train.evaluate import predict_logits
 
 from conftest import InterruptAfter
+from test_trainer import assert_same, final_weights
 
 TASKS = [Task(name="click", kind="binary"), Task(name="buy", kind="binary")]
 SPEC = SchemaSpec(categorical=[CategoricalFeature(name="cat")], numeric=[NumericFeature(name="x0"), NumericFeature(name="x1")])
@@ -170,16 +171,6 @@ def test_fp16_scaler_path_trains_to_fp32_quality(monkeypatch, balancer):
     expected = fp32_aucs(balancer)
     for task in expected:
         assert abs(aucs[task] - expected[task]) < AUC_TOLERANCE, (task, aucs, expected)
-
-
-def final_weights(trainer):
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

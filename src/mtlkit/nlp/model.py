@@ -156,6 +156,7 @@ class NLPMultiTaskModel(nn.Module):
         if self.keep_shared_features:
             self.last_shared_features = None  # never a stale graph from an earlier batch
         encoded: dict[str, tuple[Tensor, Tensor]] = {}
+        predicted: dict[str, Tensor] = {}  # source predictions of this batch, shared by every consumer
         for key, members in groups.items():
             sequence, pooled = encoded[key] = self.encode(key, inputs)
             if key == SHARED and self.keep_shared_features and torch.is_grad_enabled():
@@ -165,7 +166,7 @@ class NLPMultiTaskModel(nn.Module):
                 vector = mixed.get(name, pooled)
                 if self.tasks[name].prediction_inputs:
                     with torch.no_grad():  # the stop-gradient: this task's loss never trains its sources
-                        features = self._prediction_inputs(name, inputs, encoded, {})
+                        features = self._prediction_inputs(name, inputs, encoded, predicted)
                     vector = torch.cat([vector, features.to(vector.dtype)], dim=-1)
                 outputs[name] = self.heads[name](sequence, vector, inputs)
         return outputs

@@ -116,19 +116,13 @@ def _write(out: Path, records: list[dict[str, Any]]) -> None:
 def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task: Optional[str] = None,
                     format: Optional[str] = None, options: Optional[dict[str, Any]] = None) -> int:
     """Write one prediction record per example of ``data`` for ``task`` of the run; return the count."""
-    import yaml
-
-    from mtlkit.nlp.config import parse_nlp_config
     from mtlkit.nlp.encoder import load_tokenizer
     from mtlkit.nlp.evaluation import predict_task
-    from mtlkit.nlp.model import build_nlp_model
     from mtlkit.nlp.readers import check_options, names, read
+    from mtlkit.nlp.run import load_nlp_config, load_nlp_model
 
     run_dir, out = Path(run_dir), Path(out)
-    for name in ("config.yaml", "best.pt"):
-        if not (run_dir / name).exists():
-            raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
-    config = parse_nlp_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    config = load_nlp_config(run_dir)  # tasks resolved when the run wrote config.yaml
     entry = _pick_task(config, task, run_dir)
     chosen = entry.task
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -146,15 +140,11 @@ def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task
     check_options(reader, options)
     examples = _unlabelled(chosen, read(reader, data, options))
 
-    tasks = config.task_list()  # resolved when the run wrote config.yaml
-    tokenizer = load_tokenizer(config.encoder)
-    table = chosen.featurize(examples, tokenizer)
-    model = build_nlp_model(config.encoder, tasks, config.mixing)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
+    table = chosen.featurize(examples, load_tokenizer(config.encoder))
     device = _device(config.train.device)
-    model.to(device).eval()
-    # a relation table may have no rows (no sentence with two entities); predict_task cannot take an empty table
-    outputs = predict_task(model, chosen, table, config.train.eval_batch_size, device)[0] if len(table) else None
+    model = load_nlp_model(run_dir, config).to(device)
+    # None for a table without rows (e.g. relation: no sentence with two entities)
+    outputs = predict_task(model, chosen, table, config.train.eval_batch_size, device)[0]
     records = [{"task": chosen.name, **r} for r in chosen.predict_records(outputs, table, examples)]
     if len(records) != len(examples):  # a kind's predict_records broke its contract
         raise RuntimeError(f"task {chosen.name!r}: {len(records)} prediction records for {len(examples)} examples")

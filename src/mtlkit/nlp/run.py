@@ -21,7 +21,6 @@ with its source task as ``domain``.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -35,16 +34,9 @@ from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.config import SPLITS, HoldoutSpec, NLPRunConfig, dump_nlp_config, parse_nlp_config
 from mtlkit.nlp.examples import TextExample
-from mtlkit.nlp.sampling import TaskSampler
+from mtlkit.nlp.sampling import TaskSampler, seed_key
 
 SUMMARY = "summary.json"
-
-
-def _key(*parts: int | str) -> int:
-    key = 0
-    for part in parts:  # names hash stably, so a task's subsample does not depend on which other tasks a config has
-        key = (key * 1_000_003 + (zlib.crc32(part.encode()) if isinstance(part, str) else int(part))) % (2**63 - 1)
-    return key
 
 
 def _subsample(examples: list, rows: int, seed: int) -> list:
@@ -101,7 +93,8 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
         fractions = {s: f for s, f in (("validation", holdout.validation), ("test", holdout.test)) if s not in splits and f > 0}
         if fractions:
             splits.update(_holdout(splits["train"], fractions, holdout.seed, name, holdout.group))
-        data[name] = {s: _subsample(x, spec.max_rows[s], _key(config.seed, name, s)) if s in spec.max_rows else x
+        # keyed by task name: a task's rows do not depend on which other tasks the config holds
+        data[name] = {s: _subsample(x, spec.max_rows[s], seed_key(config.seed, name, s)) if s in spec.max_rows else x
                       for s, x in splits.items()}
     for entry in config.tasks:
         spec, name = entry.data, entry.task.name
@@ -112,7 +105,7 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
             rows = [TextExample(*_texts(x, name, source), domain=source, source=getattr(x, "source", ""))
                     for source in spec.from_tasks for x in data[source].get(s, [])]
             if rows:
-                derived[s] = _subsample(rows, spec.max_rows[s], _key(config.seed, name, s)) if s in spec.max_rows else rows
+                derived[s] = _subsample(rows, spec.max_rows[s], seed_key(config.seed, name, s)) if s in spec.max_rows else rows
         data[name] = derived
     for name, splits in data.items():
         if not splits.get("validation"):
@@ -211,15 +204,9 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     return summary
 
 
-def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> tuple[PreparedNLP, torch.nn.Module]:
-    """A trained run's data (re-read and featurized) and its best model, in eval mode.
-
-    ``task_updates`` changes inference-time options of tasks before featurizing, e.g.
-    ``{"qa": {"answer_threshold": 0.5}}`` to score a QA run with paragraph filtering.
-    """
+def load_nlp_config(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> NLPRunConfig:
+    """A trained run's ``config.yaml`` (its tasks already resolved), with ``task_updates`` applied."""
     import yaml
-
-    from mtlkit.nlp.model import build_nlp_model
 
     run_dir = Path(run_dir)
     for name in ("config.yaml", "best.pt"):
@@ -231,10 +218,26 @@ def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str,
         if entry is None:
             raise ConfigError(f"{run_dir}: no task {task!r} to update")
         entry.update(update)
-    prepared = prepare(parse_nlp_config(raw, str(run_dir / "config.yaml")))
-    model = build_nlp_model(prepared.config.encoder, prepared.tasks, prepared.config.mixing)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"])
-    return prepared, model.eval()
+    return parse_nlp_config(raw, str(run_dir / "config.yaml"))
+
+
+def load_nlp_model(run_dir: str | Path, config: NLPRunConfig) -> torch.nn.Module:
+    """The run's best model (``best.pt``) for ``config``'s tasks, on the CPU, in eval mode; no data is read."""
+    from mtlkit.nlp.model import build_nlp_model
+
+    model = build_nlp_model(config.encoder, config.task_list(), config.mixing)
+    model.load_state_dict(torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)["model"])
+    return model.eval()
+
+
+def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> tuple[PreparedNLP, torch.nn.Module]:
+    """A trained run's data (re-read and featurized) and its best model, in eval mode.
+
+    ``task_updates`` changes inference-time options of tasks before featurizing, e.g.
+    ``{"qa": {"answer_threshold": 0.5}}`` to score a QA run with paragraph filtering.
+    """
+    prepared = prepare(load_nlp_config(run_dir, task_updates))
+    return prepared, load_nlp_model(run_dir, prepared.config)
 
 
 def evaluate_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, dict[str, dict[str, float]]]:
@@ -243,4 +246,5 @@ def evaluate_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[
     return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}
 
 
-__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "load_nlp_run", "prepare", "train_nlp_run"]
+__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "load_nlp_config", "load_nlp_model", "load_nlp_run",
+           "prepare", "train_nlp_run"]

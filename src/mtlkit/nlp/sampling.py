@@ -47,6 +47,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Iterator, Literal, Mapping, Optional
 
 import torch
@@ -81,16 +82,17 @@ class SamplingSpec(BaseModel):
         return self
 
 
-def _key(*parts: int) -> int:
+def seed_key(*parts: int | str) -> int:
+    """A generator seed from a position such as ``(seed, epoch, step)``; strings (task names) hash stably."""
     key = 0
     for part in parts:
-        key = (key * 1_000_003 + int(part)) % (2**63 - 1)
+        key = (key * 1_000_003 + (zlib.crc32(part.encode()) if isinstance(part, str) else int(part))) % (2**63 - 1)
     return key
 
 
 def step_generator(seed: int, epoch: int, step: int, slot: int = 0) -> torch.Generator:
     """The generator of the batch at ``slot`` of ``step`` in ``epoch``: a pure function of its position."""
-    return torch.Generator().manual_seed(_key(seed, 7, epoch, step, slot))
+    return torch.Generator().manual_seed(seed_key(seed, 7, epoch, step, slot))
 
 
 def capped(p: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
@@ -176,7 +178,7 @@ class TaskSampler:
     def plan(self, epoch: int) -> list[list[int]]:
         """The task indices of every step of ``epoch`` (a pure function of ``(seed, epoch)``)."""
         strategy = self.spec.strategy
-        generator = torch.Generator().manual_seed(_key(self.seed, 11, epoch))
+        generator = torch.Generator().manual_seed(seed_key(self.seed, 11, epoch))
         if strategy == "round":
             return [list(range(len(self.names)))] * len(self)
         if strategy == "proportional":
@@ -196,7 +198,7 @@ class TaskSampler:
     def _order(self, task: int, epoch: int, cycle: int) -> torch.Tensor:
         cached = self._orders.get(task)
         if cached is None or cached[0] != (epoch, cycle):  # one permutation per (task, epoch, cycle), not per step
-            generator = torch.Generator().manual_seed(_key(self.seed, 13, epoch, task, cycle))
+            generator = torch.Generator().manual_seed(seed_key(self.seed, 13, epoch, task, cycle))
             cached = self._orders[task] = ((epoch, cycle), torch.randperm(self.sizes[self.names[task]], generator=generator))
         return cached[1]
 
@@ -224,4 +226,4 @@ class TaskSampler:
             yield batches
 
 
-__all__ = ["SamplingSpec", "TaskSampler", "capped", "probabilities", "step_generator"]
+__all__ = ["SamplingSpec", "TaskSampler", "capped", "probabilities", "seed_key", "step_generator"]
