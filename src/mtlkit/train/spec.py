@@ -38,7 +38,9 @@ class TrainSpec(BaseModel):
     grad_clip: Optional[float] = Field(default=None, gt=0)
     monitor: str = "loss"
     patience: Optional[int] = Field(default=3, ge=1)
-    log_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=50, ge=1)  # steps between loss read-backs (progress bar, TensorBoard)
+    # Off a terminal (a file, CI, nohup): one progress line this often and at every epoch end.
+    log_every_seconds: float = Field(default=30.0, gt=0)
     checkpoint_every: Optional[int] = Field(default=None, ge=1)
     tensorboard: bool = False
     grad_diagnostics_every: Optional[int] = Field(default=None, ge=1)  # per-task gradient norms/cosines → gradients.csv/.png

@@ -2,8 +2,9 @@
 
 One step takes a list of batches (one for a shared table, one per task for per-task datasets),
 computes every present task's loss, hands them to the balancer for the backward pass, clips and
-steps. Losses are accumulated on the device and read back only every ``log_every`` steps and at
-the end of an epoch.
+steps. Losses are accumulated on the device and read back only every ``log_every`` steps, when a
+progress line is due (every ``log_every_seconds`` off a terminal: :mod:`mtlkit.train.progress`)
+and at the end of an epoch.
 
 Checkpoints (``last.pt``) hold the model, optimiser, scheduler and balancer states, the RNG
 state, the position (epoch and step) and the history. Because the shuffle order of an epoch is a
@@ -96,6 +97,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
 from mtlkit.train import distributed
 from mtlkit.train.evaluate import evaluate, flatten_metrics
+from mtlkit.train.progress import epoch_progress
 from mtlkit.train.selection import check_monitor, selection_score, task_score
 from mtlkit.train.spec import TrainSpec
 
@@ -362,7 +364,8 @@ class Trainer:
         row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         self._resumed_sums = None
         samples = 0
-        progress = _progress(self._show_progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
+        progress = epoch_progress(self._show_progress, pos.epoch, self.spec.epochs, steps_per_epoch, pos.step,
+                                  self.spec.log_every_seconds)
         try:
             with progress as bar, self._compile_settings():
                 for step_batches in train.epoch(pos.epoch, pos.step):
@@ -429,10 +432,13 @@ class Trainer:
                                 row_sum[i] += rows[name]
                     pos.step += 1
                     pos.global_step += 1
-                    if pos.step % self.spec.log_every == 0 or pos.step == steps_per_epoch:
-                        means = (loss_sum / row_sum.clamp_min(1)).tolist()  # one sync per log interval
-                        bar.update(pos.step, {n: m for n, m in zip(names, means)})
-                        self._tensorboard({f"train/{n}/loss": m for n, m in zip(names, means)}, pos.global_step)
+                    log_due = pos.step % self.spec.log_every == 0 or pos.step == steps_per_epoch
+                    if log_due or bar.due(pos.step):  # `due` reads a clock, not the device
+                        means = (loss_sum / row_sum.clamp_min(1)).tolist()  # one sync per log interval or progress line
+                        # rank 0's rows times the ranks: the global rate, to a batch's rounding
+                        bar.update(pos.step, samples * self.dist.world, dict(zip(names, means)))
+                        if log_due:
+                            self._tensorboard({f"train/{n}/loss": m for n, m in zip(names, means)}, pos.global_step)
                     if self.spec.checkpoint_every and pos.step % self.spec.checkpoint_every == 0 and pos.step < steps_per_epoch:
                         self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
         except KeyboardInterrupt:
@@ -609,40 +615,6 @@ class Trainer:
             self._tb.add_scalar(key, value, step)
 
 
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, step: int, losses: Mapping[str, float]) -> None:
-        pass
-
-
-class _RichProgress(_NoProgress):
-    def __init__(self, description: str, total: int, completed: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-            transient=False,
-        )
-        self.task = self.progress.add_task(description, total=total, completed=completed, losses="")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, step: int, losses: Mapping[str, float]) -> None:
-        text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
-        self.progress.update(self.task, completed=step, losses=text)
-
-
 def _check_precision_and_compile(spec: TrainSpec, device: torch.device, balancer: Balancer) -> None:
     """Reject, before any work, the combinations that cannot train correctly."""
     name = next((n for n in BALANCERS.names() if BALANCERS.get(n) is type(balancer)), type(balancer).__name__)
@@ -690,11 +662,7 @@ def _print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, f
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "rows")
         parts.append(f"[bold]{task}[/] {shown}")
     mark = " [green]*best[/]" if record["improved"] else ""
-    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False)
-
-
-def _progress(enabled: bool, description: str, total: int, completed: int):
-    return _RichProgress(description, total, completed) if enabled else _NoProgress()
+    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False, soft_wrap=True)  # one line in a log file
 
 
 __all__ = ["BatchSource", "Callback", "FitResult", "Trainer", "atomic_save"]
