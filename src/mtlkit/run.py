@@ -194,6 +194,7 @@ def run_summary(result, model: nn.Module, test: Optional[dict], **describe) -> d
         "stopped_early": result.stopped_early,
         "validation": result.best_results,
         "test": test,
+        "precision": result.precision,  # train.precision as resolved ("auto": bf16 where native, else fp32)
         "train_seconds": result.seconds,
         "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
     }
