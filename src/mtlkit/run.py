@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mtlkit.balancing import build_balancer
-from mtlkit.config import RunConfig, SplitSpec, dump_config, load_config
+from mtlkit.config import RunConfig, SplitSpec, dump_config, load_config, resolve_paths
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.readers import read_table
@@ -213,7 +213,13 @@ def train_run(
     encoded: Optional[EncodedData] = None,
     prepared: Optional[PreparedData] = None,
 ) -> dict:
-    """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
+    """Train as the config says; return the summary (also written to ``run_dir/summary.json``).
+
+    Relative data paths of a config built in Python are relative to the working directory (those of
+    a loaded file, to its folder: :func:`~mtlkit.config.load_config`); ``config.yaml`` stores them
+    absolute, so the run evaluates and predicts from any directory.
+    """
+    config = resolve_paths(config, Path.cwd())  # a no-op for a loaded config: already absolute
     prepared = prepared or prepare_data(config)
     encoded = encoded or encode_data(prepared)
     resolved = config.model_copy(update={"tasks": prepared.tasks, "features": prepared.features})
