@@ -10,11 +10,16 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from mtlkit.cli import app
 from mtlkit.train.progress import LogLines, RichBar, epoch_progress
 
 from conftest import click_table
 from test_cli import CONFIG, write_config
 from test_trainer import make
+
+runner = CliRunner()
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch (\d+)/(\d+) step (\d+)/(\d+) \(\d+%\) \| ([\d,]+) samples/s \| "
                   r"elapsed \S+( \| ETA epoch \S+, run \S+)? \| loss a ([\d.]+) b ([\d.]+) c ([\d.]+)$")
@@ -105,14 +110,20 @@ def train_cli(config, out, *flags) -> str:
     return text
 
 
-def test_cli_redirected_to_a_file_logs_progress_and_honours_the_config(tmp_path):
-    config = workdir(tmp_path, log_every_seconds=0.001)
-    text = train_cli(config, tmp_path / "shown")
+def test_cli_redirected_to_a_file_logs_progress(tmp_path):
+    text = train_cli(workdir(tmp_path, log_every_seconds=0.001), tmp_path / "shown")
     steps = -(-800 // 64)
     assert re.search(rf"epoch 2/2 step {steps}/{steps} \(100%\) \| [\d,]+ samples/s \| .* \| loss click \S+ buy \S+", text), text
     assert "epoch 1 validation:" in text
 
+
+def test_cli_flag_overrides_the_config_which_decides_without_one(tmp_path):
+    def shown(config, out, *flags) -> bool:
+        result = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / out), *flags])  # output captured: no terminal
+        assert result.exit_code == 0, result.output
+        return " step " in result.output
+
     quiet = workdir(tmp_path, log_every_seconds=0.001, progress=False)
-    assert " step " not in train_cli(quiet, tmp_path / "config_off")  # train.progress: false wins without a flag
-    assert " step " in train_cli(quiet, tmp_path / "flag_on", "--progress")  # an explicit flag wins over the config
-    assert " step " not in train_cli(config, tmp_path / "flag_off", "--no-progress")
+    assert not shown(quiet, "config_off")  # train.progress: false, no flag
+    assert shown(quiet, "flag_on", "--progress")
+    assert not shown(workdir(tmp_path, log_every_seconds=0.001), "flag_off", "--no-progress")
