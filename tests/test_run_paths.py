@@ -20,7 +20,7 @@ runner = CliRunner()
 
 
 def test_tabular_run_from_python_evaluates_from_another_directory(tmp_path, monkeypatch):
-    project = tmp_path / "project"
+    project = tmp_path.resolve() / "project"
     (project / "data").mkdir(parents=True)
     for name, seed, n in (("train.csv", 0, 600), ("valid.csv", 1, 200), ("test.csv", 2, 200)):
         pacsv.write_csv(click_table(n, seed), project / "data" / name)
@@ -42,7 +42,7 @@ def test_tabular_run_from_python_evaluates_from_another_directory(tmp_path, monk
 
 
 def test_a_loaded_config_keeps_its_paths_relative_to_its_own_folder(tmp_path, monkeypatch):
-    project = tmp_path / "project"
+    project = tmp_path.resolve() / "project"
     (project / "data").mkdir(parents=True)
     pacsv.write_csv(click_table(400, 0), project / "data" / "train.csv")
     (project / "run.yaml").write_text(yaml.safe_dump({**CONFIG, "data": {"train": "data/train.csv"},
@@ -72,7 +72,7 @@ def test_nlp_run_from_python_evaluates_from_another_directory(tmp_path, monkeypa
     run = tmp_path / "runs" / "nlp"
     summary = train_nlp_run(config, run)
     task = yaml.safe_load((run / "config.yaml").read_text())["tasks"][0]["data"]
-    assert [Path(p) for p in task["train"]] == [nlp / "sst2" / "train.tsv"]
+    assert [Path(p) for p in task["train"]] == [(nlp / "sst2" / "train.tsv").resolve()]
 
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["evaluate", str(run), "--json", "metrics.json"])

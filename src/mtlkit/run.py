@@ -330,7 +330,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None
     run = load_run(run_dir)
     batch = run.config.train.eval_batch_size
     if data is not None and is_table_like(data):
-        tables = {"data": run.schema.encode(as_arrow(data, "data"), run.tasks, "data")}
+        tables = {"data": run.schema.encode(data, run.tasks, "data")}  # a DataFrame converts there
     elif data is not None:
         tables = {str(data): run.schema.encode(read_table(data), run.tasks, str(data))}
     else:
