@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="train.precision (auto: bf16 where the CPU/GPU runs it natively, else fp32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--unseen", default=None, help="a genre STS-B never trains on, scored separately (e.g. main-forums)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmark-results/nlp_domain[_unseen-<genre>]")

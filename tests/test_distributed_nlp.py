@@ -32,7 +32,8 @@ def runs(tmp_path_factory):
     rows = {"train": 40, "validation": 16}
     config = {
         "seed": 0, "encoder": {"name": str(tmp / "bert")}, "sampling": {"strategy": "proportional"},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "threads": 1, "monitor": "loss"},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "threads": 1, "monitor": "loss",
+                  "precision": "fp32"},  # an fp32 comparison, whatever "auto" picks here
         "tasks": [
             {"name": "sst2", "kind": "classification", "max_length": 32, "head": {"dropout": 0.0},
              "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),

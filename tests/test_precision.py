@@ -72,7 +72,7 @@ def fit_aucs(trainer, batches, valid) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=None)
 def fp32_aucs(balancer: str) -> dict[str, float]:
-    return fit_aucs(*make(balancer))
+    return fit_aucs(*make(balancer, precision="fp32"))  # the reference, whatever "auto" picks here
 
 
 def record_dtypes(trainer) -> dict[str, set]:

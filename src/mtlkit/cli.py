@@ -34,7 +34,8 @@ def train(
     config: Path = typer.Argument(..., help="YAML run configuration."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show progress (a bar on a terminal, a line every "
+                                            "train.log_every_seconds elsewhere); default: the config's train.progress (true)."),
     doctor: bool = typer.Option(False, "--doctor", help="Check the data first (see `mtlkit doctor`); exit 1 before training on hard errors."),
     time_column: Optional[str] = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
 ) -> None:

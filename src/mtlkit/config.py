@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mtlkit.nlp.config import NLPRunConfig
 
 BUILTIN_DATASETS = ("census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo")
+NO_SOURCE = "give either `train` (a file) or `dataset` (one of: " + ", ".join(BUILTIN_DATASETS) + ")"
 
 
 class SplitSpec(BaseModel):
@@ -47,7 +48,13 @@ class SplitSpec(BaseModel):
 
 
 class DataSpec(BaseModel):
-    """Either files (``train`` plus optional ``validation``/``test``) or a built-in ``dataset``."""
+    """Either files (``train`` plus optional ``validation``/``test``) or a built-in ``dataset``.
+
+    From Python, a config may name neither and pass in-memory tables to
+    :func:`mtlkit.run.train_run` instead; the run's ``config.yaml`` then lists those splits under
+    ``tables`` (the data itself is not stored: such a run is evaluated on a file or table given
+    explicitly).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     train: Optional[Path] = None
@@ -57,11 +64,19 @@ class DataSpec(BaseModel):
     dataset: Optional[Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"]] = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     streaming: Optional[StreamingSpec] = None  # stream `train` from Parquet (mtlkit.data.streaming)
+    tables: Optional[list[Literal["train", "validation", "test"]]] = None  # splits train_run got in memory
+
+    @property
+    def has_source(self) -> bool:
+        return self.train is not None or self.dataset is not None or bool(self.tables)
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
-        if (self.train is None) == (self.dataset is None):
-            raise ValueError("give either `train` (a file) or `dataset` (one of: " + ", ".join(BUILTIN_DATASETS) + ")")
+        given = [key for key in ("train", "dataset", "tables") if getattr(self, key)]
+        if len(given) > 1:
+            raise ValueError(f"give one of `train` (a file), `dataset` or `tables`, not {' and '.join(given)}")
+        if self.tables and (self.validation or self.test):
+            raise ValueError("`tables` (in-memory splits) replaces data files: drop validation/test")
         if self.dataset is not None and (self.validation or self.test or self.split):
             raise ValueError("a built-in dataset brings its own splits: drop validation/test/split")
         if self.dataset is None and self.dataset_options:
@@ -89,7 +104,7 @@ class FeaturesSpec(SchemaSpec):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int = 0
-    data: DataSpec
+    data: DataSpec = Field(default_factory=DataSpec)  # no source: in-memory tables given to train_run
     features: Optional[FeaturesSpec] = None
     tasks: Optional[list[Task]] = None
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -150,11 +165,14 @@ def load_config_text(text: str, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: key 'encoder': tasks with their own `data` make an NLP run, which needs a top-level "
                           "`encoder:` (e.g. `encoder: {name: minilm}`)")
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, source)) from None
     except ConfigError as error:  # raised by registries inside validators
         raise ConfigError(f"{source}: {error}") from None
+    if not config.data.has_source:  # only a config built in Python may leave it to in-memory tables
+        raise ConfigError(f"{source}: key 'data': {NO_SOURCE}")
+    return config
 
 
 def _existing_file(path: str | Path) -> Path:

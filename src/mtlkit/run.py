@@ -12,7 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from mtlkit.balancing import build_balancer
-from mtlkit.config import RunConfig, SplitSpec, dump_config, load_config
+from mtlkit.config import NO_SOURCE, RunConfig, SplitSpec, dump_config, load_config, resolve_paths
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.data.streaming import StreamedTrain
 from mtlkit.data.split import seeded_split
+from mtlkit.data.tables import TableLike, as_arrow, is_dataframe, is_table_like, output_like
 from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, has_gates
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
@@ -36,6 +37,7 @@ from mtlkit.train.fusion_report import fusion_report
 from mtlkit.train.selection import check_monitor
 
 SUMMARY = "summary.json"
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -51,9 +53,14 @@ class PreparedData:
     stream: Optional[StreamedTrain] = None  # data.streaming: `train` holds no rows, only the columns
 
 
-def prepare_data(config: RunConfig) -> PreparedData:
-    """Read every split named by the config; raises DataError naming the file on any problem."""
+def prepare_data(config: RunConfig, tables: Optional[Mapping[str, TableLike]] = None) -> PreparedData:
+    """Read every split named by the config, or take ``tables`` (in-memory ``train`` and optional
+    ``validation`` / ``test``: pyarrow Tables or pandas DataFrames) in place of files; raises
+    DataError naming the file (or table) on any problem."""
     data = config.data
+    if tables is not None and (data.train or data.validation or data.test or data.dataset):
+        raise ConfigError("data: in-memory tables replace the config's files and datasets: leave data.train, "
+                          "validation, test and dataset out (data.split applies)")
     if data.dataset == "census_income":
         from mtlkit.data.datasets.census import load_census
 
@@ -82,12 +89,23 @@ def prepare_data(config: RunConfig) -> PreparedData:
         names = {s: f"{data.dataset}/{s}" for s in ("train", "validation", "test")}
         return PreparedData(loaded.train, loaded.validation, loaded.test, config.tasks or loaded.tasks,
                             config.features or loaded.schema, names)
-    assert data.train is not None and config.features is not None and config.tasks is not None
-    stream = StreamedTrain.open(data.train, data.streaming) if data.streaming else None
-    train = stream.empty_table() if stream else read_table(data.train)
-    names = {"train": str(data.train)}
-    validation = read_table(data.validation) if data.validation else None
-    test = read_table(data.test) if data.test else None
+    assert config.features is not None and config.tasks is not None
+    stream = None
+    if tables is not None:
+        given = _in_memory(tables)
+        train, validation, test = given["train"], given.get("validation"), given.get("test")
+        names = {split: f"tables[{split!r}]" for split in given}
+    elif data.tables:
+        raise ConfigError(f"data.tables: the run was trained on in-memory tables ({', '.join(data.tables)}): pass them again "
+                          "(train_run(config, run_dir, tables=...)) or evaluate on a file or table (mtlkit evaluate RUN --data FILE)")
+    elif data.train is None:
+        raise ConfigError(f"data: {NO_SOURCE}, or pass in-memory tables: train_run(config, run_dir, tables={{'train': ...}})")
+    else:
+        stream = StreamedTrain.open(data.train, data.streaming) if data.streaming else None
+        train = stream.empty_table() if stream else read_table(data.train)
+        validation = read_table(data.validation) if data.validation else None
+        test = read_table(data.test) if data.test else None
+        names = {split: str(path) for split, path in (("train", data.train), ("validation", data.validation), ("test", data.test)) if path}
     if validation is None or (test is None and data.split is not None and data.split.test > 0):
         split = data.split or SplitSpec()
         fractions = {"validation": split.validation} if validation is None else {}
@@ -95,12 +113,22 @@ def prepare_data(config: RunConfig) -> PreparedData:
             fractions["test"] = split.test
         parts = seeded_split(train, fractions, seed=split.seed)
         train, validation, test = parts["train"], parts.get("validation", validation), parts.get("test", test)
-        names.update({k: f"{data.train} ({k} split)" for k in fractions})
-    if data.validation:
-        names["validation"] = str(data.validation)
-    if data.test:
-        names["test"] = str(data.test)
+        names.update({k: f"{names['train']} ({k} split)" for k in fractions})
     return PreparedData(train, validation, test, list(config.tasks), config.features, names, stream)
+
+
+def _in_memory(tables: Mapping[str, TableLike]) -> dict[str, pa.Table]:
+    """The in-memory splits as Arrow tables (a DataFrame without a copy where Arrow's layout allows)."""
+    unknown = sorted(set(tables) - set(SPLITS))
+    if unknown:
+        raise ConfigError(f"tables: unknown split {unknown[0]!r} (give train, and optionally validation and test)")
+    if "train" not in tables:
+        raise ConfigError("tables: a 'train' table is required (validation and test are optional: data.split holds them out)")
+    converted = {split: as_arrow(tables[split], f"tables[{split!r}]") for split in SPLITS if split in tables}
+    empty = next((split for split, table in converted.items() if table.num_rows == 0), None)
+    if empty is not None:
+        raise DataError(f"tables[{empty!r}]: has no rows")
+    return converted
 
 
 RANKING_LOADERS = {  # dataset name -> (module under mtlkit.data.datasets, loader)
@@ -194,6 +222,7 @@ def run_summary(result, model: nn.Module, test: Optional[dict], **describe) -> d
         "stopped_early": result.stopped_early,
         "validation": result.best_results,
         "test": test,
+        "precision": result.precision,  # train.precision as resolved ("auto": bf16 where native, else fp32)
         "train_seconds": result.seconds,
         "train_samples_per_second": result.train_samples / result.train_seconds if result.train_seconds > 0 else None,
     }
@@ -211,11 +240,25 @@ def train_run(
     callbacks: Sequence[Callback] = (),
     encoded: Optional[EncodedData] = None,
     prepared: Optional[PreparedData] = None,
+    tables: Optional[Mapping[str, TableLike]] = None,
 ) -> dict:
-    """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
-    prepared = prepared or prepare_data(config)
+    """Train as the config says; return the summary (also written to ``run_dir/summary.json``).
+
+    Relative data paths of a config built in Python are relative to the working directory (those of
+    a loaded file, to its folder: :func:`~mtlkit.config.load_config`); ``config.yaml`` stores them
+    absolute, so the run evaluates and predicts from any directory.
+
+    ``tables`` trains on in-memory data instead of files: ``{"train": ..., "validation": ...,
+    "test": ...}`` (validation and test optional, held out by ``data.split`` when missing), each a
+    pyarrow Table or a pandas DataFrame (its index is ignored). The config then names no data
+    files; its ``config.yaml`` records ``data.tables``.
+    """
+    config = resolve_paths(config, Path.cwd())  # a no-op for a loaded config: already absolute
+    prepared = prepared or prepare_data(config, tables)
     encoded = encoded or encode_data(prepared)
     resolved = config.model_copy(update={"tasks": prepared.tasks, "features": prepared.features})
+    if tables is not None:  # what config.yaml can say of data it does not hold
+        resolved = resolved.model_copy(update={"data": resolved.data.model_copy(update={"tables": [s for s in SPLITS if s in tables]})})
     if progress is not None:
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
@@ -281,11 +324,14 @@ class Evaluation:
     fusion: Optional[dict[str, dict[str, dict[str, float]]]] = None  # split -> task -> own/fused metric
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
-    """Metrics of the best model on the run's validation and test splits (or on ``data``), and gate statistics."""
+def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None) -> Evaluation:
+    """Metrics of the best model on the run's validation and test splits (or on ``data``: a labelled
+    file, pyarrow Table or pandas DataFrame), and gate statistics."""
     run = load_run(run_dir)
     batch = run.config.train.eval_batch_size
-    if data is not None:
+    if data is not None and is_table_like(data):
+        tables = {"data": run.schema.encode(data, run.tasks, "data")}  # a DataFrame converts there
+    elif data is not None:
         tables = {str(data): run.schema.encode(read_table(data), run.tasks, str(data))}
     else:
         prepared = prepare_data(run.config)
@@ -300,13 +346,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> Evaluat
     return Evaluation(metrics, gates, fusion)
 
 
-def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
+def predict_table(run: LoadedRun, table: TableLike, source: str = "data") -> dict[str, np.ndarray]:
     """One output column per task: probability or odds (binary), value (regression), class (multiclass).
 
     Everything comes from :meth:`Task.predict`, so negative-sampling calibration, the odds read-out
     of weighted logistic regression and ``label_transform`` inverses apply at serving too.
+    ``table``: a pyarrow Table or a pandas DataFrame.
     """
-    encoded = run.schema.encode(table, run.tasks, source, with_targets=False)
+    encoded = run.schema.encode(as_arrow(table, source), run.tasks, source, with_targets=False)
     logits = predict_logits(run.model, encoded, run.config.train.eval_batch_size)
     columns: dict[str, np.ndarray] = {}
     for task in run.tasks:
@@ -320,6 +367,27 @@ def predict_table(run: LoadedRun, table: pa.Table, source: str = "data") -> dict
     if getattr(run.model, "fusion", None) is not None:  # the serving score of model.fusion
         columns["fused_score"] = run.model.fused_score(logits).numpy()
     return columns
+
+
+def predict(run: LoadedRun | str | Path, data: TableLike | str | Path, keep: Sequence[str] = ()) -> Any:
+    """Predictions of a run (a run directory or :func:`load_run`'s result) for ``data``, as
+    :func:`predict_table` computes them, after the ``keep`` columns copied from the input.
+
+    ``data``: a pyarrow Table, a pandas DataFrame or a CSV/Parquet file. The result is a pandas
+    DataFrame on the input's index when a DataFrame came in, a pyarrow Table otherwise.
+
+    Example (``new`` a DataFrame with the feature columns and an ``id``)::
+
+        scores = predict("runs/first", new, keep=["id"])   # DataFrame: id, click, buy, ...
+    """
+    run = run if isinstance(run, LoadedRun) else load_run(run)
+    source = str(data) if isinstance(data, (str, Path)) else "data"
+    table = read_table(data) if isinstance(data, (str, Path)) else as_arrow(data, source)
+    missing = [c for c in keep if c not in table.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column {missing[0]!r} (asked to keep it)")
+    kept = {c: data[c] for c in keep} if is_dataframe(data) else {c: table.column(c) for c in keep}  # a DataFrame's own Series
+    return output_like(data, {**kept, **predict_table(run, table, source)})
 
 
 def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, keep: Sequence[str] = ()) -> int:

@@ -71,6 +71,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mtlkit.data.batch import EncodedTable
+from mtlkit.data.tables import TableLike, as_arrow
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task
 
@@ -154,7 +155,8 @@ class SchemaSpec(BaseModel):
                     raise ValueError(f"sequence {seq.name!r}: {key} {ref!r} is not a categorical feature")
         return self
 
-    def fit(self, train: pa.Table, source: str = "training data") -> "FittedSchema":
+    def fit(self, train: TableLike, source: str = "training data") -> "FittedSchema":
+        train = as_arrow(train, source)  # a pandas DataFrame too
         _require_columns(train, [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]], source)
         if not self.categorical and not self.numeric and not self.sequences:
             raise DataError("the schema has no features: list categorical, numeric and/or sequence columns")
@@ -260,7 +262,7 @@ class FittedSchema:
 
     def encode(
         self,
-        table: pa.Table,
+        table: TableLike,
         tasks: Sequence[Task],
         source: str = "data",
         with_targets: bool = True,
@@ -269,8 +271,10 @@ class FittedSchema:
         """Encode features (and, with ``with_targets``, labels, weights and masks) of ``table``.
 
         ``serving`` (default: ``not with_targets``) sets every bias id to 0 = missing, so serving
-        predictions never use position; otherwise the bias columns are required.
+        predictions never use position; otherwise the bias columns are required. ``table``: a
+        pyarrow Table or a pandas DataFrame.
         """
+        table = as_arrow(table, source)
         _require_columns(table, self.feature_columns, source)
         serving = not with_targets if serving is None else serving
         inputs: dict[str, torch.Tensor] = {}

@@ -157,12 +157,16 @@ def _validation(prepared: PreparedNLP, split: str):
 
 def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overwrite: bool = False,
                   progress: Optional[bool] = None, callbacks: Sequence[Any] = (), encoder: Optional[torch.nn.Module] = None) -> dict:
-    """Train as the config says; return the summary (also written to ``run_dir/summary.json``)."""
+    """Train as the config says; return the summary (also written to ``run_dir/summary.json``).
+
+    Relative paths of a config built in Python are relative to the working directory (a loaded
+    file's, to its folder); ``config.yaml`` stores them absolute.
+    """
     from mtlkit.nlp.model import build_nlp_model
     from mtlkit.run import _prepare_run_dir, run_summary
     from mtlkit.train import Trainer, distributed
 
-    prepared = prepare(config)
+    prepared = prepare(config.resolve_paths(Path.cwd()))  # a no-op for a loaded config: already absolute
     config, tasks = prepared.config, prepared.tasks
     spec = config.train if progress is None else config.train.model_copy(update={"progress": progress})
     path = Path(run_dir) if run_dir is not None else None

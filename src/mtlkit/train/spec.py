@@ -16,8 +16,9 @@ class TrainSpec(BaseModel):
     The test split is never used for either.
 
     ``precision`` is that of the forward pass and the task losses (autocast); parameters, optimiser
-    state, losses, loss sums and the gradient balancers' Jacobians stay fp32. ``"bf16"`` runs on
-    CPU and CUDA; ``"fp16"`` needs CUDA and trains with a gradient scaler (see
+    state, losses, loss sums and the gradient balancers' Jacobians stay fp32. ``"auto"`` (the
+    default) is bf16 where the hardware runs it natively (:mod:`mtlkit.train.precision`), else
+    fp32. ``"bf16"`` runs on CPU (emulated, and slow, without AVX512-BF16/AMX) and CUDA; ``"fp16"`` needs CUDA and trains with a gradient scaler (see
     :mod:`mtlkit.train.trainer` for which balancers are exact under loss scaling). ``compile``
     wraps the model's forward in ``torch.compile``, falling back to eager with a warning if
     compilation fails; checkpoints hold the uncompiled module's state either way.
@@ -38,14 +39,16 @@ class TrainSpec(BaseModel):
     grad_clip: Optional[float] = Field(default=None, gt=0)
     monitor: str = "loss"
     patience: Optional[int] = Field(default=3, ge=1)
-    log_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=50, ge=1)  # steps between loss read-backs (progress bar, TensorBoard)
+    # Off a terminal (a file, CI, nohup): one progress line this often and at every epoch end.
+    log_every_seconds: float = Field(default=30.0, gt=0)
     checkpoint_every: Optional[int] = Field(default=None, ge=1)
     tensorboard: bool = False
     grad_diagnostics_every: Optional[int] = Field(default=None, ge=1)  # per-task gradient norms/cosines → gradients.csv/.png
     threads: Optional[int] = Field(default=None, ge=1)
     device: str = "cpu"
     progress: bool = True
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
 
     @model_validator(mode="after")

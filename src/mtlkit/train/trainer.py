@@ -2,8 +2,9 @@
 
 One step takes a list of batches (one for a shared table, one per task for per-task datasets),
 computes every present task's loss, hands them to the balancer for the backward pass, clips and
-steps. Losses are accumulated on the device and read back only every ``log_every`` steps and at
-the end of an epoch.
+steps. Losses are accumulated on the device and read back only every ``log_every`` steps, when a
+progress line is due (every ``log_every_seconds`` off a terminal: :mod:`mtlkit.train.progress`)
+and at the end of an epoch.
 
 Checkpoints (``last.pt``) hold the model, optimiser, scheduler and balancer states, the RNG
 state, the position (epoch and step) and the history. Because the shuffle order of an epoch is a
@@ -13,7 +14,8 @@ draws the uninterrupted run would have seen. The best model (``best.pt``) is cho
 validation split only; an independent-task model (the single-task baseline) keeps each task's
 best epoch separately.
 
-Mixed precision (``train.precision``): the forward pass and the task losses run under
+Mixed precision (``train.precision``; ``auto``, the default, is bf16 where the hardware runs it
+natively and fp32 elsewhere: :mod:`mtlkit.train.precision`): the forward pass and the task losses run under
 ``torch.autocast``; parameters, optimiser state and the gradients written into ``.grad`` stay
 fp32. Losses are computed from logits cast to fp32, so the loss sums, the logged values and the
 gradient balancers' Jacobians (taken w.r.t. the fp32 shared parameters) and Gramians are fp32.
@@ -96,6 +98,8 @@ from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
 from mtlkit.train import distributed
 from mtlkit.train.evaluate import evaluate, flatten_metrics
+from mtlkit.train.precision import resolve_precision
+from mtlkit.train.progress import epoch_progress
 from mtlkit.train.selection import check_monitor, selection_score, task_score
 from mtlkit.train.spec import TrainSpec
 
@@ -147,6 +151,7 @@ class FitResult:
     seconds: float
     train_samples: int = 0
     train_seconds: float = 0.0  # the training loop alone, without evaluation or checkpoints
+    precision: str = "fp32"  # what train.precision resolved to ("auto": bf16 where native)
 
 
 @dataclass
@@ -222,7 +227,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
         self.device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else ("cpu" if spec.device == "auto" else spec.device))
-        _check_precision_and_compile(spec, self.device, balancer)
+        # "auto": bf16 where the hardware runs it natively and the balancer trains in it, else fp32
+        self.precision = resolve_precision(spec.precision, self.device, not getattr(balancer, "needs_shared_features", False))
+        _check_precision_and_compile(spec, self.precision, self.device, balancer)
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.model.to(self.device)
@@ -276,8 +283,8 @@ class Trainer:
             # Under compile a vmapped ("batched") Jacobian is not supported: per-task backwards.
             self.grad_monitor = GradientMonitor([t.name for t in tasks], spec.grad_diagnostics_every, self.run_dir,
                                                 jacobian="loop" if spec.compile else "auto")
-        self._autocast_dtype = _AUTOCAST_DTYPES.get(spec.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type) if spec.precision == "fp16" else None
+        self._autocast_dtype = _AUTOCAST_DTYPES.get(self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self._loss_level = type(balancer).backward is LossWeighting.backward  # Σ w_k L_k: scale the total
         self._forward: Callable[..., Any] = model
         self._compile_pending = False
@@ -347,7 +354,7 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         result = FitResult(pos.history, dict(pos.best_epoch), pos.best_results, stopped_early and pos.epoch < self.spec.epochs,
-                           time.perf_counter() - start, samples, train_seconds)
+                           time.perf_counter() - start, samples, train_seconds, self.precision)
         for callback in self.callbacks:
             callback.on_fit_end(self, result)
         return result
@@ -362,7 +369,8 @@ class Trainer:
         row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         self._resumed_sums = None
         samples = 0
-        progress = _progress(self._show_progress, f"epoch {pos.epoch + 1}/{self.spec.epochs}", steps_per_epoch, pos.step)
+        progress = epoch_progress(self._show_progress, pos.epoch, self.spec.epochs, steps_per_epoch, pos.step,
+                                  self.spec.log_every_seconds)
         try:
             with progress as bar, self._compile_settings():
                 for step_batches in train.epoch(pos.epoch, pos.step):
@@ -429,10 +437,13 @@ class Trainer:
                                 row_sum[i] += rows[name]
                     pos.step += 1
                     pos.global_step += 1
-                    if pos.step % self.spec.log_every == 0 or pos.step == steps_per_epoch:
-                        means = (loss_sum / row_sum.clamp_min(1)).tolist()  # one sync per log interval
-                        bar.update(pos.step, {n: m for n, m in zip(names, means)})
-                        self._tensorboard({f"train/{n}/loss": m for n, m in zip(names, means)}, pos.global_step)
+                    log_due = pos.step % self.spec.log_every == 0 or pos.step == steps_per_epoch
+                    if log_due or bar.due(pos.step):  # `due` reads a clock, not the device
+                        means = (loss_sum / row_sum.clamp_min(1)).tolist()  # one sync per log interval or progress line
+                        # rank 0's rows times the ranks: the global rate, to a batch's rounding
+                        bar.update(pos.step, samples * self.dist.world, dict(zip(names, means)))
+                        if log_due:
+                            self._tensorboard({f"train/{n}/loss": m for n, m in zip(names, means)}, pos.global_step)
                     if self.spec.checkpoint_every and pos.step % self.spec.checkpoint_every == 0 and pos.step < steps_per_epoch:
                         self._checkpoint(scheduler, pos, best_state, sums=(loss_sum, row_sum))
         except KeyboardInterrupt:
@@ -609,55 +620,21 @@ class Trainer:
             self._tb.add_scalar(key, value, step)
 
 
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, step: int, losses: Mapping[str, float]) -> None:
-        pass
-
-
-class _RichProgress(_NoProgress):
-    def __init__(self, description: str, total: int, completed: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-            transient=False,
-        )
-        self.task = self.progress.add_task(description, total=total, completed=completed, losses="")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, step: int, losses: Mapping[str, float]) -> None:
-        text = " ".join(f"{name}={value:.4f}" for name, value in losses.items())
-        self.progress.update(self.task, completed=step, losses=text)
-
-
-def _check_precision_and_compile(spec: TrainSpec, device: torch.device, balancer: Balancer) -> None:
-    """Reject, before any work, the combinations that cannot train correctly."""
+def _check_precision_and_compile(spec: TrainSpec, precision: str, device: torch.device, balancer: Balancer) -> None:
+    """Reject, before any work, the combinations that cannot train correctly (``precision``: resolved)."""
     name = next((n for n in BALANCERS.names() if BALANCERS.get(n) is type(balancer)), type(balancer).__name__)
     needs_features = bool(getattr(balancer, "needs_shared_features", False))
-    if spec.precision != "fp32":
-        if spec.precision == "fp16" and device.type not in _FP16_DEVICES:
+    if precision != "fp32":
+        if precision == "fp16" and device.type not in _FP16_DEVICES:
             raise ConfigError(f"train.precision: fp16 needs a CUDA device (training runs on {device.type}); use bf16")
         if device.type not in ("cpu", "cuda", *_FP16_DEVICES):
-            raise ConfigError(f"train.precision: {spec.precision} is supported on cpu and cuda, not {device.type}")
-        if spec.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"train.precision: {precision} is supported on cpu and cuda, not {device.type}")
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision: this GPU has no bf16 support; use fp16")
         if needs_features:
-            raise ConfigError(f"train.precision: {spec.precision} with balancer {name!r}: its Jacobian w.r.t. the shared "
-                              f"representation would be {spec.precision}, not fp32; use 'mgda' (w.r.t. the fp32 shared parameters)")
-    if spec.precision == "fp16" and type(balancer).backward is not LossWeighting.backward:
+            raise ConfigError(f"train.precision: {precision} with balancer {name!r}: its Jacobian w.r.t. the shared "
+                              f"representation would be {precision}, not fp32; use 'mgda' (w.r.t. the fp32 shared parameters)")
+    if precision == "fp16" and type(balancer).backward is not LossWeighting.backward:
         safe = name in _FP16_GRADIENT_METHODS and not (name == "mgda" and balancer.options.normalize != "none")
         if not safe:
             why = _FP16_UNSAFE.get(name, "it is not known to be exact under loss scaling")
@@ -690,11 +667,7 @@ def _print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, f
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "rows")
         parts.append(f"[bold]{task}[/] {shown}")
     mark = " [green]*best[/]" if record["improved"] else ""
-    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False)
-
-
-def _progress(enabled: bool, description: str, total: int, completed: int):
-    return _RichProgress(description, total, completed) if enabled else _NoProgress()
+    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False, soft_wrap=True)  # one line in a log file
 
 
 __all__ = ["BatchSource", "Callback", "FitResult", "Trainer", "atomic_save"]
