@@ -185,8 +185,10 @@ def doctor(
     """
     from mtlkit.config import load_config
     from mtlkit.doctor import diagnose_config, print_report
+    from mtlkit.outputs import check_output_file
 
     try:
+        check_output_file(out, "--out", [config])  # before reading any data
         _, report = diagnose_config(load_config(config), time_column)
         report.write_json(out, config=str(config), time_column=time_column)
     except MtlkitError as error:

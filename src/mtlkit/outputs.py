@@ -58,14 +58,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_file(path: str | Path, option: str = "--out", inputs: Sequence[str | Path] = ()) -> Path:
-    """Fail now, before any work, if ``path`` cannot receive a file, or would replace one of ``inputs``."""
+def check_output_file(path: str | Path, option: str = "--out", inputs: Sequence[str | Path] = (),
+                      run_dir: str | Path | None = None, run_files: Sequence[str] = ()) -> Path:
+    """Fail now, before any work, if ``path`` cannot receive a file, or would replace one of ``inputs``
+    or one of ``run_files`` in ``run_dir``."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a directory, expected a file path")
     for source in inputs:
         if _same_file(path, Path(source)) or Path(os.path.abspath(path)) == Path(os.path.abspath(source)):
             raise ConfigError(f"{option} {path}: is the input file {source}; writing there would replace it: choose another path")
+    if run_dir is not None and path.name in run_files and _same_file(path.parent, Path(run_dir)):
+        raise ConfigError(f"{option} {path}: is the run's own {path.name}; writing there would replace it: choose another path")
     _check_writable_dir(path.parent, option, path)
     return path
 

@@ -361,7 +361,7 @@ def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, keep: Se
     The format follows ``out``'s suffix (:mod:`mtlkit.data.writers`); ``out`` is checked before any
     work (not a directory, not the input, writable) and written atomically.
     """
-    check_output_file(out, "--out", [data, *(Path(run_dir) / name for name in WRITTEN)])
+    check_output_file(out, "--out", [data], run_dir, sorted(WRITTEN))
     output_format(out)
     run = load_run(run_dir)
     table = read_table(data)

@@ -118,7 +118,7 @@ def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task
     from mtlkit.rundir import WRITTEN
 
     run_dir, out = Path(run_dir), Path(out)
-    check_output_file(out, "--out", [data, *(run_dir / name for name in WRITTEN)])
+    check_output_file(out, "--out", [data], run_dir, sorted(WRITTEN))
     config = load_nlp_config(run_dir)  # tasks resolved when the run wrote config.yaml
     entry = _pick_task(config, task, run_dir)
     chosen = entry.task
