@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mtlkit.data.batch import Batch
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MtlkitError
 
 TRAINING_COPIES = 4  # weights, gradients, Adam's first and second moments
 Build = Callable[[Mapping[str, int]], nn.Module]  # a model with some config integers overridden
@@ -135,7 +135,12 @@ def check_training_memory(build: Build, sample: Batch, batch_size: int, eval_bat
         found = estimate(build, sample, model_overrides)
         return found.total(sizes["train.batch_size"], sizes["train.eval_batch_size"])
 
-    base = estimate(build, sample)
+    try:
+        base = estimate(build, sample)
+    except MtlkitError:
+        raise  # the real build would refuse the config the same way
+    except Exception:  # a model that cannot be built on the meta device: no estimate, train as before
+        return
     total = base.total(batch_size, eval_batch_size)
     if total <= available:
         return
