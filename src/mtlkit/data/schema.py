@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
+from mtlkit.outputs import write_text
 from mtlkit.tasks import Task
 
 SCHEMA_FORMAT_VERSION = 1
@@ -340,9 +341,7 @@ class FittedSchema:
         return cls([FittedCategorical(**f) for f in data["categorical"]], numeric, sequences, bias)
 
     def save(self, path: str | Path) -> None:
-        from mtlkit.outputs import write_text
-
-        write_text(path, json.dumps(self.to_dict(), indent=1))
+        write_text(path, json.dumps(self.to_dict(), indent=1))  # atomic: a kill never leaves half a schema
 
     @classmethod
     def load(cls, path: str | Path, recover: str = "") -> "FittedSchema":
