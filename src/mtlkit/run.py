@@ -239,6 +239,7 @@ def train_run(
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     _check_memory(config, encoded, prepared.tasks, resolve_device(config.train.device))
+    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     torch.manual_seed(config.seed)
     with out_of_memory("building the model"):
         model = build_model(config.model, encoded.schema, prepared.tasks)
@@ -249,7 +250,6 @@ def train_run(
         batches = prepared.stream.batches(encoded.schema, prepared.tasks, config.train.batch_size, config.seed)
     else:
         batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
-    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     run = open_run_dir(path, dump_config(resolved), overwrite) if path is not None and ctx.is_main else None
     resume = run.resume if run is not None else False
     if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt

@@ -172,10 +172,10 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     config, tasks = prepared.config, prepared.tasks
     spec = config.train if progress is None else config.train.model_copy(update={"progress": progress})
     resolve_device(spec.device)
+    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     torch.manual_seed(config.seed)
     with out_of_memory("building the model"):
         model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
-    ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     run = open_run_dir(path, dump_nlp_config(config), overwrite) if path is not None and ctx.is_main else None
     resume = run.resume if run is not None else False
     if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
