@@ -388,3 +388,14 @@ def test_real_entry_point(workdir: Path):
         assert all(word in process.stderr for word in case.words), (case.description, process.stderr)
         assert snapshot(workdir) == before
         assert not (workdir / "pwned").exists()  # the os.system pickle never ran
+
+
+def test_nlp_readers_name_the_line_of_bytes_that_are_not_utf8(tmp_path):
+    from mtlkit.errors import DataError
+    from mtlkit.nlp.readers import read
+
+    (tmp_path / "dev.tsv").write_bytes(b"sentence\tlabel\nfine\t1\nbad \xff text\t0\n")
+    with pytest.raises(DataError, match=r"dev.tsv: line 3: bytes that are not UTF-8 text \(byte 0xff\)"):
+        read("glue_tsv", tmp_path / "dev.tsv")
+    with pytest.raises(DataError, match="is a directory"):
+        read("glue_tsv", tmp_path)

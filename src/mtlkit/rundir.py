@@ -74,6 +74,11 @@ def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any]
     return None if old == new else (key, old, new)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_same_config(path: Path, config_text: str) -> None:
     try:
         old = read_yaml_file(path / CONFIG)
@@ -82,7 +87,7 @@ def _check_same_config(path: Path, config_text: str) -> None:
     difference = _first_difference(old, load_yaml(config_text, "the new config"))
     if difference:
         key, was, now = difference
-        raise ConfigError(f"{path}: holds an unfinished run of another config (key {key!r}: {was!r} there, {now!r} now); "
+        raise ConfigError(f"{path}: holds an unfinished run of another config (key {key!r}: {_short(was)} there, {_short(now)} now); "
                           f"{OVERWRITE}, or choose another --out")
 
 
