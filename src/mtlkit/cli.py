@@ -87,10 +87,13 @@ def evaluate(
     from dataclasses import asdict
 
     from mtlkit.config import is_nlp_run
+    from mtlkit.outputs import check_output_file, write_text
     from mtlkit.report import gate_table, metrics_table, print_table
     from mtlkit.run import Evaluation, evaluate_run
 
     try:
+        if json_out is not None:  # before any work: not after the metrics are printed
+            check_output_file(json_out, "--json", [data] if data else [])
         if is_nlp_run(run_dir):
             from mtlkit.errors import ConfigError
             from mtlkit.nlp.run import evaluate_nlp_run
@@ -110,14 +113,17 @@ def evaluate(
     if json_out:
         gates = {name: asdict(s) for name, s in (evaluation.gates or {}).items()}
         extra = {**({"gates": gates} if gates else {}), **({"fusion": evaluation.fusion} if evaluation.fusion else {})}
-        json_out.write_text(json.dumps({**evaluation.metrics, **extra}, indent=1))
+        try:
+            write_text(json_out, json.dumps({**evaluation.metrics, **extra}, indent=1), "--json")
+        except MtlkitError as error:
+            _fail(error)
 
 
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
     data: Path = typer.Argument(..., help="Tabular run: CSV or Parquet with the feature columns. NLP run: a file in the task's format."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: tabular .csv or .parquet (default predictions.csv); "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: tabular .csv, .tsv, .parquet, .jsonl or .json (default predictions.csv); "
                                        "NLP .jsonl, or .csv for classification/regression (default predictions.jsonl)."),
     keep: List[str] = typer.Option([], "--keep", help="Tabular runs: input columns to copy to the output (e.g. an id)."),
     task: Optional[str] = typer.Option(None, "--task", help="NLP runs: the task to predict (required when the run has several)."),
@@ -180,8 +186,10 @@ def doctor(
     """
     from mtlkit.config import load_config
     from mtlkit.doctor import diagnose_config, print_report
+    from mtlkit.outputs import check_output_file
 
     try:
+        check_output_file(out, "--out", [config])  # before reading any data
         _, report = diagnose_config(load_config(config), time_column)
         report.write_json(out, config=str(config), time_column=time_column)
     except MtlkitError as error:

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,11 +28,15 @@ from mtlkit.data.schema import SchemaSpec
 from mtlkit.data.streaming import StreamingSpec
 from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec
+from mtlkit.safe_yaml import load_yaml, read_yaml_file
 from mtlkit.tasks import Task
 from mtlkit.train.spec import TrainSpec
 
 if TYPE_CHECKING:
     from mtlkit.nlp.config import NLPRunConfig
+
+# Seeds feed torch and numpy generators, which take unsigned 64-bit values; offsets (epoch, rank) are added.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 BUILTIN_DATASETS = ("census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo")
 NO_SOURCE = "give either `train` (a file) or `dataset` (one of: " + ", ".join(BUILTIN_DATASETS) + ")"
@@ -44,7 +48,7 @@ class SplitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     validation: float = Field(default=0.1, gt=0, lt=1)
     test: float = Field(default=0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DataSpec(BaseModel):
@@ -103,7 +107,7 @@ class FeaturesSpec(SchemaSpec):
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seed: int = 0
+    seed: Seed = 0
     data: DataSpec = Field(default_factory=DataSpec)  # no source: in-memory tables given to train_run
     features: Optional[FeaturesSpec] = None
     tasks: Optional[list[Task]] = None
@@ -143,12 +147,10 @@ def format_validation_error(error: ValidationError, source: str) -> str:
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    return _top_level(load_yaml(text, source), source)
+
+
+def _top_level(raw: Any, source: str) -> dict[str, Any]:
     if raw is None:
         raise ConfigError(f"{source}: the file is empty")
     if not isinstance(raw, dict):
@@ -157,7 +159,10 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
 
 
 def load_config_text(text: str, source: str = "config") -> RunConfig:
-    raw = _read_yaml(text, source)
+    return _validate(_read_yaml(text, source), source)
+
+
+def _validate(raw: dict[str, Any], source: str) -> RunConfig:
     if "encoder" in raw:
         raise ConfigError(f"{source}: an NLP run config (top-level `encoder:`): `mtlkit train` and `mtlkit evaluate` take it, this command does not")
     tasks = raw.get("tasks")
@@ -184,18 +189,23 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (UTF-8, no duplicate keys: :mod:`mtlkit.safe_yaml`)."""
     path = _existing_file(path)
-    config = load_config_text(path.read_text(), str(path))
-    return resolve_paths(config, path.parent)
+    return _top_level(read_yaml_file(path), str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    return resolve_paths(_validate(read_config_file(path), str(path)), path.parent)
 
 
 def load_any_config(path: str | Path) -> "RunConfig | NLPRunConfig":
     """A tabular :class:`RunConfig`, or an NLP run config when the file has a top-level ``encoder:``."""
-    path = _existing_file(path)
-    raw = _read_yaml(path.read_text(), str(path))
+    path = Path(path)
+    raw = read_config_file(path)
     if "encoder" not in raw:
-        return load_config(path)
+        return resolve_paths(_validate(raw, str(path)), path.parent)
     from mtlkit.nlp.config import parse_nlp_config
 
     return parse_nlp_config(raw, str(path)).resolve_paths(path.parent)
@@ -205,8 +215,8 @@ def is_nlp_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` was written by an NLP run (its config.yaml has a top-level ``encoder:``)."""
     path = Path(run_dir) / "config.yaml"
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+        raw = read_yaml_file(path) if path.is_file() else None
+    except ConfigError:  # a damaged config.yaml: loading the run reports it
         return False
     return isinstance(raw, dict) and "encoder" in raw
 

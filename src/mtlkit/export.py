@@ -180,14 +180,9 @@ class ExportResult:
 
 def refuse_text_runs(run_dir: Path, what: str) -> None:
     """NLP runs (config.yaml with a top-level ``encoder:``) have token inputs, not a tabular schema."""
-    import yaml
+    from mtlkit.config import is_nlp_run
 
-    path = Path(run_dir) / "config.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
-        return  # load_run reports the broken file
-    if isinstance(raw, dict) and "encoder" in raw:
+    if is_nlp_run(run_dir):  # a damaged config.yaml is not: load_run reports it
         raise ExportError(f"{run_dir}: an NLP run cannot be {what} yet: only tabular models (categorical, numeric and sequence inputs)")
 
 

@@ -1,15 +1,15 @@
 """End-to-end runs: data → schema → model → training → run directory, and back.
 
-A run directory holds ``config.yaml`` (resolved: tasks and features filled in), ``schema.json``,
-``best.pt`` / ``last.pt``, ``metrics.jsonl`` / ``metrics.csv``, ``test_metrics.json`` and
-``summary.json``. ``summary.json`` is written last: a directory without it is an unfinished run,
-which ``train`` resumes from ``last.pt``.
+A run directory holds ``config.yaml`` (resolved: tasks and features filled in; written first, so
+the directory is an mtlkit run from its first byte), ``schema.json``, ``best.pt`` / ``last.pt``,
+``metrics.jsonl`` / ``metrics.csv``, ``test_metrics.json`` and ``summary.json``. ``summary.json``
+is written last: a directory without it is an unfinished run, which ``train`` resumes from
+``last.pt``, or restarts when it was killed before the first one (:mod:`mtlkit.rundir`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -25,14 +25,20 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
-from mtlkit.data.streaming import StreamedTrain
 from mtlkit.data.split import seeded_split
+from mtlkit.data.streaming import StreamedTrain
 from mtlkit.data.tables import TableLike, as_arrow, is_dataframe, is_table_like, output_like
+from mtlkit.data.writers import output_format, write_table
 from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, has_gates
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
+from mtlkit.outputs import check_output_dir, check_output_file, write_text
+from mtlkit.rundir import WRITTEN, open_run_dir, removed_on_error
+from mtlkit.sizing import out_of_memory
 from mtlkit.tasks import Task, TaskKind
 from mtlkit.train import Callback, Trainer, distributed, evaluate, predict_logits
+from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.device import resolve_device
 from mtlkit.train.fusion_report import fusion_report
 from mtlkit.train.selection import check_monitor
 
@@ -195,21 +201,27 @@ def encode_data(prepared: PreparedData) -> EncodedData:
     return EncodedData(schema, encode("train", prepared.train), encode("validation", prepared.validation), test)
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> bool:
-    """Return True when an unfinished run there should be resumed."""
-    if not run_dir.exists():
-        return False
-    if (run_dir / SUMMARY).exists():
-        if not overwrite:
-            raise ConfigError(f"{run_dir}: already holds a finished run (pass --overwrite to replace it)")
-        shutil.rmtree(run_dir)
-        return False
-    if (run_dir / "last.pt").exists() and not overwrite:
-        return True
-    if any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{run_dir}: exists and is not an mtlkit run (pass --overwrite to replace it)")
-    shutil.rmtree(run_dir)
-    return False
+def check_trainable(prepared: PreparedData) -> None:
+    """Refuse data the doctor calls a hard error for training (labels, weights; mtlkit.doctor.training_blockers)."""
+    from mtlkit.doctor import training_blockers
+
+    tables = {"train": None if prepared.stream else prepared.train, "validation": prepared.validation, "test": prepared.test}
+    blockers = training_blockers(tables, prepared.tasks, prepared.names)
+    if blockers:
+        more = f" (and {len(blockers) - 1} more: see `mtlkit doctor`)" if len(blockers) > 1 else ""
+        raise DataError(blockers[0].message + more)
+
+
+def _check_memory(config: RunConfig, encoded: EncodedData, tasks: list[Task], device: torch.device) -> None:
+    """Refuse a model that cannot fit, naming the key, before anything is allocated (mtlkit.sizing)."""
+    from mtlkit.sizing import check_training_memory, tabular_candidates, with_overrides
+
+    def build(overrides):
+        return build_model(*with_overrides(config.model, encoded.schema, overrides), tasks)
+
+    spec = config.train
+    candidates = tabular_candidates(config.model, encoded.schema, spec.batch_size, spec.eval_batch_size)
+    check_training_memory(build, encoded.validation.take(slice(0, 64)), spec.batch_size, spec.eval_batch_size, candidates, device)
 
 
 def run_summary(result, model: nn.Module, test: Optional[dict], **describe) -> dict:
@@ -252,25 +264,27 @@ def train_run(
     "test": ...}`` (validation and test optional, held out by ``data.split`` when missing), each a
     pyarrow Table or a pandas DataFrame (its index is ignored). The config then names no data
     files; its ``config.yaml`` records ``data.tables``.
+
+    Everything that can be checked is checked before the run directory is touched (paths, data,
+    labels, device, memory); the directory is then an mtlkit run from its first byte
+    (:mod:`mtlkit.rundir`), and removed again if setting up the run still fails on bad input.
     """
     config = resolve_paths(config, Path.cwd())  # a no-op for a loaded config: already absolute
+    path = check_output_dir(run_dir) if run_dir is not None else None  # before reading any data
     prepared = prepared or prepare_data(config, tables)
     encoded = encoded or encode_data(prepared)
+    check_trainable(prepared)
     resolved = config.model_copy(update={"tasks": prepared.tasks, "features": prepared.features})
     if tables is not None:  # what config.yaml can say of data it does not hold
         resolved = resolved.model_copy(update={"data": resolved.data.model_copy(update={"tables": [s for s in SPLITS if s in tables]})})
     if progress is not None:
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
-    path = Path(run_dir) if run_dir is not None else None
+    _check_memory(config, encoded, prepared.tasks, resolve_device(config.train.device))
     ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
-    resume = _prepare_run_dir(path, overwrite) if path is not None and ctx.is_main else False
-    if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
-        decision = [resume]
-        torch.distributed.broadcast_object_list(decision, src=0)
-        resume = bool(decision[0])
     torch.manual_seed(config.seed)
-    model = build_model(config.model, encoded.schema, prepared.tasks)
+    with out_of_memory("building the model"):
+        model = build_model(config.model, encoded.schema, prepared.tasks)
     trained = set(getattr(model, "loss_task_names", [t.name for t in prepared.tasks]))
     balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
@@ -278,18 +292,25 @@ def train_run(
         batches = prepared.stream.batches(encoded.schema, prepared.tasks, config.train.batch_size, config.seed)
     else:
         batches = encoded.train.batches(config.train.batch_size, shuffle=True, seed=config.seed)
-    trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)  # creates `path`
-    if path is not None and not resume and ctx.is_main:
-        (path / "config.yaml").write_text(dump_config(resolved))
-        encoded.schema.save(path / "schema.json")
-    result = trainer.fit(batches, encoded.validation, resume=resume)
+    run = open_run_dir(path, dump_config(resolved), overwrite) if path is not None and ctx.is_main else None
+    resume = run.resume if run is not None else False
+    if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
+        decision = [resume]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        resume = bool(decision[0])
+    with removed_on_error(run):
+        trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)
+        if run is not None and not resume:
+            encoded.schema.save(path / "schema.json")
+        with out_of_memory("training"):
+            result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
     summary = run_summary(result, model, test, backbone=config.model.backbone, balancer=config.balancer.name,
                           tasks=[t.name for t in prepared.tasks], processes=ctx.world)
     if path is not None and ctx.is_main:
         if test is not None:
-            (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
-        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
+            write_text(path / "test_metrics.json", json.dumps(test, indent=1))
+        write_text(path / SUMMARY, json.dumps(summary, indent=1))
     return summary
 
 
@@ -301,6 +322,18 @@ class LoadedRun:
     model: nn.Module
 
 
+DAMAGED_RUN_HINT = "the run directory is damaged: train it again (mtlkit train CONFIG --out RUN_DIR --overwrite)"
+
+
+def load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """``model.load_state_dict(state)``; a checkpoint of another model is a ConfigError naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: does not fit the model of config.yaml ({detail[:160]}); {DAMAGED_RUN_HINT}") from None
+
+
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuild the model of a finished (or interrupted) run with its best weights."""
     run_dir = Path(run_dir)
@@ -308,11 +341,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         if not (run_dir / name).exists():
             raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
     config = load_config(run_dir / "config.yaml")  # data paths in it are absolute
-    schema = FittedSchema.load(run_dir / "schema.json")
+    schema = FittedSchema.load(run_dir / "schema.json", DAMAGED_RUN_HINT)
     tasks = list(config.tasks or [])
     model = build_model(config.model, schema, tasks)
-    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    load_weights(model, load_checkpoint(run_dir / "best.pt", "cpu", DAMAGED_RUN_HINT)["model"], run_dir / "best.pt")
     model.eval()
     return LoadedRun(config, schema, tasks, model)
 
@@ -391,24 +423,13 @@ def predict(run: LoadedRun | str | Path, data: TableLike | str | Path, keep: Seq
 
 
 def predict_run(run_dir: str | Path, data: str | Path, out: str | Path, keep: Sequence[str] = ()) -> int:
-    run = load_run(run_dir)
-    table = read_table(data)
-    missing = [c for c in keep if c not in table.column_names]
-    if missing:
-        raise DataError(f"{data}: missing column {missing[0]!r} (asked to keep it)")
-    columns = {c: table.column(c) for c in keep}
-    columns.update({name: pa.array(values) for name, values in predict_table(run, table, str(data)).items()})
-    result = pa.table(columns)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix.lower() in {".parquet", ".pq"}:
-        import pyarrow.parquet as pq
+    """Write one prediction column per task (and the ``keep`` columns) for the rows of ``data`` to ``out``.
 
-        pq.write_table(result, tmp)
-    else:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(result, tmp)
-    tmp.replace(out)
+    The format follows ``out``'s suffix (:mod:`mtlkit.data.writers`); ``out`` is checked before any
+    work (not a directory, not the input, writable) and written atomically.
+    """
+    check_output_file(out, "--out", [data], run_dir, sorted(WRITTEN))
+    output_format(out)
+    result = predict(load_run(run_dir), data, keep)  # a file in: a pyarrow Table out
+    write_table(result, out)
     return result.num_rows

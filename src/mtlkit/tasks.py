@@ -42,6 +42,9 @@ from torch import Tensor
 from mtlkit.losses import LOSSES, get_loss, validate_loss_options
 from mtlkit.metrics import METRICS
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_REGRESSION_LABEL = 1e15  # its square, summed over a batch, stays finite in float32
+
 
 class TaskKind(str, Enum):
     BINARY = "binary"
@@ -236,22 +239,23 @@ class Task(BaseModel):
         return self.predict(logits)
 
     # -- validation -----------------------------------------------------------------------
-    def label_problem(self, values: np.ndarray) -> str | None:
-        """Describe the first invalid label (NaN means 'missing' and is allowed), or ``None``."""
+    def invalid_labels(self, values: np.ndarray) -> tuple[np.ndarray, str]:
+        """The rows whose label this task cannot use (NaN means 'missing' and is allowed), and what is expected."""
         present = ~np.isnan(values)
         if self.kind is TaskKind.BINARY:
-            bad = present & (values != 0) & (values != 1)
-            expected = "0 or 1"
-        elif self.kind is TaskKind.MULTICLASS:
+            return present & (values != 0) & (values != 1), "0 or 1"
+        if self.kind is TaskKind.MULTICLASS:
             n = self.n_classes or 0
-            bad = present & ((values != np.round(values)) | (values < 0) | (values >= n))
-            expected = f"an integer class id in [0, {n - 1}]"
-        elif self.label_transform == "log1p":
-            bad = present & (np.isinf(values) | (values <= -1))
-            expected = "a finite number > -1, as label_transform is log1p"
-        else:
-            bad = np.isinf(values)
-            expected = "a finite number"
+            return present & ((values != np.round(values)) | (values < 0) | (values >= n)), f"an integer class id in [0, {n - 1}]"
+        if self.label_transform == "log1p":  # the label is float32 before log1p: beyond its range it is inf
+            return present & ((values <= -1) | (values > FLOAT32_MAX)), "a finite number > -1, as label_transform is log1p"
+        return present & (np.abs(values) > MAX_REGRESSION_LABEL), (
+            f"a finite number of magnitude <= {MAX_REGRESSION_LABEL:g}: larger squared errors overflow float32; "
+            "rescale it, or set label_transform: log1p")
+
+    def label_problem(self, values: np.ndarray) -> str | None:
+        """Describe the first invalid label (see :meth:`invalid_labels`), or ``None``."""
+        bad, expected = self.invalid_labels(values)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             return f"data row {row + 1}: value {float(values[row])!r} (expected {expected})"

@@ -73,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.tables import TableLike, as_arrow
 from mtlkit.errors import DataError
+from mtlkit.outputs import write_text
 from mtlkit.tasks import Task
 
 SCHEMA_FORMAT_VERSION = 1
@@ -89,7 +90,14 @@ class NumericFeature(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     transform: Literal["standard", "log1p", "none"] = "standard"
-    clip: Optional[tuple[float, float]] = None
+    clip: Optional[tuple[float, float]] = None  # [low, high]; ±.inf leaves that side open
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, clip: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if clip is not None and not clip[0] < clip[1]:  # also refuses NaN
+            raise ValueError(f"clip must be [low, high] with low < high, got [{clip[0]:g}, {clip[1]:g}]")
+        return clip
 
 
 class SequenceFeature(BaseModel):
@@ -282,7 +290,7 @@ class FittedSchema:
             ids = np.stack([_encode_categorical(f, table.column(f.name)) for f in self.categorical], axis=1)
             inputs["categorical"] = torch.from_numpy(ids)
         if self.numeric:
-            dense = np.concatenate([_encode_numeric(f, table.column(f.name)) for f in self.numeric], axis=1)
+            dense = np.concatenate([_encode_numeric(f, table.column(f.name), source) for f in self.numeric], axis=1)
             inputs["numeric"] = torch.from_numpy(dense)
         by_name = {f.name: f for f in self.categorical}
         for seq in self.sequences:
@@ -323,6 +331,8 @@ class FittedSchema:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedSchema":
+        if not isinstance(data, dict):
+            raise DataError(f"expected a JSON object, found {type(data).__name__}")
         if data.get("format_version") != SCHEMA_FORMAT_VERSION:
             raise DataError(f"unsupported schema format version {data.get('format_version')!r}")
         numeric = []
@@ -335,11 +345,22 @@ class FittedSchema:
         return cls([FittedCategorical(**f) for f in data["categorical"]], numeric, sequences, bias)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        write_text(path, json.dumps(self.to_dict(), indent=1))  # atomic: a kill never leaves half a schema
 
     @classmethod
-    def load(cls, path: str | Path) -> "FittedSchema":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path, recover: str = "") -> "FittedSchema":
+        """Read ``schema.json``; a damaged file is a DataError naming it (``recover``: what to do then)."""
+        hint = f"; {recover}" if recover else ""
+        try:
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: not a readable schema ({error}){hint}") from None
+        try:
+            return cls.from_dict(data)
+        except DataError as error:
+            raise DataError(f"{path}: {error}{hint}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise DataError(f"{path}: not an mtlkit schema ({type(error).__name__}: {error}){hint}") from None
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -497,8 +518,8 @@ def _fit_numeric(feature: NumericFeature, column: pa.ChunkedArray, source: str) 
     )
 
 
-def _encode_numeric(feature: FittedNumeric, column: pa.ChunkedArray) -> np.ndarray:
-    values = _float_column(pa.table({feature.name: column}), feature.name, "data")
+def _encode_numeric(feature: FittedNumeric, column: pa.ChunkedArray, source: str) -> np.ndarray:
+    values = _float_column(pa.table({feature.name: column}), feature.name, source)
     missing = ~np.isfinite(values)
     out = _transform(np.where(missing, 0.0, values), feature.transform, feature.clip)
     if feature.transform == "none":

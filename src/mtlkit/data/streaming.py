@@ -78,7 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from mtlkit.data.batch import Batch
-from mtlkit.data.readers import PARQUET_SUFFIXES
+from mtlkit.data.readers import PARQUET_SUFFIXES, open_parquet, read_row_group
 from mtlkit.data.schema import (
     FittedCategorical, FittedNumeric, FittedSchema, SchemaSpec, _as_strings, _fit_sequence, _float_column,
     _sequence_items, _transform,
@@ -138,10 +138,7 @@ def parquet_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _open(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{path}: cannot be read as Parquet: {str(error).strip().splitlines()[0]}") from None
+    return open_parquet(path)  # page checksums verified where the file has them
 
 
 def row_groups(files: Sequence[Path], columns: Sequence[str] = ()) -> list[RowGroup]:
@@ -175,10 +172,8 @@ class _Files(dict):
 
 
 def _read(files: _Files, group: RowGroup, columns: Sequence[str], use_threads: bool = False) -> pa.Table:
-    try:
-        return files.get_file(group.path).read_row_group(group.index, columns=list(columns), use_threads=use_threads)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{group.source}: cannot be read: {str(error).strip().splitlines()[0]}") from None
+    # checksums and the column statistics verified (mtlkit.data.readers)
+    return read_row_group(files.get_file(group.path), group.path, group.index, group.offset, list(columns), use_threads=use_threads)
 
 
 def _tables(groups: Sequence[RowGroup], columns: Sequence[str]) -> Iterator[tuple[RowGroup, pa.Table]]:

@@ -17,7 +17,7 @@ Example:
 
 from mtlkit.doctor.findings import CheckResult, DoctorReport, Finding, Severity, Thresholds
 from mtlkit.doctor.report import print_report
-from mtlkit.doctor.runner import diagnose, diagnose_config
+from mtlkit.doctor.runner import diagnose, diagnose_config, training_blockers
 
 __all__ = [
     "CheckResult",
@@ -28,4 +28,5 @@ __all__ = [
     "diagnose",
     "diagnose_config",
     "print_report",
+    "training_blockers",
 ]

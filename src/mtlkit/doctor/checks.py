@@ -50,13 +50,7 @@ def _numerics(features: SchemaSpec) -> list[str]:
 
 def invalid_labels(task: Task, values: np.ndarray) -> np.ndarray:
     """Rows :meth:`Task.label_problem` rejects (it names only the first; we also count them)."""
-    present = ~np.isnan(values)
-    if task.kind is TaskKind.BINARY:
-        return present & (values != 0) & (values != 1)
-    if task.kind is TaskKind.MULTICLASS:
-        n = task.n_classes or 0
-        return present & ((values != np.round(values)) | (values < 0) | (values >= n))
-    return np.isinf(values)
+    return task.invalid_labels(values)[0]
 
 
 def in_space(data: SplitTables, split: str, task: Task) -> Optional[np.ndarray]:

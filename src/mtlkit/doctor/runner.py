@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from mtlkit.data.schema import SchemaSpec
 from mtlkit.doctor import checks
-from mtlkit.doctor.findings import CheckResult, DoctorReport, Severity, Thresholds
+from mtlkit.doctor.findings import CheckResult, DoctorReport, Finding, Severity, Thresholds
 from mtlkit.doctor.frame import SplitTables
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
@@ -59,6 +59,19 @@ def diagnose(
     findings.sort(key=lambda f: f.severity is not Severity.ERROR)  # stable: errors first, check order kept
     splits = {s: {"source": data.source(s), "rows": data.rows(s)} for s in data.splits}
     return DoctorReport(findings, {name: r.stats for name, r in results.items()}, splits)
+
+
+def training_blockers(tables: Mapping[str, Optional[pa.Table]], tasks: Sequence[Task],
+                      names: Optional[Mapping[str, str]] = None) -> list[Finding]:
+    """The doctor's hard errors about labels and weights, which ``mtlkit train`` refuses to train on.
+
+    Invalid labels; non-numeric labels, masks or weights; NaN/inf/negative weights; a task without
+    a labelled row, or with one class only, in train. The same checks as :func:`diagnose`, without
+    the slower data-quality ones (leakage, duplicates, unseen categories: ``--doctor``).
+    """
+    data = SplitTables(tables, names)
+    results = (checks.check_label_values(data, tasks), checks.check_label_rates(data, tasks, Thresholds()))
+    return [f for result in results for f in result.findings if f.severity is Severity.ERROR]
 
 
 def diagnose_config(

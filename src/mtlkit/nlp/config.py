@@ -78,6 +78,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from mtlkit.balancing import BalancerSpec
+from mtlkit.config import Seed
 from mtlkit.errors import ConfigError
 from mtlkit.nlp.base import NLP_KINDS, NLPTask
 from mtlkit.nlp.encoder import EncoderSpec
@@ -96,7 +97,7 @@ class HoldoutSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     validation: float = Field(default=0.1, gt=0, lt=1)
     test: float = Field(default=0.0, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     group: Optional[str] = None  # an example attribute kept within one split (``paragraph`` for QA: no shared contexts)
 
 
@@ -152,7 +153,7 @@ class NLPTaskEntry(BaseModel):
 
 class NLPRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seed: int = 0
+    seed: Seed = 0
     encoder: EncoderSpec
     mixing: Optional[MixingSpec] = None
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -95,22 +94,17 @@ def _device(spec: str) -> torch.device:
 
 
 def _write(out: Path, records: list[dict[str, Any]]) -> None:
-    """JSON lines or CSV, through a temporary file renamed at the end."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic; the umask's mode
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            if out.suffix.lower() == ".csv":
-                rows = [flat_row(r) for r in records]
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """JSON lines or CSV, through a temporary file renamed at the end (mtlkit.outputs.atomic_output)."""
+    from mtlkit.outputs import atomic_output
+
+    with atomic_output(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
+        if out.suffix.lower() == ".csv":
+            rows = [flat_row(r) for r in records]
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task: Optional[str] = None,
@@ -120,8 +114,11 @@ def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task
     from mtlkit.nlp.evaluation import predict_task
     from mtlkit.nlp.readers import check_options, names, read
     from mtlkit.nlp.run import load_nlp_config, load_nlp_model
+    from mtlkit.outputs import check_output_file
+    from mtlkit.rundir import WRITTEN
 
     run_dir, out = Path(run_dir), Path(out)
+    check_output_file(out, "--out", [data], run_dir, sorted(WRITTEN))
     config = load_nlp_config(run_dir)  # tasks resolved when the run wrote config.yaml
     entry = _pick_task(config, task, run_dir)
     chosen = entry.task

@@ -35,6 +35,7 @@ from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.config import SPLITS, HoldoutSpec, NLPRunConfig, dump_nlp_config, parse_nlp_config
 from mtlkit.nlp.examples import TextExample
 from mtlkit.nlp.sampling import TaskSampler, seed_key
+from mtlkit.run import DAMAGED_RUN_HINT, load_weights
 
 SUMMARY = "summary.json"
 
@@ -163,31 +164,38 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     file's, to its folder); ``config.yaml`` stores them absolute.
     """
     from mtlkit.nlp.model import build_nlp_model
-    from mtlkit.run import _prepare_run_dir, run_summary
+    from mtlkit.outputs import check_output_dir
+    from mtlkit.rundir import open_run_dir, removed_on_error
+    from mtlkit.run import run_summary
+    from mtlkit.sizing import out_of_memory
     from mtlkit.train import Trainer, distributed
+    from mtlkit.train.device import resolve_device
 
+    path = check_output_dir(run_dir) if run_dir is not None else None  # before reading any data
     prepared = prepare(config.resolve_paths(Path.cwd()))  # a no-op for a loaded config: already absolute
     config, tasks = prepared.config, prepared.tasks
     spec = config.train if progress is None else config.train.model_copy(update={"progress": progress})
-    path = Path(run_dir) if run_dir is not None else None
+    resolve_device(spec.device)
     ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
-    resume = _prepare_run_dir(path, overwrite) if path is not None and ctx.is_main else False
+    torch.manual_seed(config.seed)
+    with out_of_memory("building the model"):
+        model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
+    run = open_run_dir(path, dump_nlp_config(config), overwrite) if path is not None and ctx.is_main else None
+    resume = run.resume if run is not None else False
     if ctx.enabled:  # rank 0 decided (and cleared the directory) before any rank looks for last.pt
         resume = bool(distributed.broadcast_object(resume))
-    torch.manual_seed(config.seed)
-    model = build_nlp_model(config.encoder, tasks, config.mixing, encoder)
-    warm = None
-    if config.init_from is not None and not resume:  # a resumed run's own checkpoint wins
-        from mtlkit.nlp.warm_start import checkpoint_state, warm_start
+    with removed_on_error(run):
+        warm = None
+        if config.init_from is not None and not resume:  # a resumed run's own checkpoint wins
+            from mtlkit.nlp.warm_start import checkpoint_state, warm_start
 
-        warm = warm_start(model, checkpoint_state(config.init_from))
-    trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)  # creates `path`
-    if path is not None and not resume and ctx.is_main:
-        (path / "config.yaml").write_text(dump_nlp_config(config))
-    sampling = config.sampling.model_copy(update={"strategy": config.strategy})
-    train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,
-                        transforms={t.name: t.transform_batch for t in tasks})
-    result = trainer.fit(train, _validation(prepared, "validation"), resume=resume)
+            warm = warm_start(model, checkpoint_state(config.init_from))
+        trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)
+        sampling = config.sampling.model_copy(update={"strategy": config.strategy})
+        train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,
+                            transforms={t.name: t.transform_batch for t in tasks})
+        with out_of_memory("training"):
+            result = trainer.fit(train, _validation(prepared, "validation"), resume=resume)
     test = _validation(prepared, "test").evaluate(model, trainer.device) if prepared.tables["test"] else None
     summary = run_summary(
         result, model, test,
@@ -202,21 +210,23 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
         **({"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}),
     )
     if path is not None and ctx.is_main:
+        from mtlkit.outputs import write_text
+
         if test is not None:
-            (path / "test_metrics.json").write_text(json.dumps(test, indent=1))
-        (path / SUMMARY).write_text(json.dumps(summary, indent=1))
+            write_text(path / "test_metrics.json", json.dumps(test, indent=1))
+        write_text(path / SUMMARY, json.dumps(summary, indent=1))
     return summary
 
 
 def load_nlp_config(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> NLPRunConfig:
     """A trained run's ``config.yaml`` (its tasks already resolved), with ``task_updates`` applied."""
-    import yaml
+    from mtlkit.config import read_config_file
 
     run_dir = Path(run_dir)
     for name in ("config.yaml", "best.pt"):
         if not (run_dir / name).exists():
             raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw = read_config_file(run_dir / "config.yaml")
     for task, update in (task_updates or {}).items():
         entry = next((t for t in raw["tasks"] if t["name"] == task), None)
         if entry is None:
@@ -229,8 +239,11 @@ def load_nlp_model(run_dir: str | Path, config: NLPRunConfig) -> torch.nn.Module
     """The run's best model (``best.pt``) for ``config``'s tasks, on the CPU, in eval mode; no data is read."""
     from mtlkit.nlp.model import build_nlp_model
 
+    from mtlkit.train.checkpoint import load_checkpoint
+
     model = build_nlp_model(config.encoder, config.task_list(), config.mixing)
-    model.load_state_dict(torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)["model"])
+    path = Path(run_dir) / "best.pt"
+    load_weights(model, load_checkpoint(path, "cpu", DAMAGED_RUN_HINT)["model"], path)
     return model.eval()
 
 

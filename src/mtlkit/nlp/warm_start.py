@@ -38,7 +38,9 @@ def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     file = path / "best.pt" if path.is_dir() else path
     if not file.exists():
         raise ConfigError(f"init_from: {file} does not exist (give a trained run directory or a .pt checkpoint)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    from mtlkit.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(file, "cpu", "check init_from", keys=())
     return state["model"] if isinstance(state, dict) and "model" in state else state
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mtlkit.train.device import check_device_name
 
 
 class TrainSpec(BaseModel):
@@ -50,6 +52,8 @@ class TrainSpec(BaseModel):
     progress: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+
+    _device_name = field_validator("device")(check_device_name)  # availability: resolve_device, at training
 
     @model_validator(mode="after")
     def _check_precision(self) -> "TrainSpec":

@@ -97,6 +97,8 @@ from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.tasks import Task
 from mtlkit.train import distributed
+from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.device import resolve_device
 from mtlkit.train.evaluate import evaluate, flatten_metrics
 from mtlkit.train.precision import resolve_precision
 from mtlkit.train.progress import epoch_progress
@@ -187,6 +189,9 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+RESUME_HINT = "to start the run again instead of resuming it, pass --overwrite"
+
+
 class Trainer:
     def __init__(
         self,
@@ -226,7 +231,7 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
-        self.device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else ("cpu" if spec.device == "auto" else spec.device))
+        self.device = resolve_device(spec.device)
         # "auto": bf16 where the hardware runs it natively and the balancer trains in it, else fp32
         self.precision = resolve_precision(spec.precision, self.device, not getattr(balancer, "needs_shared_features", False))
         _check_precision_and_compile(spec, self.precision, self.device, balancer)
@@ -563,7 +568,7 @@ class Trainer:
     def _load(self, scheduler) -> tuple[_Position, dict[str, Tensor]]:
         run_dir = self._resume_dir
         assert run_dir is not None
-        ckpt = torch.load(run_dir / "last.pt", map_location=self.device, weights_only=True)
+        ckpt = load_checkpoint(run_dir / "last.pt", self.device, RESUME_HINT, keys=("version",))
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(f"{run_dir / 'last.pt'}: unsupported checkpoint version {ckpt.get('version')!r}")
         self.model.load_state_dict(ckpt["model"])
@@ -580,7 +585,7 @@ class Trainer:
         pos = _Position(**ckpt["position"])
         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if (run_dir / "best.pt").exists():
-            best_state.update(torch.load(run_dir / "best.pt", map_location=self.device, weights_only=True)["model"])
+            best_state.update(load_checkpoint(run_dir / "best.pt", self.device, RESUME_HINT)["model"])
         return pos, best_state
 
     # -- logging -------------------------------------------------------------------------------

@@ -67,7 +67,19 @@ def read(name: str, path: str | Path, options: dict[str, Any] | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    examples = get_reader(name)(path, **(options or {}))
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a {name} file")
+    try:
+        examples = get_reader(name)(path, **(options or {}))
+    except UnicodeDecodeError:  # readers decode as they go: find the first bad byte in the whole file
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise DataError(f"{path}: line {line}: bytes that are not UTF-8 text (byte {data[error.start]:#04x}); "
+                            "save the file as UTF-8") from None
+        raise
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples
