@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Sequence
 
@@ -49,29 +48,6 @@ class RequestError(MtlkitError):
         self.message = message
 
 
-def parse_rows(body: bytes, max_batch: int) -> list[dict[str, Any]]:
-    """The ``rows`` of a ``{"rows": [...]}`` request body; RequestError (400/413/422) otherwise."""
-    if not body.strip():
-        raise RequestError(400, 'empty request body: send a JSON object {"rows": [{feature: value, ...}, ...]}')
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"malformed JSON: {error}") from None
-    if not isinstance(payload, dict) or "rows" not in payload:
-        raise RequestError(422, 'the body must be a JSON object with a "rows" list: {"rows": [{feature: value, ...}, ...]}')
-    rows = payload["rows"]
-    if not isinstance(rows, list):
-        raise RequestError(422, f'"rows" must be a list of objects, got {_json_type(rows)}')
-    if not rows:
-        raise RequestError(422, '"rows" is empty: send at least one row')
-    if len(rows) > max_batch:
-        raise RequestError(413, f"{len(rows)} rows exceed the batch limit of {max_batch}: split the request")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise RequestError(422, f"rows[{i}] must be an object of feature values, got {_json_type(row)}")
-    return rows
-
-
 def rows_to_table(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> pa.Table:
     """One typed column per feature of ``schema``; RequestError (422) names the row and feature at fault."""
     columns: dict[str, pa.Array] = {}
@@ -87,7 +63,7 @@ def rows_to_table(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> pa.Ta
 # -- columns ----------------------------------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -112,14 +88,42 @@ def _values(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
 def _wrong_type(values: Sequence[Any], name: str, ok: tuple[type, ...], expected: str) -> None:
     for i, value in enumerate(values):
         if value is not None and not isinstance(value, ok):
-            raise RequestError(422, f"rows[{i}]: feature {name!r} must be {expected}, got {_json_type(value)}")
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be {expected}, got {json_type(value)}")
 
 
-def _to_array(values: list[Any], type: pa.DataType, name: str) -> pa.Array:
+def _to_array(values: list[Any], type: pa.DataType, name: str, rows: Sequence[Any] | None = None) -> pa.Array:
+    """``values`` as Arrow; ``rows`` (default ``values``): the per-row values, to name the row of a bad string."""
     try:
         return pa.array(values, type=type)
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON): not encodable as UTF-8
+        raise _surrogate_error(name, values if rows is None else rows) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
         raise RequestError(422, f"feature {name!r}: {error}") from None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _surrogate_error(name: str, rows: Sequence[Any]) -> RequestError:
+    """The 422 for the first row whose value (or one of its items) is a string Arrow cannot store."""
+    for i, value in enumerate(rows):
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and not _utf8(item) for item in items):
+            return RequestError(422, f"rows[{i}]: feature {name!r}: a string holds a lone surrogate "
+                                     "(an unpaired \\ud800-\\udfff escape), which is not valid Unicode")
+    return RequestError(422, f"feature {name!r}: a string holds a lone surrogate, which is not valid Unicode")
+
+
+def _number(value: int | float) -> str:
+    """A number for a message: huge integers by their digit count, not their 400 digits."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"a {len(str(abs(value)))}-digit integer"
+    return f"the number {value:.6g}"
 
 
 def _categorical_column(name: str, values: list[Any]) -> pa.Array:
@@ -131,22 +135,27 @@ def _categorical_column(name: str, values: list[Any]) -> pa.Array:
 
 def _check_category_number(value: Any, row: int, name: str) -> None:
     """Numbers become categories through int64 (3.0 is category '3'): beyond its range they cannot."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) >= 2**63:
-        raise RequestError(422, f"rows[{row}]: feature {name!r}: the number {value:.6g} is too large to be a category (send it as a string)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if abs(value) >= 2**63 and (isinstance(value, int) or math.isfinite(value)):  # no float(): ints may have 4,300 digits
+        raise RequestError(422, f"rows[{row}]: feature {name!r}: {_number(value)} is too large to be a category (send it as a string)")
 
 
-def _category_array(name: str, values: list[Any]) -> pa.Array:
-    """Homogeneous values keep their type (the schema stringifies them as it does offline)."""
+def _category_array(name: str, values: list[Any], rows: Sequence[Any] | None = None) -> pa.Array:
+    """Homogeneous values keep their type (the schema stringifies them as it does offline).
+
+    ``rows``: the per-row values when ``values`` are a sequence's flattened items (for messages).
+    """
     kinds = {type(v) for v in values if v is not None}
     if kinds <= {str}:
-        return _to_array(values, pa.string(), name)
+        return _to_array(values, pa.string(), name, rows)
     if kinds <= {bool}:
-        return _to_array(values, pa.bool_(), name)
+        return _to_array(values, pa.bool_(), name, rows)
     if kinds <= {int}:
-        return _to_array(values, pa.int64(), name)
+        return _to_array(values, pa.int64(), name, rows)
     if kinds <= {int, float}:
-        return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
-    return _to_array(_mixed_strings(values), pa.string(), name)
+        return _to_array([None if v is None else float(v) for v in values], pa.float64(), name, rows)
+    return _to_array(_mixed_strings(values), pa.string(), name, rows)
 
 
 def _mixed_strings(values: list[Any]) -> list[Any]:
@@ -170,10 +179,18 @@ def _mixed_strings(values: list[Any]) -> list[Any]:
 
 
 def _numeric_column(name: str, values: list[Any]) -> pa.Array:
+    floats: list[float | None] = []
     for i, value in enumerate(values):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RequestError(422, f"rows[{i}]: feature {name!r} must be a number or null, got {_json_type(value)}")
-    return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
+        if value is None:
+            floats.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be a number or null, got {json_type(value)}")
+        try:
+            floats.append(float(value))
+        except OverflowError:  # an integer beyond the float range (JSON numbers may have 4,300 digits)
+            raise RequestError(422, f"rows[{i}]: feature {name!r}: {_number(value)} is beyond the largest float (1.8e308)") from None
+    return _to_array(floats, pa.float64(), name)
 
 
 def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
@@ -192,16 +209,16 @@ def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
         for items_type in (pa.string(), pa.int64()):
             try:
                 return pa.array(values, type=pa.list_(items_type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
                 pass
     items: list[Any] = []
     for i, value in enumerate(values):
         for item in value or ():
             if item is not None and not isinstance(item, (str, int, float, bool)):
-                raise RequestError(422, f"rows[{i}]: feature {name!r} items must be strings or numbers, got {_json_type(item)}")
+                raise RequestError(422, f"rows[{i}]: feature {name!r} items must be strings or numbers, got {json_type(item)}")
             _check_category_number(item, i, name)
             items.append(item)
-    flat = _category_array(name, items)
+    flat = _category_array(name, items, values)
     offsets, position = [0], 0
     for value in values:
         position += len(value or ())
@@ -210,4 +227,4 @@ def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat, mask=validity)
 
 
-__all__ = ["RequestError", "parse_rows", "rows_to_table"]
+__all__ = ["RequestError", "json_type", "rows_to_table"]
