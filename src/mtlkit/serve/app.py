@@ -37,17 +37,17 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from mtlkit.serve.batching import Busy, MicroBatcher, run_batch
 from mtlkit.serve.body import read_body, parse_rows
 from mtlkit.serve.options import ServeOptions
 from mtlkit.serve.predictor import Predictor, load_predictor
-from mtlkit.serve.rows import RequestError, rows_to_table
+from mtlkit.serve.rows import RequestError, RowBlock, validate_rows
 
 log = logging.getLogger("mtlkit.serve")
 INLINE_BYTES = 32 * 1024  # bodies up to this size are parsed on the event loop: a thread hop costs more
@@ -120,24 +120,23 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     description = schema_description(predictor, options.max_batch)
     what = "run" if predictor.backend == "pytorch" else f"{predictor.backend} export"
     app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {directory.resolve().name}")
-    batcher = (MicroBatcher(lambda tables: run_batch(predictor, tables), options.batch_rows, options.batch_wait_ms / 1000,
+    batcher = (MicroBatcher(lambda blocks: run_batch(predictor, blocks), options.batch_rows, options.batch_wait_ms / 1000,
                             options.queue_size) if options.batching else None)
     app.state.predictor, app.state.batcher, app.state.options = predictor, batcher, options
     identity = _identity(predictor, directory, options)
 
-    def table_of(body: bytes) -> pa.Table:
-        return rows_to_table(predictor.schema, parse_rows(body, options.max_batch))
+    def block_of(body: bytes) -> RowBlock:
+        return validate_rows(predictor.schema, parse_rows(body, options.max_batch))
 
     async def answer(request: Request) -> bytes:
         body = await read_body(request.stream(), request.headers.get("content-length"), options.max_body_bytes)
         # Parsing is CPU work: a large body goes to a thread so /health and small requests stay responsive.
-        table = table_of(body) if len(body) <= INLINE_BYTES else await run_in_threadpool(table_of, body)
-        outcome = await batcher.submit(table) if batcher is not None else (await run_in_threadpool(run_batch, predictor, [table]))[0]
+        block = block_of(body) if len(body) <= INLINE_BYTES else await run_in_threadpool(block_of, body)
+        outcome = await batcher.submit(block) if batcher is not None else (await run_in_threadpool(run_batch, predictor, [block]))[0]
         if isinstance(outcome, RequestError):
             raise outcome
         return outcome
 
-    @app.post("/predict", openapi_extra=_REQUEST_BODY)
     async def predict(request: Request) -> Response:
         try:
             return Response(await answer(request), media_type="application/json")
@@ -150,6 +149,11 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
         except Exception as error:  # a bug: answered (and logged) without dropping the connection
             log.exception("/predict failed")
             return _json({"detail": f"internal error ({type(error).__name__})"}, 500)
+
+    # Documented (OpenAPI) as a FastAPI route, but served by a plain Starlette route placed first:
+    # FastAPI's per-request dependency solving cost more than everything else a 1-row request does.
+    app.post("/predict", openapi_extra=_REQUEST_BODY)(predict)
+    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
 
     @app.get("/health")
     async def health() -> Response:
@@ -167,12 +171,14 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """The app of one uvicorn worker process (``mtlkit serve --workers N``): directory and options from the environment."""
-    from mtlkit.serve import configure_threads
+    from mtlkit.serve import configure_threads, settle
 
     settings = json.loads(os.environ[ENVIRONMENT])
     options = ServeOptions.from_json(settings["options"])
     configure_threads(options.threads)
-    return create_app(settings["directory"], options)
+    app = create_app(settings["directory"], options)
+    settle()
+    return app
 
 
 __all__ = ["ENVIRONMENT", "app_from_environment", "create_app", "schema_description"]

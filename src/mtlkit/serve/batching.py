@@ -2,26 +2,28 @@
 
 A 1-row request costs about as much as a 50-row one (Arrow, schema encoding and the model's
 per-call overhead dominate: see ``benchmarks/serve.py --load``), so under concurrent load the
-service merges requests. :class:`MicroBatcher` holds a bounded queue and one model thread: the
-thread takes the oldest request, lets others join until ``max_rows`` rows or until the first
-has waited ``max_wait`` seconds, and runs them as one batch. A full queue answers 503 (with
-``Retry-After``) at once rather than letting latency grow without bound.
+service merges requests. :class:`MicroBatcher` holds a bounded queue and one batching task on
+the event loop: it takes the oldest request, lets others join until ``max_rows`` rows or until
+the first has waited ``max_wait`` seconds, and runs them as one batch. A full queue answers 503
+(with ``Retry-After``) at once rather than letting latency grow without bound.
 
 :func:`run_batch` is the batch itself, used unmerged too (one request) so both paths answer
-alike. Each request was already parsed and validated into its own Arrow table; here requests
-whose tables have the same column types are concatenated and encoded once (rows encode
-independently, so that equals encoding each alone), each request's encoded numeric values are
+alike. Each request was already parsed and validated into its own typed columns
+(:class:`~mtlkit.serve.rows.RowBlock`); here requests whose columns have the same types become
+one Arrow table, encoded once (rows encode independently, so that equals encoding each
+alone), each request's encoded numeric values are
 checked (a value the feature's scaling overflows is that request's 422), and the rest go
 through one forward pass whose outputs are split back by row offsets. A request that fails
 never fails its batch-mates: a failed merged encoding or forward pass is retried per request.
 
 Example:
-    >>> import pyarrow as pa
+    >>> from mtlkit.serve.rows import RowBlock
     >>> calls = []
     >>> stub = type("P", (), {"encode": lambda self, t, s: {"x": t.column("x").to_numpy()},
     ...                       "forward": lambda self, inputs: calls.append(len(inputs["x"])) or {"fused_score": inputs["x"] * 2},
     ...                       "numeric_columns": [], "tasks": []})()
-    >>> [json.loads(out) for out in run_batch(stub, [pa.table({"x": [1.0]}), pa.table({"x": [2.0, 3.0]})])]
+    >>> blocks = [RowBlock(1, {"x": (pa.float64(), [1.0])}), RowBlock(2, {"x": (pa.float64(), [2.0, 3.0])})]
+    >>> [json.loads(out) for out in run_batch(stub, blocks)]
     [{'predictions': [{'fused_score': 2.0}]}, {'predictions': [{'fused_score': 4.0}, {'fused_score': 6.0}]}]
     >>> calls   # one forward pass of 3 rows
     [3]
@@ -33,9 +35,9 @@ import asyncio
 import json
 import logging
 import math
-import queue
-import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -44,12 +46,13 @@ import pyarrow as pa
 
 from mtlkit.errors import MtlkitError
 from mtlkit.serve.predictor import NUMERIC_INPUT, Inputs
-from mtlkit.serve.rows import RequestError
+from mtlkit.serve.rows import RequestError, RowBlock, to_table
 from mtlkit.tasks import TaskKind
 
 log = logging.getLogger("mtlkit.serve")
 Outcome = Union[bytes, RequestError]  # the 200 body (JSON), or the request's error
 ENCODE_ERRORS = (MtlkitError, pa.ArrowException, ValueError, OverflowError, UnicodeError)
+INLINE_ROWS = 1024  # batches up to this many rows run on the event loop (see MicroBatcher)
 
 
 class Busy(RequestError):
@@ -72,28 +75,28 @@ class _Encoded:
     bounds: list[int]
 
 
-def _encode(predictor: Any, table: pa.Table) -> Inputs:
+def _encode(predictor: Any, blocks: list[RowBlock]) -> Inputs:
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing value is reported by _drop_overflowing
-        return predictor.encode(table, "request")
+        return predictor.encode(to_table(blocks), "request")
 
 
-def _encode_group(predictor: Any, tables: list[pa.Table], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_group(predictor: Any, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
     """Encode requests of identical column types in one call; on failure, each alone (its error is its own)."""
     if len(members) == 1:
-        return _encode_alone(predictor, tables, members, results)
-    group = [tables[i] for i in members]
-    bounds = [int(b) for b in np.cumsum([0] + [t.num_rows for t in group])]
+        return _encode_alone(predictor, blocks, members, results)
+    group = [blocks[i] for i in members]
+    bounds = [int(b) for b in np.cumsum([0] + [b.num_rows for b in group])]
     try:
-        return [_Encoded(_encode(predictor, pa.concat_tables(group)), members, bounds)]
+        return [_Encoded(_encode(predictor, group), members, bounds)]
     except Exception:
-        return _encode_alone(predictor, tables, members, results)
+        return _encode_alone(predictor, blocks, members, results)
 
 
-def _encode_alone(predictor: Any, tables: list[pa.Table], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_alone(predictor: Any, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
     out = []
     for i in members:
         try:
-            out.append(_Encoded(_encode(predictor, tables[i]), [i], [0, tables[i].num_rows]))
+            out.append(_Encoded(_encode(predictor, [blocks[i]]), [i], [0, blocks[i].num_rows]))
         except ENCODE_ERRORS as error:  # values the schema cannot encode
             results[i] = RequestError(422, f"the rows cannot be encoded: {error}")
         except Exception as error:
@@ -180,15 +183,15 @@ def _forward(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]
         results[i] = render(predictor, columns, encoded.bounds[k], encoded.bounds[k + 1])
 
 
-def run_batch(predictor: Any, tables: list[pa.Table]) -> list[Outcome]:
+def run_batch(predictor: Any, blocks: list[RowBlock]) -> list[Outcome]:
     """Each request's JSON answer or error, in order: one encoding per column-type group, one forward pass."""
-    results: list[Optional[Outcome]] = [None] * len(tables)
-    groups: dict[pa.Schema, list[int]] = {}
-    for i, table in enumerate(tables):
-        groups.setdefault(table.schema, []).append(i)
+    results: list[Optional[Outcome]] = [None] * len(blocks)
+    groups: dict[tuple[pa.DataType, ...], list[int]] = {}
+    for i, block in enumerate(blocks):
+        groups.setdefault(block.types, []).append(i)
     parts = []
     for members in groups.values():
-        for encoded in _encode_group(predictor, tables, members, results):
+        for encoded in _encode_group(predictor, blocks, members, results):
             encoded = _drop_overflowing(predictor, encoded, results)
             if encoded.members:
                 parts.append(encoded)
@@ -197,87 +200,108 @@ def run_batch(predictor: Any, tables: list[pa.Table]) -> list[Outcome]:
     return [r if r is not None else RequestError(500, "internal error: no answer") for r in results]
 
 
-# -- the queue and the model thread --------------------------------------------------------------------
+# -- the queue and the batching task ----------------------------------------------------------------
 
 
 @dataclass
 class _Job:
-    table: pa.Table
+    block: RowBlock
     arrived: float
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(repr=False)
 
 
-def _resolve(future: asyncio.Future, outcome: Outcome) -> None:
-    if not future.done():  # the client may have gone (its handler was cancelled)
-        future.set_result(outcome)
-
-
 class MicroBatcher:
-    """A bounded queue of requests and one thread that runs them in merged batches through ``process``."""
+    """A bounded queue of requests and one task of the event loop that runs them in merged batches.
 
-    def __init__(self, process: Callable[[list[pa.Table]], list[Outcome]], max_rows: int, max_wait_s: float, queue_size: int) -> None:
-        self.process, self.max_rows, self.max_wait_s = process, max_rows, max_wait_s
-        self.queue: queue.Queue[_Job] = queue.Queue(maxsize=queue_size)
-        self.batches = 0  # forward passes run (statistics for /health and tests)
+    A batch of up to ``inline_rows`` rows runs on the event loop itself: a few milliseconds of
+    encoding and model. In a thread it would be slower, not faster — the model thread and the
+    event loop (HTTP parsing, validation) are both Python and take turns on the GIL, and each
+    hand-over costs up to the interpreter's 5 ms switch interval, many times per batch. Larger
+    batches (from large requests) go to one model thread so ``/health`` stays responsive.
+    """
+
+    def __init__(self, process: Callable[[list[RowBlock]], list[Outcome]], max_rows: int, max_wait_s: float,
+                 queue_size: int, inline_rows: int = INLINE_ROWS) -> None:
+        self.process, self.max_rows, self.max_wait_s, self.queue_size = process, max_rows, max_wait_s, queue_size
+        self.inline_rows = inline_rows
+        self.batches = 0  # batches run, and requests in them (statistics for tests and benchmarks)
         self.requests = 0
-        self._thread: Optional[threading.Thread] = None
-        self._start_lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wakeup: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+        self._thread: Optional[ThreadPoolExecutor] = None
 
-    async def submit(self, table: pa.Table) -> Outcome:
+    async def submit(self, block: RowBlock) -> Outcome:
         """The request's outcome once its batch ran; Busy (503) at once when the queue is full."""
         loop = asyncio.get_running_loop()
-        job = _Job(table, time.monotonic(), loop, loop.create_future())
-        self._ensure_thread()
-        try:
-            self.queue.put_nowait(job)
-        except queue.Full:
-            raise Busy(f"busy: {self.queue.maxsize} requests are already waiting for the model; retry shortly") from None
+        if loop is not self._loop:  # first request, or a new event loop (a test client's)
+            self._start(loop)
+        if len(self._queue) >= self.queue_size:
+            raise Busy(f"busy: {self.queue_size} requests are already waiting for the model; retry shortly")
+        job = _Job(block, time.monotonic(), loop.create_future())
+        self._queue.append(job)
+        assert self._wakeup is not None
+        self._wakeup.set()
         return await job.future
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="mtlkit-batcher", daemon=True)
-                    self._thread.start()
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
 
-    def _next_batch(self, first: _Job) -> tuple[list[_Job], Optional[_Job]]:
-        """``first`` and the requests that join it; the one that did not fit (it starts the next batch)."""
-        batch, rows = [first], first.table.num_rows
-        deadline = first.arrived + self.max_wait_s  # a request that queued during the last batch has waited already
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop, self._wakeup, self._queue = loop, asyncio.Event(), deque()
+        self._task = loop.create_task(self._run_forever(), name="mtlkit-batcher")
+
+    async def _next_batch(self) -> list[_Job]:
+        """The oldest request and those that join it: until ``max_rows`` rows, or the oldest has waited ``max_wait_s``."""
+        assert self._wakeup is not None
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = [self._queue.popleft()]
+        rows = batch[0].block.num_rows
+        deadline = batch[0].arrived + self.max_wait_s  # a request that queued during the last batch has waited already
         while rows < self.max_rows:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if rows + job.table.num_rows > self.max_rows:
-                return batch, job
-            batch.append(job)
-            rows += job.table.num_rows
-        return batch, None
-
-    def _loop(self) -> None:
-        carried: Optional[_Job] = None
-        while True:
-            first = carried or self.queue.get()
-            batch, carried = self._next_batch(first)
-            live = [job for job in batch if not job.future.done()]
-            if not live:
+            if self._queue:
+                if rows + self._queue[0].block.num_rows > self.max_rows:
+                    break  # it starts the next batch
+                job = self._queue.popleft()
+                batch.append(job)
+                rows += job.block.num_rows
                 continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
             try:
-                outcomes = self.process([job.table for job in live])
-            except Exception as error:  # run_batch answers every request; this is the last guard of the thread
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _run_forever(self) -> None:
+        while True:
+            batch = [job for job in await self._next_batch() if not job.future.done()]  # done: the client left
+            if not batch:
+                continue
+            blocks = [job.block for job in batch]
+            try:
+                if sum(b.num_rows for b in blocks) <= self.inline_rows:
+                    outcomes = self.process(blocks)
+                else:
+                    if self._thread is None:
+                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="mtlkit-model")
+                    outcomes = await asyncio.get_running_loop().run_in_executor(self._thread, self.process, blocks)
+            except Exception as error:  # run_batch answers every request; this is the last guard of the task
                 log.exception("a batch failed")
-                outcomes = [RequestError(500, f"internal error ({type(error).__name__})")] * len(live)
+                outcomes = [RequestError(500, f"internal error ({type(error).__name__})")] * len(batch)
             self.batches += 1
-            self.requests += len(live)
-            for job, outcome in zip(live, outcomes):
-                try:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
-                except RuntimeError:  # the event loop is closed: nobody waits for this answer
-                    pass
+            self.requests += len(batch)
+            for job, outcome in zip(batch, outcomes):
+                if not job.future.done():
+                    job.future.set_result(outcome)
+            await asyncio.sleep(0)  # let the handlers of the answered requests run before the next batch
 
 
 __all__ = ["Busy", "MicroBatcher", "Outcome", "render", "run_batch"]
