@@ -24,6 +24,7 @@ Example (needs a trained run directory)::
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 from dataclasses import asdict
@@ -32,6 +33,8 @@ from typing import Any, Optional
 
 from mtlkit.errors import ConfigError
 from mtlkit.serve.options import DEFAULT_MAX_BATCH, MAX_BODY_BYTES, ServeOptions
+
+WORKER_STARTUP_S = 120  # how long a worker process may take to load the model
 
 
 def _require_serve_extra() -> None:
@@ -108,6 +111,10 @@ def serve(
     from mtlkit.serve.app import ENVIRONMENT
 
     os.environ[ENVIRONMENT] = json.dumps({"directory": str(Path(directory).resolve()), "options": settings.to_json()})
+    # A worker loads torch and the model before it answers uvicorn's health pings: on a busy machine
+    # that takes longer than uvicorn's 5 s, and the worker would be killed and restarted forever.
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:  # uvicorn versions with worker health checks
+        run["timeout_worker_healthcheck"] = WORKER_STARTUP_S
     uvicorn.run("mtlkit.serve.app:app_from_environment", factory=True, workers=workers, **run)
 
 
