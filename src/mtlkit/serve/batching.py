@@ -147,23 +147,23 @@ def _finite(values: np.ndarray) -> list[Any]:
     return [v if math.isfinite(v) else None for v in values.tolist()]
 
 
-def render(predictor: Any, columns: dict[str, np.ndarray], start: int, stop: int) -> bytes:
-    """The JSON body of rows ``start:stop``: every task's served value, ``fused_score`` when configured."""
+def render(predictor: Any, columns: dict[str, np.ndarray], bounds: list[int]) -> list[bytes]:
+    """The JSON body of each request, rows ``bounds[k]:bounds[k + 1]``: every task's served value, and
+    ``fused_score`` when configured. Columns become Python lists once per batch, not once per request."""
     per_key: dict[str, list[Any]] = {}
     for task in predictor.tasks:
         if task.kind is TaskKind.MULTICLASS:
-            probabilities = np.stack([columns[f"{task.name}_p{c}"][start:stop] for c in range(task.n_classes or 0)], axis=1)
-            classes = columns[task.name][start:stop].tolist()
+            probabilities = np.stack([columns[f"{task.name}_p{c}"] for c in range(task.n_classes or 0)], axis=1)
             finite = np.isfinite(probabilities).all(axis=1).tolist()
             per_key[task.name] = [{"class": c if ok else None, "probabilities": p if ok else _finite(np.array(p))}
-                                  for c, p, ok in zip(classes, probabilities.tolist(), finite)]
+                                  for c, p, ok in zip(columns[task.name].tolist(), probabilities.tolist(), finite)]
         else:
-            per_key[task.name] = _finite(columns[task.name][start:stop])
+            per_key[task.name] = _finite(columns[task.name])
     if "fused_score" in columns:
-        per_key["fused_score"] = _finite(columns["fused_score"][start:stop])
+        per_key["fused_score"] = _finite(columns["fused_score"])
     keys = list(per_key)
     rows = [dict(zip(keys, values)) for values in zip(*per_key.values())]
-    return json.dumps({"predictions": rows}, allow_nan=False).encode()
+    return [json.dumps({"predictions": rows[start:stop]}, allow_nan=False).encode() for start, stop in zip(bounds, bounds[1:])]
 
 
 def _forward(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]) -> None:
@@ -179,16 +179,16 @@ def _forward(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]
             start, stop = encoded.bounds[k], encoded.bounds[k + 1]
             _forward(predictor, _Encoded({key: v[start:stop] for key, v in encoded.inputs.items()}, [i], [0, stop - start]), results)
         return
-    for k, i in enumerate(encoded.members):
-        results[i] = render(predictor, columns, encoded.bounds[k], encoded.bounds[k + 1])
+    for i, body in zip(encoded.members, render(predictor, columns, encoded.bounds)):
+        results[i] = body
 
 
 def run_batch(predictor: Any, blocks: list[RowBlock]) -> list[Outcome]:
     """Each request's JSON answer or error, in order: one encoding per column-type group, one forward pass."""
     results: list[Optional[Outcome]] = [None] * len(blocks)
-    groups: dict[tuple[pa.DataType, ...], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, block in enumerate(blocks):
-        groups.setdefault(block.types, []).append(i)
+        groups.setdefault(block.signature, []).append(i)
     parts = []
     for members in groups.values():
         for encoded in _encode_group(predictor, blocks, members, results):

@@ -67,9 +67,10 @@ class RowBlock:
     columns: dict[str, Column]
 
     @property
-    def types(self) -> tuple[pa.DataType, ...]:
-        """The column types: blocks with equal types concatenate into one table."""
-        return tuple(c.type if isinstance(c, pa.Array) else c[0] for c in self.columns.values())
+    def signature(self) -> tuple:
+        """The column types, as ids (cheap to hash): blocks with equal signatures concatenate into one table."""
+        types = [c.type if isinstance(c, pa.Array) else c[0] for c in self.columns.values()]
+        return tuple((t.id, t.value_type.id) if pa.types.is_list(t) else t.id for t in types)
 
 
 def validate_rows(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> RowBlock:
@@ -85,7 +86,7 @@ def validate_rows(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> RowBl
 
 
 def to_table(blocks: Sequence[RowBlock]) -> pa.Table:
-    """The rows of ``blocks`` (all of the same :attr:`RowBlock.types`) as one table, in order."""
+    """The rows of ``blocks`` (all of the same :attr:`RowBlock.signature`) as one table, in order."""
     columns: dict[str, pa.Array] = {}
     for name, first in blocks[0].columns.items():
         parts = [block.columns[name] for block in blocks]
