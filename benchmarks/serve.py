@@ -22,10 +22,20 @@ servers share this machine's cores, so compare the rows of one run, not runs on 
 machines. Latency is per prediction (all k tasks); rows/s = batch rows / latency, one request in
 flight.
 
+``--load`` measures throughput under concurrency instead: ``--clients`` (50) keep-alive
+connections on loopback each send 1-row requests back to back (a raw HTTP/1.1 client, so the
+client costs little of the shared cores), for at most ``--load-seconds`` and ``--load-requests``
+per server, against the multi-task model served in one run by: ``unbatched`` (``--no-batching``:
+one forward pass per request, as before micro-batching), ``batched`` (the defaults), and both with
+``--workers 2``. It prints requests/s, p50/p99/max latency, errors, the server's RSS (all its
+processes) before and at peak, the client's CPU share, the CPU model and the load average.
+
     python benchmarks/serve.py                       # ~2 minutes: 20k training rows, 3 s per cell
     python benchmarks/serve.py --seconds 1 --train-rows 8000
     python benchmarks/serve.py --backends pytorch onnx                  # each set-up from the run and its ONNX export
     python benchmarks/serve.py --backends pytorch onnx --setups multi-task --train-rows 2000 --seconds 0.5 --batches 1 32
+    python benchmarks/serve.py --load                                    # ~1.5 minutes: 4 servers x 10 s
+    python benchmarks/serve.py --load --backends onnx --load-servers unbatched batched --serve-options='--batch-wait-ms 1'
 """
 
 from __future__ import annotations
@@ -269,10 +279,10 @@ def load(server: Server, bodies: list[bytes], clients: int, seconds: float, max_
 
 
 LOAD_SERVERS = {  # --load-servers name → `mtlkit serve` options
-    "unbatched": ["--no-batching"],
-    "batched": [],
-    "batched-2-workers": ["--workers", "2"],
+    "unbatched": ["--no-batching"],  # one forward pass per request, in a thread pool (the server before micro-batching)
+    "batched": [],  # micro-batching, `mtlkit serve`'s defaults
     "unbatched-2-workers": ["--no-batching", "--workers", "2"],
+    "batched-2-workers": ["--workers", "2"],
 }
 
 
@@ -281,6 +291,7 @@ def main_load(args: argparse.Namespace, runs: dict[str, Path], served: dict[tupl
 
     bodies = [json.dumps({"rows": [row]}).encode() for row in rows]
     results = {}
+    load_before = os.getloadavg()[0]
     for backend in args.backends:
         for name in args.load_servers:
             options = [*LOAD_SERVERS[name], *args.serve_options]
@@ -293,8 +304,9 @@ def main_load(args: argparse.Namespace, runs: dict[str, Path], served: dict[tupl
             print(f"  {backend} {name}: {r['rps']:.0f} requests/s, p99 {r['p99']:.1f} ms", flush=True)
     print(f"\nload: {args.clients} concurrent clients, 1-row requests, keep-alive, loopback; at most {args.load_seconds:g} s and "
           f"{args.load_requests} requests per server (after 1 s of warm-up)")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}; {args.threads} inference thread(s) per "
-          f"server process; serve options: {' '.join(args.serve_options) or '(defaults)'}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"(other processes share the cores); torch {torch.__version__}; {args.threads} inference thread(s) per server process; "
+          f"extra serve options: {' '.join(args.serve_options) or '(none)'}")
     print(f"{'server':<24}{'backend':>9}{'requests':>9}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'errors':>7}"
           f"{'RSS MB':>8}{'peak MB':>8}{'client CPU':>11}")
     for (backend, name), r in results.items():
@@ -325,7 +337,7 @@ def main() -> None:
     load_options.add_argument("--clients", type=int, default=50, help="concurrent keep-alive connections")
     load_options.add_argument("--load-seconds", type=float, default=10.0, help="at most this long per server")
     load_options.add_argument("--load-requests", type=int, default=20_000, help="at most this many requests per server")
-    load_options.add_argument("--load-servers", nargs="+", choices=list(LOAD_SERVERS), default=["unbatched", "batched"],
+    load_options.add_argument("--load-servers", nargs="+", choices=list(LOAD_SERVERS), default=list(LOAD_SERVERS),
                               help="servers to load, one after another")
     load_options.add_argument("--serve-options", type=shlex.split, default=[],
                               help="more `mtlkit serve` options for every server, one string: --serve-options='--batch-wait-ms 1'")

@@ -238,7 +238,8 @@ def serve(
                                         help="How long the first request of a batch waits for others to join (ms)."),
     queue_size: int = typer.Option(_SERVE.queue_size, "--queue-size", min=1, help="Requests waiting for the model; more get HTTP 503 with Retry-After."),
     workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model (see README: Serving)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Inference threads per process, PyTorch's or onnxruntime's (default: the library's)."),
+    threads: int = typer.Option(_SERVE.threads, min=1, help="Inference threads per process, PyTorch's or onnxruntime's "
+                                "(more contend with the HTTP event loop for small requests; --workers uses more cores)."),
     show_paths: bool = typer.Option(False, "--show-paths", help="/health shows the absolute paths of the run and export."),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: it costs ~10% at thousands of requests/s)."),
 ) -> None:

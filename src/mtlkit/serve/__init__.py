@@ -51,13 +51,13 @@ def configure_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, threads: Optional[int] = None, **options: Any) -> Any:
+def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, threads: Optional[int] = 1, **options: Any) -> Any:
     """The FastAPI application serving the best model of a run directory, or an export directory.
 
     ``options``: the other fields of :class:`~mtlkit.serve.options.ServeOptions` (``batching``,
     ``batch_rows``, ``batch_wait_ms``, ``queue_size``, ``max_body_bytes``, ``show_paths``).
-    ``threads``: onnxruntime's intra-op threads for an ONNX export (PyTorch's are process-wide:
-    :func:`serve` sets them).
+    ``threads``: onnxruntime's intra-op threads for an ONNX export (None: its default); PyTorch's are
+    process-wide: :func:`serve` sets them.
     """
     _require_serve_extra()
     from mtlkit.serve.app import create_app as _create_app

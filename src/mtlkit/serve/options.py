@@ -34,7 +34,10 @@ class ServeOptions:
     batch_rows: int = 512  # most rows in one merged forward pass (a larger request runs alone)
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others to join
     queue_size: int = 256  # requests waiting for the model; one more gets 503 with Retry-After
-    threads: Optional[int] = None  # inference threads: PyTorch's, onnxruntime's (None: the library's)
+    # Inference threads per process, PyTorch's and onnxruntime's (None: the library's, one per core).
+    # One: a merged batch of small requests is too small to split, and extra threads spin on the cores
+    # the event loop needs (1,200 against 230-480 requests/s on 2 cores); --workers uses more cores.
+    threads: Optional[int] = 1
     show_paths: bool = False  # /health shows the absolute paths of the run and export
 
     def check(self) -> "ServeOptions":
