@@ -32,7 +32,7 @@ class ServeOptions:
     max_body_bytes: int = MAX_BODY_BYTES  # most bytes in one request body, counted as they arrive (more: 413)
     batching: bool = True  # merge concurrent requests into one forward pass
     batch_rows: int = 512  # most rows in one merged forward pass (a larger request runs alone)
-    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others to join
+    batch_wait_ms: float = 1.0  # how long the first request of a batch waits for others to join
     queue_size: int = 256  # requests waiting for the model; one more gets 503 with Retry-After
     # Inference threads per process, PyTorch's and onnxruntime's (None: the library's, one per core).
     # One: a merged batch of small requests is too small to split, and extra threads spin on the cores
