@@ -39,13 +39,13 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 
 from mtlkit.errors import MtlkitError
-from mtlkit.serve.predictor import NUMERIC_INPUT, Inputs
+from mtlkit.serve.predictor import NUMERIC_INPUT, Inputs, ServedTask
 from mtlkit.serve.rows import RequestError, RowBlock, to_table
 from mtlkit.tasks import TaskKind
 
@@ -53,6 +53,19 @@ log = logging.getLogger("mtlkit.serve")
 Outcome = Union[bytes, RequestError]  # the 200 body (JSON), or the request's error
 ENCODE_ERRORS = (MtlkitError, pa.ArrowException, ValueError, OverflowError, UnicodeError)
 INLINE_ROWS = 1024  # batches up to this many rows run on the event loop (see MicroBatcher)
+
+
+class Model(Protocol):
+    """What a batch needs of the served model; :class:`mtlkit.serve.predictor.Predictor` is one."""
+
+    tasks: Sequence[ServedTask]
+
+    @property
+    def numeric_columns(self) -> list[str]: ...
+
+    def encode(self, table: pa.Table, source: str) -> Inputs: ...
+
+    def forward(self, inputs: Inputs) -> dict[str, np.ndarray]: ...
 
 
 class Busy(RequestError):
@@ -75,12 +88,12 @@ class _Encoded:
     bounds: list[int]
 
 
-def _encode(predictor: Any, blocks: list[RowBlock]) -> Inputs:
+def _encode(predictor: Model, blocks: list[RowBlock]) -> Inputs:
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing value is reported by _drop_overflowing
         return predictor.encode(to_table(blocks), "request")
 
 
-def _encode_group(predictor: Any, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_group(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
     """Encode requests of identical column types in one call; on failure, each alone (its error is its own)."""
     if len(members) == 1:
         return _encode_alone(predictor, blocks, members, results)
@@ -92,7 +105,7 @@ def _encode_group(predictor: Any, blocks: list[RowBlock], members: list[int], re
         return _encode_alone(predictor, blocks, members, results)
 
 
-def _encode_alone(predictor: Any, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_alone(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
     out = []
     for i in members:
         try:
@@ -105,7 +118,7 @@ def _encode_alone(predictor: Any, blocks: list[RowBlock], members: list[int], re
     return out
 
 
-def _drop_overflowing(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]) -> _Encoded:
+def _drop_overflowing(predictor: Model, encoded: _Encoded, results: list[Optional[Outcome]]) -> _Encoded:
     """Requests whose encoded numeric values are not finite get a 422 naming row and feature, and leave the batch."""
     block = encoded.inputs.get(NUMERIC_INPUT)
     if block is None or np.isfinite(block).all():
@@ -147,7 +160,7 @@ def _finite(values: np.ndarray) -> list[Any]:
     return [v if math.isfinite(v) else None for v in values.tolist()]
 
 
-def render(predictor: Any, columns: dict[str, np.ndarray], bounds: list[int]) -> list[bytes]:
+def render(predictor: Model, columns: dict[str, np.ndarray], bounds: list[int]) -> list[bytes]:
     """The JSON body of each request, rows ``bounds[k]:bounds[k + 1]``: every task's served value, and
     ``fused_score`` when configured. Columns become Python lists once per batch, not once per request."""
     per_key: dict[str, list[Any]] = {}
@@ -166,7 +179,7 @@ def render(predictor: Any, columns: dict[str, np.ndarray], bounds: list[int]) ->
     return [json.dumps({"predictions": rows[start:stop]}, allow_nan=False).encode() for start, stop in zip(bounds, bounds[1:])]
 
 
-def _forward(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]) -> None:
+def _forward(predictor: Model, encoded: _Encoded, results: list[Optional[Outcome]]) -> None:
     try:
         columns = predictor.forward(encoded.inputs)
     except Exception:
@@ -183,7 +196,7 @@ def _forward(predictor: Any, encoded: _Encoded, results: list[Optional[Outcome]]
         results[i] = body
 
 
-def run_batch(predictor: Any, blocks: list[RowBlock]) -> list[Outcome]:
+def run_batch(predictor: Model, blocks: list[RowBlock]) -> list[Outcome]:
     """Each request's JSON answer or error, in order: one encoding per column-type group, one forward pass."""
     results: list[Optional[Outcome]] = [None] * len(blocks)
     groups: dict[tuple, list[int]] = {}

@@ -25,15 +25,22 @@ from mtlkit.serve.rows import RequestError, json_type
 SHAPE = '{"rows": [{feature: value, ...}, ...]}'
 
 
+class BodyTooLarge(RequestError):
+    """413 before the whole body was read: the rest of it is still on the connection, which must close."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
+
+
 async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
     """The whole body, or RequestError 413 as soon as more than ``limit`` bytes were declared or received."""
     if content_length is not None and content_length.strip().isdigit() and int(content_length) > limit:
-        raise RequestError(413, f"request body of {int(content_length)} bytes exceeds the limit of {limit} bytes: split the request")
+        raise BodyTooLarge(f"request body of {int(content_length)} bytes exceeds the limit of {limit} bytes: split the request")
     body = bytearray()
     async for chunk in chunks:
         body += chunk
         if len(body) > limit:
-            raise RequestError(413, f"request body exceeds the limit of {limit} bytes (stopped reading at {len(body)}): split the request")
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes (stopped reading at {len(body)}): split the request")
     return bytes(body)
 
 
@@ -75,4 +82,4 @@ def parse_rows(body: bytes, max_batch: int) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["SHAPE", "parse_json", "parse_rows", "read_body"]
+__all__ = ["SHAPE", "BodyTooLarge", "parse_json", "parse_rows", "read_body"]
