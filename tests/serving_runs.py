@@ -63,6 +63,10 @@ def _config(data: Path, name: str) -> dict:
         tasks = [{"name": "click", "kind": "binary"}, {"name": "watch", "kind": "regression", "label_transform": "log1p"}]
         model = {"backbone": "single_task", "options": {"hidden": [8]}, "embedding_dim": 4,
                  "fusion": {"kind": "weighted_sum", "weights": {"click": 1.0, "watch": 0.01}}}
+    elif name == "plain_numeric":  # a standardised numeric feature (no log1p): 1e308 overflows its scaling
+        features["numeric"] = [{"name": "price"}]
+        tasks = [{"name": "click", "kind": "binary"}, {"name": "topic", "kind": "multiclass", "n_classes": 3}]
+        model = {"backbone": "shared_bottom", "options": {"hidden": [8]}, "embedding_dim": 4}
     else:
         raise ValueError(name)
     return {"seed": 0, "data": files, "features": features, "tasks": tasks, "model": model, "train": train}

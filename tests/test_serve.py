@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,17 +194,16 @@ def test_oversized_batch(server, trained):
     assert response.json()["detail"] == f"{MAX_BATCH + 1} rows exceed the batch limit of {MAX_BATCH}: split the request"
 
 
-def test_cli_serve_starts_and_answers(trained):
-    """`mtlkit serve` as a user runs it, in its own process."""
-    data, run_dir = trained
+@contextmanager
+def cli_server(directory, *options: str):
+    """`mtlkit serve DIRECTORY OPTIONS` as a user runs it, in its own process: (base URL, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-c", "from mtlkit.cli import main; main()", "serve", str(run_dir),
-               "--port", str(port), "--max-batch", "8", "--threads", "1"]
+    command = [sys.executable, "-c", "from mtlkit.cli import main; main()", "serve", str(directory), "--port", str(port), *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
             try:
@@ -212,12 +212,34 @@ def test_cli_serve_starts_and_answers(trained):
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "mtlkit serve did not come up"
                 time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_cli_serve_starts_and_answers(trained):
+    data, run_dir = trained
+    with cli_server(run_dir, "--max-batch", "8", "--threads", "1") as (url, _):
         rows = json_rows(holdout(data).slice(0, 9))
         assert httpx.post(f"{url}/predict", json={"rows": rows[:8]}, timeout=10).status_code == 200
         assert httpx.post(f"{url}/predict", json={"rows": rows}, timeout=10).status_code == 413
-    finally:
-        process.terminate()
-        process.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def test_cli_serve_with_two_workers(trained):
+    """--workers 2: two processes (uvicorn's), each with its own model, answer on one port, the same answers."""
+    data, run_dir = trained
+    rows = json_rows(holdout(data).slice(0, 4))
+    with cli_server(run_dir, "--workers", "2", "--threads", "1") as (url, process):
+        answers = [httpx.post(f"{url}/predict", json={"rows": rows}, timeout=20) for _ in range(6)]
+        workers = [pid for pid in _children(process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(workers) == 2, workers
+    assert all(a.status_code == 200 and a.json() == answers[0].json() for a in answers)
+    assert process.returncode is not None
 
 
 def test_cli_serve_bad_run(tmp_path):

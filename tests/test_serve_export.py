@@ -60,9 +60,17 @@ def test_health_names_the_backend(servers, trained, exports):
     run_server, onnx_server = servers
     run_health, onnx_health = run_server.get("/health").json(), onnx_server.get("/health").json()
     assert run_health["backend"] == "pytorch" and onnx_health["backend"] == "onnx"
-    assert onnx_health["status"] == "ok" and onnx_health["export"] == str(exports["onnx"])
-    assert onnx_health["run"] == str(trained[1].resolve())  # the run the export was made from
+    assert onnx_health["status"] == "ok" and onnx_health["model"] == exports["onnx"].name
+    assert "export" not in onnx_health and "run" not in onnx_health  # no paths unless asked (--show-paths)
     assert onnx_health["tasks"] == run_health["tasks"] and onnx_health["backbone"] == run_health["backbone"] == "mmoe"
+
+
+def test_health_shows_paths_when_asked(trained, exports):
+    from starlette.testclient import TestClient
+
+    health = TestClient(create_app(exports["onnx"], show_paths=True)).get("/health").json()
+    assert health["export"] == str(exports["onnx"].resolve())
+    assert health["run"] == str(trained[1].resolve())  # the run the export was made from
 
 
 def test_schema_equals_the_run_servers(servers):

@@ -52,14 +52,12 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.data.schema import FittedSchema
-from mtlkit.errors import MtlkitError
+from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.export_manifest import FORMATS, MANIFEST, MANIFEST_VERSION, read_manifest
 from mtlkit.tasks import Task, TaskKind
 
 Format = Literal["torchscript", "onnx"]
-FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 ARTIFACT = {"torchscript": "model.pt", "onnx": "model.onnx"}
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 # allclose-style: |exported − pytorch| ≤ ATOL + RTOL·|pytorch|, on every output. Probabilities are
 # in [0, 1], so this is 1e-5 absolute there; values (seconds, odds, fused scores) get 1e-5 relative.
 ATOL = 1e-5
@@ -404,20 +402,29 @@ def export_run(
 
 
 class ExportedModel:
-    """An export directory loaded back: raw Arrow rows → the columns of :func:`mtlkit.run.predict_table`."""
+    """An export directory loaded back: raw Arrow rows → the columns of :func:`mtlkit.run.predict_table`.
+
+    The manifest is checked first (:func:`mtlkit.export_manifest.read_manifest`): a broken or
+    hostile export is a one-line ConfigError, and no file outside the directory is read.
+    """
 
     def __init__(self, directory: str | Path, threads: Optional[int] = None) -> None:
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.exists():
-            raise ExportError(f"{directory}: not an mtlkit export (no {MANIFEST})")
-        self.manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("manifest_version") != MANIFEST_VERSION:
-            raise ExportError(f"{path}: unsupported manifest version {self.manifest.get('manifest_version')!r}")
-        self.schema = FittedSchema.load(directory / self.manifest["schema"])
+        self.manifest: dict[str, Any] = read_manifest(directory)
+        schema_path = directory / self.manifest["schema"]
+        try:
+            self.schema = FittedSchema.load(schema_path)
+        except (MtlkitError, ValueError, KeyError, TypeError, RecursionError) as error:
+            raise ConfigError(f"{schema_path}: not a fitted mtlkit schema ({_reason(error)}); re-export the run") from None
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
-        self._run = _Runner(directory / self.manifest["artifact"], self.manifest["format"], [s["name"] for s in self.inputs], threads)
+        artifact = directory / self.manifest["artifact"]
+        try:
+            self._run = _Runner(artifact, self.manifest["format"], [s["name"] for s in self.inputs], threads)
+        except ExportError:
+            raise
+        except Exception as error:  # onnxruntime and torch.jit raise many types for a broken file
+            raise ConfigError(f"{artifact}: cannot be loaded as {self.manifest['format']} ({_reason(error)}); re-export the run") from None
 
     def encode(self, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
         """The graph's inputs for ``table``, by input name (the schema's encoding, bias left out)."""
@@ -428,10 +435,10 @@ class ExportedModel:
         """Encoded inputs by name → outputs by name."""
         return {spec["name"]: value for spec, value in zip(self.outputs, self._run(inputs))}
 
-    def predict_table(self, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
-        """Like :func:`mtlkit.run.predict_table`: multiclass tasks give the class and ``<task>_p<c>`` columns."""
+    def predict_encoded(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encoded inputs by name → the columns of :meth:`predict_table`."""
         columns: dict[str, np.ndarray] = {}
-        for spec, value in zip(self.outputs, self._run(self.encode(table, source))):
+        for spec, value in zip(self.outputs, self._run(inputs)):
             if spec.get("kind") == TaskKind.MULTICLASS.value:
                 columns[spec["name"]] = value.argmax(axis=1)
                 for c in range(value.shape[1]):
@@ -439,6 +446,10 @@ class ExportedModel:
             else:
                 columns[spec["name"]] = value
         return columns
+
+    def predict_table(self, table: pa.Table, source: str = "data") -> dict[str, np.ndarray]:
+        """Like :func:`mtlkit.run.predict_table`: multiclass tasks give the class and ``<task>_p<c>`` columns."""
+        return self.predict_encoded(self.encode(table, source))
 
 
 def load_exported(directory: str | Path, threads: Optional[int] = None) -> ExportedModel:

@@ -5,42 +5,53 @@ served with onnxruntime or ``torch.jit``), see :mod:`mtlkit.serve.predictor`; bo
 requests with the same responses and errors, and ``/health`` names the ``backend``.
 
 ``/predict`` takes ``{"rows": [{feature: value, ...}, ...]}`` and answers
-``{"predictions": [{task: value, ..., "fused_score": value}, ...]}`` in row order, computed by
-:func:`mtlkit.run.predict_table` (or :meth:`mtlkit.export.ExportedModel.predict_table`) on an
-Arrow table built from the rows (:mod:`mtlkit.serve.rows`), so a served prediction equals
-``mtlkit predict`` on the same rows (an export: within its verified tolerance).
+``{"predictions": [{task: value, ..., "fused_score": value}, ...]}`` in row order. A request is
+read under a byte limit counted as it arrives (:mod:`mtlkit.serve.body`), validated and typed
+into an Arrow table (:mod:`mtlkit.serve.rows`), then encoded with the run's schema and run by
+the model — merged with concurrent requests into one forward pass unless batching is off
+(:mod:`mtlkit.serve.batching`). A served prediction equals ``mtlkit predict`` on the same rows
+(an export: within its verified tolerance), merged or not.
 Binary tasks give a probability (or odds with ``output: odds``), regression tasks a value in
-label units, multiclass tasks ``{"class": c, "probabilities": [...]}``. A value that is not finite
-(an overflowing input) is answered as ``null``.
+label units, multiclass tasks ``{"class": c, "probabilities": [...]}``. An output that is not
+finite is answered as ``null``.
 
-Bad requests get 400 (malformed JSON), 413 (too many rows or bytes) or 422 (wrong shape, missing
-feature, wrong type) with ``{"detail": "<what is wrong>"}``; never a 500.
+Bad requests get 400 (not one strict UTF-8 JSON text), 413 (too many rows or bytes) or 422
+(wrong shape, missing feature, wrong type, a value out of range) with ``{"detail": "<what is
+wrong, which row and feature>"}``; a full queue gets 503 with ``Retry-After``. Never a 500 for
+anything a client sends.
+
+``/health`` is 200 ``{"status": "ok", ...}`` while the files the model was loaded from are as
+loaded, else 503 with the ``reason``; absolute paths only with ``show_paths``.
 
 Example (needs a trained run or an export directory)::
 
-    app = create_app("runs/census")                     # or create_app("runs/census/export/onnx")
-    uvicorn.run(app, host="127.0.0.1", port=8000)   # or: mtlkit serve runs/census
+    app = create_app("runs/census", ServeOptions())     # or create_app("runs/census/export/onnx", ...)
+    uvicorn.run(app, host="127.0.0.1", port=8000)        # or: mtlkit serve runs/census
 """
 
 from __future__ import annotations
 
-import math
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import pyarrow as pa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
-from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.serve import DEFAULT_MAX_BATCH
+from mtlkit.serve.batching import Busy, MicroBatcher, run_batch
+from mtlkit.serve.body import BodyTooLarge, parse_rows, read_body
+from mtlkit.serve.options import ServeOptions
 from mtlkit.serve.predictor import Predictor, load_predictor
-from mtlkit.serve.rows import RequestError, parse_rows, rows_to_table
-from mtlkit.tasks import TaskKind
+from mtlkit.serve.rows import RequestError, RowBlock, validate_rows
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
+log = logging.getLogger("mtlkit.serve")
+INLINE_BYTES = 32 * 1024  # bodies up to this size are parsed on the event loop: a thread hop costs more
+ENVIRONMENT = "MTLKIT_SERVE"  # directory and options for uvicorn's worker processes (see app_from_environment)
 
 _REQUEST_BODY = {  # for the OpenAPI page: the body is parsed by hand, for exact error messages
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -75,69 +86,83 @@ def schema_description(predictor: Predictor, max_batch: int) -> dict[str, Any]:
     }
 
 
-def _finite(values: np.ndarray) -> list[Any]:
-    """JSON has no NaN/inf: non-finite values become null."""
-    if np.isfinite(values).all():
-        return values.tolist()
-    return [v if math.isfinite(v) else None for v in values.tolist()]
+def _json(content: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> Response:
+    # ensure_ascii: a lone surrogate can never make the answer itself unencodable.
+    return Response(json.dumps(content, allow_nan=False).encode(), status, headers, media_type="application/json")
 
 
-def predictions(predictor: Predictor, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dict per row: every task's served value, and ``fused_score`` when configured."""
-    table = rows_to_table(predictor.schema, rows)
-    try:
-        columns = predictor.predict_table(table, "request")
-    except (MtlkitError, pa.ArrowException, ValueError, OverflowError) as error:  # values the schema cannot encode
-        raise RequestError(422, f"the rows cannot be encoded: {error}") from None
-    per_key: dict[str, list[Any]] = {}
-    for task in predictor.tasks:
-        if task.kind is TaskKind.MULTICLASS:
-            classes = columns[task.name].tolist()
-            probabilities = np.stack([columns[f"{task.name}_p{c}"] for c in range(task.n_classes or 0)], axis=1)
-            per_key[task.name] = [{"class": c, "probabilities": p} for c, p in zip(classes, probabilities.tolist())]
-        else:
-            per_key[task.name] = _finite(columns[task.name])
-    if "fused_score" in columns:
-        per_key["fused_score"] = _finite(columns["fused_score"])
-    keys = list(per_key)
-    return [dict(zip(keys, values)) for values in zip(*per_key.values())]
+def _error(error: RequestError) -> Response:
+    headers = None
+    if isinstance(error, Busy):
+        headers = {"Retry-After": str(error.retry_after)}
+    elif isinstance(error, BodyTooLarge):
+        headers = {"Connection": "close"}  # the rest of the body is not read: the connection cannot carry another request
+    return _json({"detail": error.message}, error.status, headers)
 
 
-def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = MAX_BODY_BYTES,
-               threads: Optional[int] = None) -> FastAPI:
-    """The service for a run's best model or an export (loaded once, here); raises a MtlkitError for a bad directory.
+def _identity(predictor: Predictor, directory: Path, options: ServeOptions) -> dict[str, Any]:
+    """What ``/health`` says besides the status: no absolute path unless ``show_paths``."""
+    identity: dict[str, Any] = {"backend": predictor.backend, "model": directory.resolve().name,
+                                "backbone": predictor.backbone, "tasks": [t.name for t in predictor.tasks]}
+    if options.show_paths:
+        identity["run"] = predictor.run_dir
+        if predictor.backend != "pytorch":
+            identity["export"] = str(directory.resolve())
+    identity["batching"] = ({"max_rows": options.batch_rows, "max_wait_ms": options.batch_wait_ms, "queue_size": options.queue_size}
+                            if options.batching else False)
+    identity["limits"] = {"max_batch": options.max_batch, "max_body_bytes": options.max_body_bytes}
+    return identity
 
-    ``threads``: onnxruntime intra-op threads for an ONNX export (PyTorch's are the caller's to set).
-    """
-    if max_batch < 1:
-        raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
-    predictor = load_predictor(directory, threads)
-    description = schema_description(predictor, max_batch)
+
+def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
+    """The service for a run's best model or an export (loaded once, here); a MtlkitError for a bad directory or option."""
+    options.check()
+    directory = Path(directory)
+    predictor = load_predictor(directory, options.threads)
+    description = schema_description(predictor, options.max_batch)
     what = "run" if predictor.backend == "pytorch" else f"{predictor.backend} export"
-    app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {Path(directory).name}")
-    app.state.predictor = predictor
-    status = {"status": "ok", "backend": predictor.backend, "run": predictor.run_dir,
-              **({} if predictor.backend == "pytorch" else {"export": str(directory)}),
-              "backbone": predictor.backbone, "tasks": [t.name for t in predictor.tasks]}
+    app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {directory.resolve().name}")
+    batcher = (MicroBatcher(lambda blocks: run_batch(predictor, blocks), options.batch_rows, options.batch_wait_ms / 1000,
+                            options.queue_size) if options.batching else None)
+    app.state.predictor, app.state.batcher, app.state.options = predictor, batcher, options
+    identity = _identity(predictor, directory, options)
 
-    def _predict(body: bytes) -> dict[str, Any]:
-        return {"predictions": predictions(predictor, parse_rows(body, max_batch))}
+    def block_of(body: bytes) -> RowBlock:
+        return validate_rows(predictor.schema, parse_rows(body, options.max_batch))
 
-    @app.post("/predict", openapi_extra=_REQUEST_BODY)
-    async def predict(request: Request) -> JSONResponse:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse({"detail": f"request body of {length} bytes exceeds {max_body_bytes}"}, status_code=413)
-        body = await request.body()
+    async def answer(request: Request) -> bytes:
+        body = await read_body(request.stream(), request.headers.get("content-length"), options.max_body_bytes)
+        # Parsing is CPU work: a large body goes to a thread so /health and small requests stay responsive.
+        block = block_of(body) if len(body) <= INLINE_BYTES else await run_in_threadpool(block_of, body)
+        outcome = await batcher.submit(block) if batcher is not None else (await run_in_threadpool(run_batch, predictor, [block]))[0]
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
+
+    async def predict(request: Request) -> Response:
         try:
-            # JSON parsing, encoding and the model are CPU work: off the event loop, so /health stays responsive.
-            return JSONResponse(await run_in_threadpool(_predict, body))
+            return Response(await answer(request), media_type="application/json")
         except RequestError as error:
-            return JSONResponse({"detail": error.message}, status_code=error.status)
+            if error.status >= 500:
+                log.error("/predict: %s", error.message)
+            return _error(error)
+        except ClientDisconnect:  # the client left mid-body: nobody reads an answer
+            return Response(status_code=400)
+        except Exception as error:  # a bug: answered (and logged) without dropping the connection
+            log.exception("/predict failed")
+            return _json({"detail": f"internal error ({type(error).__name__})"}, 500)
+
+    # Documented (OpenAPI) as a FastAPI route, but served by a plain Starlette route placed first:
+    # FastAPI's per-request dependency solving cost about 200 µs, more than the rest of a 1-row request.
+    app.post("/predict", openapi_extra=_REQUEST_BODY)(predict)
+    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return status
+    async def health() -> Response:
+        problem = predictor.files_problem(options.show_paths)
+        if problem:
+            return _json({"status": "unavailable", "reason": problem, **identity}, 503)
+        return _json({"status": "ok", **identity})
 
     @app.get("/schema")
     async def schema() -> dict[str, Any]:
@@ -146,4 +171,16 @@ def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, max_bo
     return app
 
 
-__all__ = ["create_app", "predictions", "schema_description"]
+def app_from_environment() -> FastAPI:
+    """The app of one uvicorn worker process (``mtlkit serve --workers N``): directory and options from the environment."""
+    from mtlkit.serve import configure_threads, settle
+
+    settings = json.loads(os.environ[ENVIRONMENT])
+    options = ServeOptions.from_json(settings["options"])
+    configure_threads(options.threads)
+    app = create_app(settings["directory"], options)
+    settle()
+    return app
+
+
+__all__ = ["ENVIRONMENT", "app_from_environment", "create_app", "schema_description"]

@@ -9,7 +9,14 @@ Unseen categories are not errors: the schema maps them to the OOV id 0.
 
 Accepted values: categorical — string, number, boolean or null; numeric — number or null
 (``NaN`` counts as missing); sequence — a list of strings/numbers, null (empty history), or, when
-the feature has a ``separator``, a delimited string.
+the feature has a ``separator``, a delimited string. Everything Arrow could refuse is refused
+here, naming the row and feature: a lone surrogate (``"\\ud800"``, not Unicode), an integer beyond
+int64 as a category or beyond the float range as a number.
+
+Two steps, so concurrent requests share the Arrow work (:mod:`mtlkit.serve.batching`):
+:func:`validate_rows` checks and types one request's rows into a :class:`RowBlock` (plain
+lists for scalar columns), :func:`to_table` turns blocks of the same column types into one
+table. :func:`rows_to_table` is both, for one request.
 
 Example:
     >>> import pyarrow as pa
@@ -27,9 +34,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +46,8 @@ from mtlkit.data.schema import FittedSchema, FittedSequence
 from mtlkit.errors import MtlkitError
 
 _ABSENT = object()
+# A column: built (sequences), or its Arrow type and values that are known to convert (scalars).
+Column = Union[pa.Array, tuple[pa.DataType, list]]
 
 
 class RequestError(MtlkitError):
@@ -49,45 +59,54 @@ class RequestError(MtlkitError):
         self.message = message
 
 
-def parse_rows(body: bytes, max_batch: int) -> list[dict[str, Any]]:
-    """The ``rows`` of a ``{"rows": [...]}`` request body; RequestError (400/413/422) otherwise."""
-    if not body.strip():
-        raise RequestError(400, 'empty request body: send a JSON object {"rows": [{feature: value, ...}, ...]}')
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"malformed JSON: {error}") from None
-    if not isinstance(payload, dict) or "rows" not in payload:
-        raise RequestError(422, 'the body must be a JSON object with a "rows" list: {"rows": [{feature: value, ...}, ...]}')
-    rows = payload["rows"]
-    if not isinstance(rows, list):
-        raise RequestError(422, f'"rows" must be a list of objects, got {_json_type(rows)}')
-    if not rows:
-        raise RequestError(422, '"rows" is empty: send at least one row')
-    if len(rows) > max_batch:
-        raise RequestError(413, f"{len(rows)} rows exceed the batch limit of {max_batch}: split the request")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise RequestError(422, f"rows[{i}] must be an object of feature values, got {_json_type(row)}")
-    return rows
+@dataclass(frozen=True)
+class RowBlock:
+    """One request's rows, validated and typed column by column (see :func:`to_table`)."""
+
+    num_rows: int
+    columns: dict[str, Column]
+
+    @property
+    def signature(self) -> tuple:
+        """The column types, as ids (cheap to hash): blocks with equal signatures concatenate into one table."""
+        types = [c.type if isinstance(c, pa.Array) else c[0] for c in self.columns.values()]
+        return tuple((t.id, t.value_type.id) if pa.types.is_list(t) else t.id for t in types)
 
 
-def rows_to_table(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> pa.Table:
+def validate_rows(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> RowBlock:
     """One typed column per feature of ``schema``; RequestError (422) names the row and feature at fault."""
-    columns: dict[str, pa.Array] = {}
+    columns: dict[str, Column] = {}
     for feature in schema.categorical:
         columns[feature.name] = _categorical_column(feature.name, _values(rows, feature.name))
     for feature in schema.numeric:
         columns[feature.name] = _numeric_column(feature.name, _values(rows, feature.name))
     for seq in schema.sequences:
         columns[seq.name] = _sequence_column(seq, _values(rows, seq.name))
+    return RowBlock(len(rows), columns)
+
+
+def to_table(blocks: Sequence[RowBlock]) -> pa.Table:
+    """The rows of ``blocks`` (all of the same :attr:`RowBlock.signature`) as one table, in order."""
+    columns: dict[str, pa.Array] = {}
+    for name, first in blocks[0].columns.items():
+        parts = [block.columns[name] for block in blocks]
+        if isinstance(first, pa.Array):
+            columns[name] = first if len(parts) == 1 else pa.concat_arrays(parts)
+        else:
+            values = first[1] if len(parts) == 1 else list(chain.from_iterable(part[1] for part in parts))
+            columns[name] = pa.array(values, type=first[0])
     return pa.table(columns)
+
+
+def rows_to_table(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """:func:`validate_rows` then :func:`to_table`: one request's rows as a typed table."""
+    return to_table([validate_rows(schema, rows)])
 
 
 # -- columns ----------------------------------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -112,41 +131,67 @@ def _values(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
 def _wrong_type(values: Sequence[Any], name: str, ok: tuple[type, ...], expected: str) -> None:
     for i, value in enumerate(values):
         if value is not None and not isinstance(value, ok):
-            raise RequestError(422, f"rows[{i}]: feature {name!r} must be {expected}, got {_json_type(value)}")
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be {expected}, got {json_type(value)}")
 
 
-def _to_array(values: list[Any], type: pa.DataType, name: str) -> pa.Array:
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
-        return pa.array(values, type=type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
-        raise RequestError(422, f"feature {name!r}: {error}") from None
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def _categorical_column(name: str, values: list[Any]) -> pa.Array:
+def _check_strings(values: Sequence[Any], name: str, rows: Sequence[Any] | None = None) -> None:
+    """RequestError naming the row of the first string Arrow cannot store (a lone surrogate, ``"\\ud800"``)."""
+    if all(type(v) is not str or _utf8(v) for v in values):
+        return
+    for i, value in enumerate(values if rows is None else rows):
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and not _utf8(item) for item in items):
+            raise RequestError(422, f"rows[{i}]: feature {name!r}: a string holds a lone surrogate "
+                                    "(an unpaired \\ud800-\\udfff escape), which is not valid Unicode")
+
+
+def _number(value: int | float) -> str:
+    """A number for a message: huge integers by their digit count, not their 400 digits."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"a {len(str(abs(value)))}-digit integer"
+    return f"the number {value:.6g}"
+
+
+def _categorical_column(name: str, values: list[Any]) -> Column:
     _wrong_type(values, name, (str, int, float, bool), "a string, number, boolean or null")
     for i, value in enumerate(values):
         _check_category_number(value, i, name)
-    return _category_array(name, values)
+    return _category_values(name, values)
 
 
 def _check_category_number(value: Any, row: int, name: str) -> None:
     """Numbers become categories through int64 (3.0 is category '3'): beyond its range they cannot."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) >= 2**63:
-        raise RequestError(422, f"rows[{row}]: feature {name!r}: the number {value:.6g} is too large to be a category (send it as a string)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if abs(value) >= 2**63 and (isinstance(value, int) or math.isfinite(value)):  # no float(): ints may have 4,300 digits
+        raise RequestError(422, f"rows[{row}]: feature {name!r}: {_number(value)} is too large to be a category (send it as a string)")
 
 
-def _category_array(name: str, values: list[Any]) -> pa.Array:
-    """Homogeneous values keep their type (the schema stringifies them as it does offline)."""
+def _category_values(name: str, values: list[Any], rows: Sequence[Any] | None = None) -> tuple[pa.DataType, list]:
+    """Homogeneous values keep their type (the schema stringifies them as it does offline).
+
+    ``rows``: the per-row values when ``values`` are a sequence's flattened items (for messages).
+    """
     kinds = {type(v) for v in values if v is not None}
-    if kinds <= {str}:
-        return _to_array(values, pa.string(), name)
     if kinds <= {bool}:
-        return _to_array(values, pa.bool_(), name)
+        return pa.bool_(), values
     if kinds <= {int}:
-        return _to_array(values, pa.int64(), name)
+        return pa.int64(), values
     if kinds <= {int, float}:
-        return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
-    return _to_array(_mixed_strings(values), pa.string(), name)
+        return pa.float64(), [None if v is None else float(v) for v in values]
+    strings = values if kinds <= {str} else _mixed_strings(values)
+    _check_strings(strings, name, rows)
+    return pa.string(), strings
 
 
 def _mixed_strings(values: list[Any]) -> list[Any]:
@@ -169,19 +214,28 @@ def _mixed_strings(values: list[Any]) -> list[Any]:
     return out
 
 
-def _numeric_column(name: str, values: list[Any]) -> pa.Array:
+def _numeric_column(name: str, values: list[Any]) -> Column:
+    floats: list[float | None] = []
     for i, value in enumerate(values):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RequestError(422, f"rows[{i}]: feature {name!r} must be a number or null, got {_json_type(value)}")
-    return _to_array([None if v is None else float(v) for v in values], pa.float64(), name)
+        if value is None:
+            floats.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(422, f"rows[{i}]: feature {name!r} must be a number or null, got {json_type(value)}")
+        try:
+            floats.append(float(value))
+        except OverflowError:  # an integer beyond the float range (JSON numbers may have 4,300 digits)
+            raise RequestError(422, f"rows[{i}]: feature {name!r}: {_number(value)} is beyond the largest float (1.8e308)") from None
+    return pa.float64(), floats
 
 
-def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
+def _sequence_column(seq: FittedSequence, values: list[Any]) -> Column:
     name = seq.name
     if seq.separator is not None:
         _wrong_type(values, name, (list, str), f"a list of items or a {seq.separator!r}-delimited string")
         if all(v is None or isinstance(v, str) for v in values):
-            return _to_array(values, pa.string(), name)
+            _check_strings(values, name)
+            return pa.string(), values
         # Lists and delimited strings in one request: split the strings as the schema would (trimmed items).
         values = [[item.strip() for item in v.split(seq.separator)] if isinstance(v, str) else v for v in values]
     else:
@@ -192,22 +246,22 @@ def _sequence_column(seq: FittedSequence, values: list[Any]) -> pa.Array:
         for items_type in (pa.string(), pa.int64()):
             try:
                 return pa.array(values, type=pa.list_(items_type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
                 pass
     items: list[Any] = []
     for i, value in enumerate(values):
         for item in value or ():
             if item is not None and not isinstance(item, (str, int, float, bool)):
-                raise RequestError(422, f"rows[{i}]: feature {name!r} items must be strings or numbers, got {_json_type(item)}")
+                raise RequestError(422, f"rows[{i}]: feature {name!r} items must be strings or numbers, got {json_type(item)}")
             _check_category_number(item, i, name)
             items.append(item)
-    flat = _category_array(name, items)
+    items_type, flat = _category_values(name, items, values)
     offsets, position = [0], 0
     for value in values:
         position += len(value or ())
         offsets.append(position)
     validity = pa.array([v is None for v in values])
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat, mask=validity)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, items_type), mask=validity)
 
 
-__all__ = ["RequestError", "parse_rows", "rows_to_table"]
+__all__ = ["Column", "RequestError", "RowBlock", "json_type", "rows_to_table", "to_table", "validate_rows"]
