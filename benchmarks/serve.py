@@ -65,7 +65,7 @@ def configs(rows: int) -> dict[str, dict]:
     """The multi-task config (examples/shortvideo.yaml, shortened) and one config per single task."""
     base = yaml.safe_load((REPO / "examples" / "shortvideo.yaml").read_text())
     base["data"]["dataset_options"] = {"rows": rows, "seed": 0}
-    base["train"].update(epochs=1, progress=False)
+    base["train"].update(epochs=1, progress=False, precision="fp32")  # fp32: a config the pre-batching server (--before) reads too
     out = {"multi-task": base}
     tasks = {t["name"]: t for t in base["tasks"]}
     single_model = {"backbone": "single_task", "options": {"hidden": [64]}, "embedding_dim": 8, "tower": [32]}
@@ -300,6 +300,23 @@ def http_stack() -> str:
     return f"uvicorn {uvicorn.__version__} ({parser}, {loop})"
 
 
+def readable_by(run_dir: Path, source: Path) -> Path:
+    """A copy of ``run_dir`` whose config.yaml drops the ``train`` keys the mtlkit in ``source`` does not know
+    (settings added since, such as ``log_every_seconds``, that play no part in serving)."""
+    import shutil
+
+    known = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from mtlkit.train.spec import TrainSpec; print(json.dumps(list(TrainSpec.model_fields)))"],
+        env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True, text=True, check=True).stdout)
+    copy = run_dir.with_name(run_dir.name + "-before")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["train"] = {k: v for k, v in config["train"].items() if k in known}
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
+
+
 def main_load(args: argparse.Namespace, served: dict[tuple[str, str], Path], rows: list[dict]) -> None:
     import torch
 
@@ -309,10 +326,12 @@ def main_load(args: argparse.Namespace, served: dict[tuple[str, str], Path], row
     servers = [(name, [*LOAD_SERVERS[name], *args.serve_options], args.threads, None) for name in args.load_servers]
     if args.before:  # the server as it was before micro-batching, with a user's defaults
         servers.insert(0, (BEFORE, [], None, args.before.resolve()))
+        served = {**served, **{(BEFORE, backend): readable_by(served["multi-task", backend], args.before.resolve())
+                               for backend in args.backends}}
     for round in range(args.rounds):  # servers take turns, so a busy spell of the machine hits them alike
         for backend in args.backends:
             for name, options, threads, source in servers:
-                server = Server(served["multi-task", backend], threads, options, source)
+                server = Server(served[(BEFORE if source else "multi-task"), backend], threads, options, source)
                 try:
                     r = load(server, bodies, args.clients, args.load_seconds, args.load_requests)
                 finally:
