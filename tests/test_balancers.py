@@ -27,6 +27,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec, MultiTaskModel, build_model
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train import Trainer, TrainSpec
+from mtlkit.protocols import TrainableModel
 
 from conftest import InterruptAfter
 
@@ -76,9 +77,9 @@ def test_bad_options_are_rejected_before_training():
 
 
 # -- a small model: shared trunk, one head per task ----------------------------------------------
-class Tiny(nn.Module):
+class Tiny(TrainableModel):
     def __init__(self, tasks):
-        super().__init__()
+        super().__init__(sorted(tasks))
         torch.manual_seed(0)
         self.trunk = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
         self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in sorted(tasks)})
@@ -157,11 +158,11 @@ def test_batch_where_every_task_is_empty_gives_finite_zero_gradients(name):
 
 
 # -- non-conflicting updates ------------------------------------------------------------------------
-class Probe(nn.Module):
+class Probe(TrainableModel):
     """``L_k = J_k·θ``: the task gradients are exactly the rows of J."""
 
     def __init__(self, n):
-        super().__init__()
+        super().__init__([])
         self.theta = nn.Parameter(torch.zeros(n))
 
     def shared_parameters(self):

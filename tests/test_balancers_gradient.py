@@ -18,6 +18,7 @@ from mtlkit.balancing.mgda_ub import MGDAUB
 from mtlkit.balancing.nash_mtl import NashMTL
 from mtlkit.balancing.upgrad import UPGrad
 from mtlkit.errors import ConfigError
+from mtlkit.protocols import TrainableModel
 
 from test_balancers import LAMBDA, TARGETS, TASK, X, Probe, Tiny, conflicts, update
 
@@ -229,11 +230,11 @@ def test_gradnorm_layer_option_names_a_parameter():
     assert GradNorm(["a"], GradNorm.Options(layer="trunk.0.weight")).layer(Tiny(["a"])).shape == (16, 5)
 
 
-class ToyNet(nn.Module):
+class ToyNet(TrainableModel):
     """Chen et al. §4: a 4-layer ReLU trunk of 100 units and one affine layer per task."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(["t0", "t1"])
         layers, width = [], 250
         for _ in range(4):
             layers += [nn.Linear(width, 100), nn.ReLU()]

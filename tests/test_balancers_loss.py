@@ -15,14 +15,15 @@ from mtlkit.balancing.gls import GLS
 from mtlkit.balancing.rlw import RLW
 from mtlkit.balancing.scheduled import ScheduledWeights
 from mtlkit.balancing.uncertainty import UncertaintyWeighting
+from mtlkit.protocols import TrainableModel
 
 
 # -- uncertainty weighting ----------------------------------------------------------------------------
-class KendallNet(nn.Module):
+class KendallNet(TrainableModel):
     """One hidden layer of 1024 ReLU units and two linear heads (yaringal/multi-task-learning-example)."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(["y1", "y2"])
         self.hidden, self.head1, self.head2 = nn.Linear(1, 1024), nn.Linear(1024, 1), nn.Linear(1024, 1)
 
     def shared_parameters(self):

@@ -38,6 +38,7 @@ WORKER = textwrap.dedent('''
     from mtlkit.data.batch import EncodedTable
     from mtlkit.tasks import Task
     from mtlkit.train import TrainSpec, Trainer, Callback, distributed
+    from mtlkit.protocols import TrainableModel
 
     out, mode = Path(sys.argv[1]), sys.argv[2]
     RESUMED = ("mgda", "dwa")
@@ -54,9 +55,9 @@ WORKER = textwrap.dedent('''
     val = EncodedTable({"numeric": x[64:]}, {k: v[64:] for k, v in y.items()}, {k: v[64:] for k, v in masks.items()})
     tasks = [Task(name="a", kind="binary"), Task(name="b", kind="binary")]
 
-    class Net(nn.Module):
+    class Net(TrainableModel):
         def __init__(self):
-            super().__init__()
+            super().__init__(["a", "b"])
             self.bottom = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
             self.towers = nn.ModuleDict({k: nn.Linear(8, 1) for k in ("a", "b")})
         def shared_parameters(self):

@@ -195,7 +195,7 @@ def test_mmoe_mixing_gates_sum_to_one_and_token_tasks_skip_it(tiny):
     model = _model(bert, chosen, MixingSpec(backbone="mmoe", options={"experts": 3, "expert_hidden": [16]}))
     assert model.mixed_names == ["sst2", "sts"] and model.mix_projection is not None  # 16 → hidden 32
     model.eval()
-    gates = model.mixing_gate_weights(tables["sst2"].inputs)
+    gates = model.gate_weights(tables["sst2"].inputs)
     assert set(gates) == {"sst2", "sts"}
     for weights in gates.values():
         assert weights.shape == (3, 3) and torch.allclose(weights.sum(-1), torch.ones(3))

@@ -19,15 +19,16 @@ from mtlkit.losses import correct_downsampled, get_loss
 from mtlkit.run import LoadedRun, predict_table
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train.evaluate import evaluate
+from mtlkit.protocols import TrainableModel
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
-class Linear(torch.nn.Module):
+class Linear(TrainableModel):
     """Logistic / linear regression on the numeric inputs: enough for well-specified synthetic data."""
 
     def __init__(self, name: str, d: int = 1) -> None:
-        super().__init__()
+        super().__init__([name])
         self.name = name
         self.linear = torch.nn.Linear(d, 1)
 

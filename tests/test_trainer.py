@@ -195,7 +195,7 @@ def test_weight_decay_skips_biases_and_norm_scales():
 def test_progress_aware_models_hear_the_fraction_of_training_done():
     trainer, train, valid = make(epochs=2)
     heard = []
-    trainer._progress_hook = heard.append  # what `model.set_training_progress` receives
+    trainer.model.set_training_progress = heard.append  # the model's hook, as the trainer calls it
     trainer.fit(train, valid)
     steps = 2 * len(train)
     assert heard == [step / steps for step in range(steps)]  # before every step, from 0 up to (steps-1)/steps

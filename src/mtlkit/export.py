@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from mtlkit.data.schema import FittedSchema
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.export_manifest import FORMATS, MANIFEST, MANIFEST_VERSION, read_manifest
+from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
 Format = Literal["torchscript", "onnx"]
@@ -75,13 +76,13 @@ class ServingModule(nn.Module):
     The bias input (``inputs["bias"]``) is made here, all zeros = missing, as at serving.
     """
 
-    def __init__(self, model: nn.Module, tasks: Sequence[Task], input_keys: Sequence[str], n_bias: int = 0) -> None:
+    def __init__(self, model: TrainableModel, tasks: Sequence[Task], input_keys: Sequence[str], n_bias: int = 0) -> None:
         super().__init__()
         self.model = model
         self.tasks = list(tasks)
         self.input_keys = list(input_keys)
         self.n_bias = n_bias
-        self.fusion = getattr(model, "fusion", None)
+        self.fusion = model.fusion
 
     def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         inputs = dict(zip(self.input_keys, tensors))
@@ -184,11 +185,10 @@ def refuse_text_runs(run_dir: Path, what: str) -> None:
         raise ExportError(f"{run_dir}: an NLP run cannot be {what} yet: only tabular models (categorical, numeric and sequence inputs)")
 
 
-def _check_exportable(model: nn.Module, schema: FittedSchema, run_dir: Path) -> None:
+def _check_exportable(model: TrainableModel, schema: FittedSchema, run_dir: Path) -> None:
     from mtlkit.nn import TabularEncoder
 
-    encoders = [m.encoder for m in getattr(model, "per_task", {}).values()] if hasattr(model, "per_task") else [getattr(model, "encoder", None)]
-    for encoder in encoders:
+    for encoder in model.input_encoders():
         if not isinstance(encoder, TabularEncoder):
             raise ExportError(f"{run_dir}: only tabular models (categorical, numeric and sequence inputs) can be exported; "
                               f"this model's encoder is {type(encoder).__name__}")
@@ -330,7 +330,7 @@ def export_run(
     out.mkdir(parents=True, exist_ok=True)
 
     inputs = input_specs(run.schema)
-    outputs = output_specs(run.tasks, getattr(run.model, "fusion", None))
+    outputs = output_specs(run.tasks, run.model.fusion)
     module = ServingModule(run.model, run.tasks, [s["key"] for s in inputs], len(run.schema.bias)).eval()
     example = example_inputs(run.schema, inputs, rows=8)
     artifact = out / ARTIFACT[format]

@@ -33,6 +33,7 @@ from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.outputs import check_output_dir, check_output_file, write_text
+from mtlkit.protocols import TrainableModel
 from mtlkit.rundir import WRITTEN, open_run_dir, removed_on_error
 from mtlkit.sizing import out_of_memory
 from mtlkit.tasks import Task, TaskKind
@@ -285,7 +286,7 @@ def train_run(
     torch.manual_seed(config.seed)
     with out_of_memory("building the model"):
         model = build_model(config.model, encoded.schema, prepared.tasks)
-    trained = set(getattr(model, "loss_task_names", [t.name for t in prepared.tasks]))
+    trained = set(model.loss_task_names)
     balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
     if prepared.stream is not None:  # checks every file's columns before anything is written
@@ -319,7 +320,7 @@ class LoadedRun:
     config: RunConfig
     schema: FittedSchema
     tasks: list[Task]
-    model: nn.Module
+    model: TrainableModel
 
 
 DAMAGED_RUN_HINT = "the run directory is damaged: train it again (mtlkit train CONFIG --out RUN_DIR --overwrite)"
@@ -373,7 +374,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None
     metrics = {split: evaluate(run.model, run.tasks, table, batch) for split, table in tables.items()}
     gates = gate_statistics(run.model, next(iter(tables.values())), batch) if has_gates(run.model) else None
     fusion = None
-    if getattr(run.model, "fusion", None) is not None:
+    if run.model.fusion is not None:
         fusion = {split: fusion_report(run.model, run.tasks, table, batch) for split, table in tables.items()}
     return Evaluation(metrics, gates, fusion)
 
@@ -396,7 +397,7 @@ def predict_table(run: LoadedRun, table: TableLike, source: str = "data") -> dic
                 columns[f"{task.name}_p{c}"] = prediction[:, c]
         else:
             columns[task.name] = prediction
-    if getattr(run.model, "fusion", None) is not None:  # the serving score of model.fusion
+    if run.model.fusion is not None:  # the serving score of model.fusion
         columns["fused_score"] = run.model.fused_score(logits).numpy()
     return columns
 

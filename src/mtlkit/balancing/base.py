@@ -31,6 +31,9 @@ class BalancerOptions(BaseModel):
 
 class Balancer(nn.Module):
     Options: ClassVar[type[BalancerOptions]] = BalancerOptions
+    #: Representation-level methods (MGDA-UB): the trainer asks the model to keep the shared
+    #: representation of each forward (``TrainableModel.keep_shared_features``) for ``backward``.
+    needs_shared_features: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str], options: BalancerOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """Gate diagnostics: how mixture-of-experts gates spread their weight over the experts.
 
-For a model whose backbone exposes ``gate_weights(x) -> {gate: (B, experts)}`` (MMoE, OMoE,
-YouTube-MMoE, DSelect-k, CGC, PLE), :func:`gate_statistics` reports per gate, over the rows of
+For a model with gates (:meth:`~mtlkit.protocols.TrainableModel.gate_weights` ``-> {gate: (B,
+experts)}``: MMoE, OMoE, YouTube-MMoE, DSelect-k, CGC, PLE, and NLP runs mixing with them), :func:`gate_statistics` reports per gate, over the rows of
 an :class:`~mtlkit.data.batch.EncodedTable` and in evaluation mode:
 
 * the mean weight of every expert — a gate that routes everything to one expert is
@@ -38,18 +38,14 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import EncodedTable
+from mtlkit.protocols import TrainableModel
 from mtlkit.train.trainer import Callback, FitResult, Trainer
-
-
-@runtime_checkable
-class GatedBackbone(Protocol):
-    def gate_weights(self, x: Tensor) -> dict[str, Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -66,22 +62,17 @@ class GateStats:
         return [e for e, w in zip(self.experts, self.mean_weight) if w < self.threshold]
 
 
-def gated_parts(model: nn.Module) -> tuple[nn.Module, GatedBackbone]:
-    """The encoder and gated backbone of a :class:`~mtlkit.models.MultiTaskModel`, or a clear error."""
-    encoder, backbone = getattr(model, "encoder", None), getattr(model, "backbone", None)
-    if encoder is None or backbone is None:
-        raise TypeError(f"gate diagnostics need a MultiTaskModel (encoder + backbone), got {type(model).__name__}")
-    if not isinstance(backbone, GatedBackbone):
-        raise TypeError(f"backbone {type(backbone).__name__} has no gates (no gate_weights method)")
-    return encoder, backbone
+def has_gates(model: TrainableModel) -> bool:
+    """Whether the model mixes experts through gates (names the experts of at least one gate)."""
+    return bool(model.gate_experts())
 
 
-def has_gates(model: nn.Module) -> bool:
-    try:
-        gated_parts(model)
-    except TypeError:
-        return False
-    return True
+def _check_gated(model: nn.Module) -> TrainableModel:
+    if not isinstance(model, TrainableModel):
+        raise TypeError(f"gate diagnostics need a TrainableModel, got {type(model).__name__}")
+    if not has_gates(model):
+        raise TypeError(f"{type(model).__name__} has no gates (its backbone names no gate experts)")
+    return model
 
 
 @torch.no_grad()
@@ -93,7 +84,7 @@ def gate_statistics(
     max_rows: int | None = None,
 ) -> dict[str, GateStats]:
     """Per-gate mean weights, mean entropy and collapsed share over ``table`` (first ``max_rows`` rows)."""
-    encoder, backbone = gated_parts(model)
+    model = _check_gated(model)
     if len(table) == 0:
         raise ValueError("gate statistics need at least one row")
     if max_rows is not None and max_rows < len(table):
@@ -106,14 +97,14 @@ def gate_statistics(
     try:
         for step in table.batches(batch_size).epoch():
             for batch in step:
-                for gate, w in backbone.gate_weights(encoder(batch.to(device).inputs)).items():
+                for gate, w in model.gate_weights(batch.to(device).inputs).items():
                     w = w.double()  # sums over many rows
                     weight_sums[gate] = weight_sums.get(gate, 0) + w.sum(0)
                     entropy_sums[gate] = entropy_sums.get(gate, 0) + torch.special.entr(w).sum()
     finally:
         model.train(was_training)
     rows = len(table)
-    labels = backbone.gate_experts() if hasattr(backbone, "gate_experts") else {}
+    labels = model.gate_experts()
     stats = {}
     for gate, total in weight_sums.items():
         mean = (total / rows).cpu().tolist()  # one transfer per gate, after the loop
@@ -177,7 +168,7 @@ class GateDiagnostics(Callback):
     def __init__(self, model: nn.Module | None = None, max_rows: int | None = 10_000, threshold: float = 0.01,
                  batch_size: int = 8192) -> None:
         if model is not None:
-            gated_parts(model)
+            _check_gated(model)
         self.max_rows, self.threshold, self.batch_size = max_rows, threshold, batch_size
         self._validation: EncodedTable | None = None
         self.last: dict[str, GateStats] = {}

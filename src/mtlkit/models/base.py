@@ -13,7 +13,7 @@ its hyper-parameters, validated before any work starts — and registers under a
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -39,9 +39,26 @@ class Backbone(nn.Module):
         self.options = options
         self.output_dim = input_dim
 
+    #: The tensor every task reads, kept at each forward with gradients by backbones that have one
+    #: (MoE expert outputs); representation-level balancers (MGDA-UB) differentiate it.
+    last_shared_features: Optional[Tensor] = None
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``(B, input_dim)`` → ``{task: (B, output_dim)}``."""
         raise NotImplementedError
+
+    # -- optional hooks: defaults for a backbone without them ------------------------------------
+    def regularization_loss(self) -> Optional[Tensor]:
+        """A penalty on the backbone's parameters added to the training loss (SNR's λ·E[L0])."""
+        return None
+
+    def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
+        """``{gate: (B, experts)}`` mixture weights on ``x``, as ``forward`` uses them; empty without gates."""
+        return {}
+
+    def gate_experts(self) -> dict[str, list[str]]:
+        """The experts each gate mixes, in the order of :meth:`gate_weights`' columns."""
+        return {}
 
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")

@@ -26,6 +26,7 @@ from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
+from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
 
@@ -83,7 +84,7 @@ def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
                 raise ConfigError(f"model.fusion.weights: task {name!r} is multiclass and has no scalar prediction")
 
 
-def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> nn.Module:
+def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> TrainableModel:
     _check_spec(spec, schema, tasks)
     backbone_cls = BACKBONES.get(spec.backbone)
     options = spec.backbone_options()

@@ -32,6 +32,7 @@ from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.nn import MLP
+from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task
 
 
@@ -53,7 +54,9 @@ class TaskHead(nn.Module):
         return self.logits(self.tower(x))
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(TrainableModel):
+    """Encoder → backbone → one head per task (+ task relations, shallow tower, fusion)."""
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -65,11 +68,10 @@ class MultiTaskModel(nn.Module):
         shallow_tower: ShallowTower | None = None,
         fusion: FusionSpec | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__([t.name for t in tasks])
         self.encoder = encoder
         self.backbone = backbone
         self.tasks = {t.name: t for t in tasks}
-        self.task_names = [t.name for t in tasks]
         self.relations = relations or TaskRelations()
         self.relations.check(tasks)
         derived = self.relations.derived()
@@ -99,10 +101,6 @@ class MultiTaskModel(nn.Module):
         untrained = self.relations.untrained()
         return [name for name in self.task_names if name not in untrained]
 
-    #: Set by the trainer for representation-level balancers (MGDA-UB): keep, as
-    #: ``last_shared_features``, the representation every task reads, at each forward with gradients.
-    keep_shared_features: bool = False
-
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
         encoded = self.encoder(inputs)
@@ -110,7 +108,7 @@ class MultiTaskModel(nn.Module):
         if self.keep_shared_features and torch.is_grad_enabled():
             # The backbone's own shared tensor if it names one (e.g. MoE expert outputs), else the
             # one tensor all tasks read (shared-bottom), else the encoder output.
-            shared = getattr(self.backbone, "last_shared_features", None)
+            shared = self.backbone.last_shared_features
             distinct = {id(r): r for r in reps.values()}
             self.last_shared_features = shared if shared is not None else (
                 next(iter(distinct.values())) if len(distinct) == 1 else encoded)
@@ -171,45 +169,40 @@ class MultiTaskModel(nn.Module):
         """Each task's prediction (probability, value or class distribution) from its logits."""
         return {name: self.tasks[name].predict(value) for name, value in logits.items()}
 
-    def fused_score(self, logits: Mapping[str, Tensor]) -> Tensor:
-        """The configured ranking score (see :mod:`mtlkit.models.fusion`) from the task logits."""
-        if self.fusion is None:
-            raise ValueError("this model has no fusion configured (model.fusion)")
-        return self.fusion.score(self.predictions(logits))
-
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.encoder.parameters()
         yield from self.backbone.parameters()
 
     def regularization_loss(self) -> Tensor | None:
         """The backbone's own penalty (SNR: λ·E[L0]), added to the training loss; None if it has none."""
-        penalty = getattr(self.backbone, "regularization_loss", None)
-        return penalty() if callable(penalty) else None
+        return self.backbone.regularization_loss()
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         if task in self.heads:
             yield from self.heads[task].parameters()
 
+    def gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.backbone.gate_weights(self.encoder(inputs))
 
-class IndependentTaskModels(nn.Module):
+    def gate_experts(self) -> dict[str, list[str]]:
+        return self.backbone.gate_experts()
+
+    def input_encoders(self) -> list[nn.Module]:
+        return [self.encoder]
+
+
+class IndependentTaskModels(TrainableModel):
     """One complete :class:`MultiTaskModel` per task, sharing nothing (the single-task baseline)."""
 
     independent_tasks = True
 
     def __init__(self, models: Mapping[str, MultiTaskModel], fusion: FusionSpec | None = None) -> None:
-        super().__init__()
+        super().__init__(list(models))
         self.per_task = nn.ModuleDict(dict(models))
-        self.task_names = list(models)
-        self.loss_task_names = list(models)
         self.fusion = fusion
 
     def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {name: self.per_task[name].tasks[name].predict(value) for name, value in logits.items()}
-
-    def fused_score(self, logits: Mapping[str, Tensor]) -> Tensor:
-        if self.fusion is None:
-            raise ValueError("this model has no fusion configured (model.fusion)")
-        return self.fusion.score(self.predictions(logits))
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {name: self.per_task[name](inputs)[name] for name in self.task_names}
@@ -223,6 +216,14 @@ class IndependentTaskModels(nn.Module):
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         yield from self.per_task[task].parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Each task network's own heads (its encoder and backbone train at the base rate, as in the multi-task model)."""
+        for model in self.per_task.values():
+            yield from model.head_parameters()
+
+    def input_encoders(self) -> list[nn.Module]:
+        return [model.encoder for model in self.per_task.values()]
 
     def task_state_prefix(self, task: str) -> str:
         """State-dict prefix of a task's network (for per-task model selection)."""

@@ -9,7 +9,7 @@ lives in one class per kind, registered in :data:`NLP_KINDS`:
   (and ``token_type_ids`` when the tokenizer makes them) padded to ``max_length``, plus any
   per-kind tensors (e.g. entity-marker positions); ``targets[name]`` the labels;
   ``masks[name]`` a ``(N,)`` bool row mask.
-- ``build_head(hidden_size)`` returns the head module: ``forward(sequence, pooled, inputs)``
+- ``build_head(hidden_size)`` returns the head, an :class:`NLPHead`: ``forward(sequence, pooled, inputs)``
   with ``sequence`` ``(B, L, H)`` and ``pooled`` ``(B, H)`` (the first token's state).
 - ``compute_loss(outputs, target, weight, mask)``: the trainer's task protocol (the same
   signature as :meth:`mtlkit.tasks.Task.compute_loss`): a scalar, exactly 0 for an empty batch.
@@ -67,6 +67,19 @@ class HeadOptions(BaseModel):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 
+class NLPHead(nn.Module):
+    """A task kind's head: ``forward(sequence, pooled, inputs)`` (see :mod:`mtlkit.nlp.model`), and two optional hooks."""
+
+    def forward(self, sequence: Tensor, pooled: Tensor, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def bind_encoder(self, encoder: nn.Module) -> None:
+        """Handed the task's encoder once the model is built (masked-LM ties its decoder to the input embeddings)."""
+
+    def set_progress(self, progress: float) -> None:
+        """Hears the fraction of training done before each step (annealed gradient reversal)."""
+
+
 class NLPTask(BaseModel):
     """One task definition (MT-DNN's task_def entry). Subclasses are the task kinds."""
 
@@ -89,7 +102,7 @@ class NLPTask(BaseModel):
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         raise NotImplementedError
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         raise NotImplementedError
 
     def compute_loss(self, outputs: Any, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -125,4 +138,4 @@ class NLPTask(BaseModel):
 NLP_KINDS: Registry[type[NLPTask]] = Registry("NLP task kind")
 
 
-__all__ = ["HeadOptions", "NLPTask", "NLP_KINDS"]
+__all__ = ["HeadOptions", "NLPHead", "NLPTask", "NLP_KINDS"]

@@ -24,13 +24,13 @@ from typing import Any, Mapping, Optional
 
 from torch import Tensor, nn
 
-from mtlkit.nlp.base import HeadOptions
+from mtlkit.nlp.base import HeadOptions, NLPHead
 from mtlkit.nn import MLP
 
 PAD_LOGIT = -1e4  # finite: exp() underflows to 0 in float32 and half precision alike, never NaN
 
 
-class PooledHead(nn.Module):
+class PooledHead(NLPHead):
     """``forward(sequence, pooled, inputs)`` → ``(B, out)`` (``(B,)`` when ``out == 1``)."""
 
     def __init__(self, hidden_size: int, out: int, options: HeadOptions) -> None:

@@ -62,6 +62,7 @@ from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.encoder import EncoderSpec, accepts_token_types, hidden_size, load_encoder, pool
 from mtlkit.nlp.featurize import TEXT_INPUTS
 from mtlkit.nlp.prediction_inputs import check_prediction_inputs, extra_width
+from mtlkit.protocols import TrainableModel
 
 SHARED = "shared"
 
@@ -97,12 +98,14 @@ def encoder_key(task: NLPTask) -> str:
     return SHARED if task.encoder == SHARED else f"own_{task.name}"
 
 
-class NLPMultiTaskModel(nn.Module):
+class NLPMultiTaskModel(TrainableModel):
+    """Encoders (one shared, or own per task), optional mixing, one :class:`~mtlkit.nlp.base.NLPHead` per task."""
+
     task_aware = True
 
     def __init__(self, encoders: Mapping[str, nn.Module], tasks: Sequence[NLPTask], pooling: str = "cls",
                  mixing: Optional[MixingSpec] = None) -> None:
-        super().__init__()
+        super().__init__([t.name for t in tasks])
         self.tasks = {t.name: t for t in tasks}
         self.encoder_of = {t.name: encoder_key(t) for t in tasks}
         missing = sorted(set(self.encoder_of.values()) - set(encoders))
@@ -115,8 +118,7 @@ class NLPMultiTaskModel(nn.Module):
         check_prediction_inputs(tasks)  # raises on unknown sources, unsupported kinds, cycles
         self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
         for name, head in self.heads.items():
-            if hasattr(head, "bind_encoder"):
-                head.bind_encoder(self.encoders[self.encoder_of[name]])
+            head.bind_encoder(self.encoders[self.encoder_of[name]])
         self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
         self.mixing: Optional[nn.Module] = None
         self.mix_projection: Optional[nn.Module] = None
@@ -125,8 +127,6 @@ class NLPMultiTaskModel(nn.Module):
             self.mixing = cls(self.hidden_size, self.mixed_names, cls.Options(**mixing.options))
             if self.mixing.output_dim != self.hidden_size:
                 self.mix_projection = nn.Linear(self.mixing.output_dim, self.hidden_size)
-        self.keep_shared_features = False  # set by the trainer for representation-level balancers (MGDA-UB)
-        self.last_shared_features: Optional[Tensor] = None
 
     # -- forward ---------------------------------------------------------------------------
     def encode(self, key: str, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -191,15 +191,20 @@ class NLPMultiTaskModel(nn.Module):
     def set_training_progress(self, progress: float) -> None:
         """Called by the trainer before each step with the fraction of training done; passed to heads that schedule on it."""
         for head in self.heads.values():
-            if hasattr(head, "set_progress"):
-                head.set_progress(progress)
+            head.set_progress(progress)
 
-    def mixing_gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The mixing backbone's gate weights ``{gate: (B, experts)}`` on these inputs."""
         if self.mixing is None:
             return {}
         _, pooled = self.encode(SHARED, trim_padding(inputs))
         return self.mixing.gate_weights(pooled)
+
+    def gate_experts(self) -> dict[str, list[str]]:
+        return self.mixing.gate_experts() if self.mixing is not None else {}
+
+    def input_encoders(self) -> list[nn.Module]:
+        return list(self.encoders.values())
 
     # -- parameter groups for balancers -------------------------------------------------------
     def shared_parameters(self) -> Iterator[nn.Parameter]:

@@ -125,7 +125,7 @@ def run_predictor(run_dir: str | Path) -> Predictor:
     run_dir = Path(run_dir)
     refuse_text_runs(run_dir, "served")
     run = load_run(run_dir)
-    fusion = getattr(run.model, "fusion", None)
+    fusion = run.model.fusion
 
     def encode(table: pa.Table, source: str) -> Inputs:
         encoded = run.schema.encode(table, run.tasks, source, with_targets=False)

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +71,18 @@ def evaluate(
             result[name] = METRICS.get(name)(predictions, labels, groups)
         results[task.name] = result
     return results
+
+
+@dataclass(frozen=True)
+class TableEvaluator:
+    """The :class:`~mtlkit.protocols.Evaluator` of one labelled tabular split: :func:`evaluate` on it."""
+
+    tasks: Sequence[Task]
+    table: EncodedTable
+    batch_size: int = 8192
+
+    def evaluate(self, model: nn.Module, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+        return evaluate(model, self.tasks, self.table, self.batch_size, device)
 
 
 def flatten_metrics(results: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:

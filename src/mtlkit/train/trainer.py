@@ -62,9 +62,10 @@ Example:
     >>> tasks = [Task(name="y", kind="regression")]
     >>> x = torch.randn(256, 1)
     >>> table = EncodedTable({"numeric": x}, {"y": 3 * x[:, 0]}, {"y": torch.ones(256, dtype=torch.bool)})
-    >>> class Linear(torch.nn.Module):
+    >>> from mtlkit.protocols import TrainableModel
+    >>> class Linear(TrainableModel):
     ...     def __init__(self):
-    ...         super().__init__()
+    ...         super().__init__(["y"])
     ...         self.w = torch.nn.Linear(1, 1)
     ...     def forward(self, inputs):
     ...         return {"y": self.w(inputs["numeric"]).squeeze(-1)}
@@ -95,11 +96,11 @@ from mtlkit.balancing import BALANCERS, Balancer, GradientBalancer, LossWeightin
 from mtlkit.balancing.gradient import split_parameters
 from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
-from mtlkit.tasks import Task
+from mtlkit.protocols import Evaluator, TrainableModel, TrainTask
 from mtlkit.train import distributed
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.device import resolve_device
-from mtlkit.train.evaluate import evaluate, flatten_metrics
+from mtlkit.train.evaluate import TableEvaluator, flatten_metrics
 from mtlkit.train.precision import resolve_precision
 from mtlkit.train.progress import epoch_progress
 from mtlkit.train.selection import check_monitor, selection_score, task_score
@@ -195,13 +196,15 @@ RESUME_HINT = "to start the run again instead of resuming it, pass --overwrite"
 class Trainer:
     def __init__(
         self,
-        model: nn.Module,
-        tasks: Sequence[Task],
+        model: TrainableModel,
+        tasks: Sequence[TrainTask],
         balancer: Balancer,
         spec: TrainSpec,
         run_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
+        if not isinstance(model, TrainableModel):
+            raise TypeError(f"the trainer trains a mtlkit.protocols.TrainableModel, got {type(model).__name__}")
         check_monitor(spec.monitor, tasks)
         if spec.tensorboard and run_dir is not None:
             try:  # fail now, not after the first epoch
@@ -212,15 +215,10 @@ class Trainer:
         self.tasks = list(tasks)
         self.balancer = balancer
         # ESMM's CVR is predicted and evaluated but trained only through CTCVR: no loss of its own.
-        self.loss_task_names = list(getattr(model, "loss_task_names", [t.name for t in self.tasks]))
+        self.loss_task_names = model.loss_task_names
         if list(balancer.task_names) != self.loss_task_names:
             raise ConfigError(f"the balancer weighs tasks {balancer.task_names} but the model trains "
                               f"{self.loss_task_names}: build it for model.loss_task_names")
-        self._task_penalties = getattr(model, "task_penalties", None)
-        # A model with `set_training_progress(p)` hears the fraction p ∈ [0, 1) of training done before
-        # each step (e.g. the annealed gradient-reversal weight of a domain-adversarial NLP task).
-        self._progress_hook = getattr(model, "set_training_progress", None)
-        self._task_aware = bool(getattr(model, "task_aware", False))
         self.spec = spec
         # Data-parallel (mtlkit.train.distributed): every rank reads a checkpoint from `_resume_dir`;
         # only rank 0 has a `run_dir` to write to and shows progress.
@@ -233,7 +231,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = resolve_device(spec.device)
         # "auto": bf16 where the hardware runs it natively and the balancer trains in it, else fp32
-        self.precision = resolve_precision(spec.precision, self.device, not getattr(balancer, "needs_shared_features", False))
+        self.precision = resolve_precision(spec.precision, self.device, not balancer.needs_shared_features)
         _check_precision_and_compile(spec, self.precision, self.device, balancer)
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -259,8 +257,6 @@ class Trainer:
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}] if spec.weight_decay else \
                  [{"params": params, "weight_decay": 0.0}]
         if spec.head_lr is not None:  # the heads in groups of their own, at their own rate
-            if not hasattr(model, "head_parameters"):
-                raise ConfigError(f"train.head_lr: model {type(model).__name__} does not say which parameters are heads")
             heads = {id(p) for p in model.head_parameters()}
             groups = [part for g in groups for part in (
                 {**g, "params": [p for p in g["params"] if id(p) not in heads]},
@@ -272,13 +268,13 @@ class Trainer:
         # The fused kernel updates all parameters in one pass instead of a Python loop over them.
         self.optimizer = optimizer_cls(groups, lr=spec.lr, fused=True)
         self._clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]  # fixed: built once
-        self.independent = bool(getattr(model, "independent_tasks", False))
+        self.independent = model.independent_tasks
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
         self._tb = None
-        self._regularization = getattr(model, "regularization_loss", lambda: None)
+        self._resumed_sums: list[Tensor] | None = None  # a mid-epoch checkpoint's loss sums, read by the next epoch
         # Representation-level balancers (MGDA-UB) read the shared features of the step's forwards.
-        self._keep_features = bool(getattr(balancer, "needs_shared_features", False))
+        self._keep_features = balancer.needs_shared_features
         if self._keep_features:
             model.keep_shared_features = True
         self.grad_monitor = None
@@ -300,10 +296,12 @@ class Trainer:
                 _compile_failed(error)
 
     # -- public API -------------------------------------------------------------------------
-    def fit(self, train: BatchSource, validation: EncodedTable, resume: bool = True) -> FitResult:
+    def fit(self, train: BatchSource, validation: EncodedTable | Evaluator, resume: bool = True) -> FitResult:
         train = distributed.shard_source(train, self.dist)  # rank r's rows of each global batch
         steps_per_epoch = len(train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(self.spec, self.spec.epochs * steps_per_epoch))
+        # a labelled table, or an evaluator of its own (e.g. per-task NLP splits)
+        evaluator = TableEvaluator(self.tasks, validation, self.spec.eval_batch_size) if isinstance(validation, EncodedTable) else validation
         pos = _Position()
         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         found = resume and self._resume_dir is not None and (self._resume_dir / "last.pt").exists()
@@ -323,10 +321,7 @@ class Trainer:
             epoch_start = time.perf_counter()
             samples += self._train_epoch(train, scheduler, pos, steps_per_epoch, best_state)
             train_seconds += time.perf_counter() - epoch_start
-            if hasattr(validation, "evaluate"):  # an evaluator of its own (e.g. per-task NLP splits)
-                results = validation.evaluate(self.model, self.device)
-            else:
-                results = evaluate(self.model, self.tasks, validation, self.spec.eval_batch_size, self.device)
+            results = evaluator.evaluate(self.model, self.device)
             if self.dist.enabled:  # every rank evaluated the whole split; rank 0's numbers decide for all
                 results = distributed.broadcast_object(results)
             improved = self._select(results, pos, best_state)
@@ -369,7 +364,7 @@ class Trainer:
         self.model.train()
         names = self.loss_task_names
         by_name = {t.name: t for t in self.tasks if t.name in names}
-        saved = getattr(self, "_resumed_sums", None)
+        saved = self._resumed_sums
         loss_sum = saved[0].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         row_sum = saved[1].to(self.device) if saved else torch.zeros(len(names), device=self.device)
         self._resumed_sums = None
@@ -382,8 +377,8 @@ class Trainer:
                     losses: dict[str, Tensor] = {}
                     rows: dict[str, Tensor] = {}
                     features: list[Tensor] = []
-                    if self._progress_hook is not None:  # a function of the global step: resumes exactly
-                        self._progress_hook(pos.global_step / (self.spec.epochs * steps_per_epoch))
+                    # the fraction of training done (annealed GRL): a function of the global step, so it resumes exactly
+                    self.model.set_training_progress(pos.global_step / (self.spec.epochs * steps_per_epoch))
                     if self._compile_pending:
                         self._compile_now(step_batches)
                     for batch in step_batches:
@@ -402,10 +397,9 @@ class Trainer:
                                 # logged values and the balancers' Jacobians stay fp32.
                                 losses[name] = task.compute_loss(logits[name].float(), batch.targets[name], weight, mask)
                                 rows[name] = mask.sum()
-                            if self._task_penalties is not None:  # e.g. AITM's calibrator, part of its task's objective
-                                for name, penalty in self._task_penalties().items():
-                                    if name in losses:
-                                        losses[name] = losses[name] + penalty.float()
+                            for name, penalty in self.model.task_penalties().items():  # AITM's calibrator: part of its task's objective
+                                if name in losses:
+                                    losses[name] = losses[name] + penalty.float()
                     # Data-parallel: each rank's mean loss re-weighted by its share of the task's
                     # labelled rows, so that the rank average is the global batch's mean loss.
                     step_losses = distributed.global_mean_losses(losses, rows, self.dist.world) if self.dist.enabled else losses
@@ -420,7 +414,7 @@ class Trainer:
                         self.scaler.scale(self.balancer.combine(step_losses)).backward()
                     else:  # an fp16-safe gradient method: it aggregates S·J into S·d (module docstring)
                         self.balancer.backward({k: self.scaler.scale(v) for k, v in step_losses.items()}, self.model)
-                    penalty = self._regularization()
+                    penalty = self.model.regularization_loss()
                     if penalty is not None:  # not a task loss, so outside the balancer; a parameter-only graph
                         (penalty if self.scaler is None else self.scaler.scale(penalty)).backward()
                     if self.dist.enabled:  # average over ranks before clipping, unscaling and the step
@@ -468,7 +462,7 @@ class Trainer:
 
     def _call_model(self, batch: Batch) -> dict[str, Tensor]:
         # Task-aware models (one head per batch's task, e.g. NLP) are told which tasks it holds.
-        args = (batch.inputs, batch.tasks) if self._task_aware else (batch.inputs,)
+        args = (batch.inputs, batch.tasks) if self.model.task_aware else (batch.inputs,)
         return self._forward(*args)
 
     def _compile_settings(self):
@@ -506,8 +500,7 @@ class Trainer:
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            if self._task_penalties is not None:
-                self._task_penalties()  # drop the probe's (AITM keeps them until read)
+            self.model.task_penalties()  # drop the probe's (AITM keeps them until read)
 
     # -- model selection ----------------------------------------------------------------------
     def _select(self, results, pos: _Position, best_state) -> bool:
@@ -536,7 +529,7 @@ class Trainer:
             return False
         return all(pos.stale_epochs.get(u, 0) >= self.spec.patience for u in self.units)
 
-    def _task(self, name: str) -> Task:
+    def _task(self, name: str) -> TrainTask:
         return next(t for t in self.tasks if t.name == name)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -628,7 +621,7 @@ class Trainer:
 def _check_precision_and_compile(spec: TrainSpec, precision: str, device: torch.device, balancer: Balancer) -> None:
     """Reject, before any work, the combinations that cannot train correctly (``precision``: resolved)."""
     name = next((n for n in BALANCERS.names() if BALANCERS.get(n) is type(balancer)), type(balancer).__name__)
-    needs_features = bool(getattr(balancer, "needs_shared_features", False))
+    needs_features = balancer.needs_shared_features
     if precision != "fp32":
         if precision == "fp16" and device.type not in _FP16_DEVICES:
             raise ConfigError(f"train.precision: fp16 needs a CUDA device (training runs on {device.type}); use bf16")
@@ -649,8 +642,8 @@ def _check_precision_and_compile(spec: TrainSpec, precision: str, device: torch.
         if needs_features:
             raise ConfigError(f"train.compile with balancer {name!r}: the shared representation it differentiates is "
                               "inside the compiled graph, so its gradients would be missing; use 'mgda' or compile: false")
-        jacobian = getattr(getattr(balancer, "options", None), "jacobian", None)
-        if isinstance(balancer, GradientBalancer) and (jacobian == "batched" or (jacobian == "auto" and device.type != "cpu")):
+        jacobian = balancer.options.jacobian if isinstance(balancer, GradientBalancer) else None
+        if jacobian == "batched" or (jacobian == "auto" and device.type != "cpu"):
             raise ConfigError(f"train.compile with balancer {name!r}: its Jacobian is vmapped ('batched' on {device.type}), "
                               "which a compiled backward does not support; set the balancer option jacobian: loop")
 

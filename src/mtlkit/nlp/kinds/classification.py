@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
 from mtlkit.nlp.featurize import label_indices, tokenize
 from mtlkit.nlp.heads import PooledHead, masked_mean, safe_targets
 
@@ -87,7 +87,7 @@ class ClassificationTask(NLPTask):
         target, mask = label_indices([self.label_of(e) for e in examples], self._labels(), self.name, sources)
         return EncodedTable(inputs, {self.name: target}, {self.name: mask})
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return PooledHead(hidden_size, len(self._labels()), self.head)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mtlkit.nlp.base import HeadOptions, NLP_KINDS
+from mtlkit.nlp.base import HeadOptions, NLPHead, NLP_KINDS
 from mtlkit.nlp.heads import PooledHead
 from mtlkit.nlp.kinds.classification import ClassificationTask
 
@@ -56,7 +56,7 @@ def reverse_gradient(x: Tensor, lam: float = 1.0) -> Tensor:
     return _GradientReversal.apply(x, lam)
 
 
-class DomainHead(nn.Module):
+class DomainHead(NLPHead):
     """``R_λ`` then a :class:`PooledHead` over the domains."""
 
     def __init__(self, hidden_size: int, n_domains: int, options: HeadOptions, lam: float | None, schedule: str = "constant") -> None:
@@ -91,7 +91,7 @@ class DomainTask(ClassificationTask):
     def label_of(self, example: Any) -> Any:
         return getattr(example, "domain", None)
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return DomainHead(hidden_size, len(self._labels()), self.head, self.grl_lambda if self.adversarial else None,
                           self.grl_schedule)
 

@@ -47,14 +47,14 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.featurize import tokenize
 
 IGNORE = -100  # label of positions that are not predicted
 POSITIONS = "tok:mlm_positions"  # (B, L) bool input: the chosen positions (a "tok:" input is trimmed with the text)
 
 
-class MaskedLMHead(nn.Module):
+class MaskedLMHead(NLPHead):
     """BERT's prediction head; decodes only the positions in ``inputs["tok:mlm_positions"]``."""
 
     def __init__(self, hidden_size: int) -> None:
@@ -142,7 +142,7 @@ class MaskedLMTask(NLPTask):
         inputs = {**batch.inputs, "input_ids": new_ids, POSITIONS: chosen}
         return Batch(inputs, {**batch.targets, self.name: labels}, batch.masks, batch.weights)
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return MaskedLMHead(hidden_size)
 
     def _token_losses(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import HeadOptions, NLP_KINDS, NLPTask
+from mtlkit.nlp.base import HeadOptions, NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nlp.heads import PAD_LOGIT, PooledHead, masked_mean, safe_targets
 
 
-class RankingHead(nn.Module):
+class RankingHead(NLPHead):
     """Scores ``(B·k,)`` pairs with a :class:`PooledHead`, folded to ``(B, k)``; padding gets PAD_LOGIT."""
 
     def __init__(self, hidden_size: int, options: HeadOptions) -> None:
@@ -90,7 +90,7 @@ class RankingTask(NLPTask):
         inputs["candidate_mask"] = candidate_mask
         return EncodedTable(inputs, {self.name: target}, {self.name: target >= 0})
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return RankingHead(hidden_size, self.head)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:

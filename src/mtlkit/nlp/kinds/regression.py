@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nlp.heads import PooledHead, masked_mean
 
@@ -59,7 +59,7 @@ class RegressionTask(NLPTask):
             target[row] = value
         return EncodedTable(inputs, {self.name: target}, {self.name: ~target.isnan()})
 
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return PooledHead(hidden_size, 1, self.head)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.kinds._common import head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import IESentence, Span
 
@@ -80,7 +80,7 @@ def mark_pair(words: Sequence[str], subject: Span, object: Span, subject_type: s
     return out, starts["S"], starts["O"]
 
 
-class RelationHead(nn.Module):
+class RelationHead(NLPHead):
     """Logits ``(B, C)`` from the concatenated subject and object start-marker states."""
 
     def __init__(self, hidden_size: int, num_labels: int, hidden: Sequence[int] = (), dropout: float = 0.1) -> None:
@@ -203,7 +203,7 @@ class RelationTask(NLPTask):
                                     "object_entity": table_rows[:, 2]})
 
     # -- model ---------------------------------------------------------------------------
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return RelationHead(hidden_size, len(self.classes), self.head.hidden, self.head.dropout)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None,

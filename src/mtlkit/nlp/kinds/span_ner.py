@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.kinds._common import (IGNORE, head_layers, masked_mean, model_inputs, require_fast, stack_outputs,
                                       token_cross_entropy)
 from mtlkit.nlp.kinds.relation import check_spans
@@ -44,7 +44,7 @@ def enumerate_spans(n_words: int, max_width: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_words) for j in range(i, min(n_words, i + max_width))]
 
 
-class SpanNERHead(nn.Module):
+class SpanNERHead(NLPHead):
     """Logits ``(B, S, C)`` per candidate span from [start state; end state; width embedding]."""
 
     def __init__(self, hidden_size: int, num_labels: int, max_width: int, width_dim: int,
@@ -141,7 +141,7 @@ class SpanNERTask(NLPTask):
         )
 
     # -- model ---------------------------------------------------------------------------
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return SpanNERHead(hidden_size, len(self.classes), self.max_span_width, self.width_dim,
                            self.head.hidden, self.head.dropout)
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.kinds._common import fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import QAExample
 
@@ -84,7 +84,7 @@ def decode_spans(start_logits: Tensor, end_logits: Tensor, allowed: Tensor,
     return start, start + offset, best
 
 
-class SpanQAHead(nn.Module):
+class SpanQAHead(NLPHead):
     def __init__(self, hidden_size: int, hidden: Sequence[int], dropout: float, answer_classifier: bool) -> None:
         super().__init__()
         self.span = head_layers(hidden_size, hidden, dropout, 2)
@@ -182,7 +182,7 @@ class SpanQATask(NLPTask):
         return (start, stop, 1) if start <= stop else (0, 0, 0)
 
     # -- model ---------------------------------------------------------------------------
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return SpanQAHead(hidden_size, self.head.hidden, self.head.dropout, self.answer_classifier)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None,

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLP_KINDS, NLPTask
+from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
 from mtlkit.nlp.kinds._common import (IGNORE, fit_length, head_layers, masked_mean, model_inputs, require_fast,
                                       stack_outputs, token_cross_entropy, trim)
 from mtlkit.nlp.records import TaggedSentence
@@ -48,7 +48,7 @@ def first_subtokens(word_ids: Sequence[int | None]) -> list[int]:
     return out
 
 
-class TaggingHead(nn.Module):
+class TaggingHead(NLPHead):
     """Per-token tag logits ``(B, L, C)`` from the encoder's sequence output."""
 
     def __init__(self, hidden_size: int, num_labels: int, hidden: Sequence[int] = (), dropout: float = 0.1) -> None:
@@ -125,7 +125,7 @@ class TaggingTask(NLPTask):
         )
 
     # -- model ---------------------------------------------------------------------------
-    def build_head(self, hidden_size: int) -> nn.Module:
+    def build_head(self, hidden_size: int) -> NLPHead:
         return TaggingHead(hidden_size, len(self._labels()), self.head.hidden, self.head.dropout)
 
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None,
