@@ -149,6 +149,42 @@ def test_gradient_diagnostics_on_touched_rows_equal_the_dense_ones():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_per_field_tables_have_sparse_gradients_too():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone="mmoe", options={"experts": 2, "expert_hidden": [8]}, embedding_dim=4,
+                                  embedding_table="per_field", tower=[4]), _schema(500), TASKS)
+    reference = _model(sparse=False)
+    model.encoder.embedding.load_fused(reference.encoder.embedding)
+    model.load_state_dict({k: v for k, v in reference.state_dict().items() if "embedding" not in k}, strict=False)
+    opt = build_optimizers(model, EmbeddingOptimizerSpec(per_field={"device": {"name": "sgd"}}), lr=1e-3,
+                           field_names=["user", "item", "device"])
+    assert [type(o).__name__ for o in opt.tables] == ["RowWiseAdagrad", "RowSGD"]  # user+item share one, no row ranges
+    assert all(o.param_groups[0]["rows"] is None for o in opt.tables)
+    inputs, targets = _batch()
+    sum(_losses(model, inputs, targets).values()).backward()
+    sum(_losses(reference, inputs, targets).values()).backward()
+    fused = reference.encoder.embedding.table.weight.grad
+    start = 0
+    for table in model.encoder.embedding.tables:
+        assert table.weight.grad.is_sparse
+        rows = table.weight.shape[0]
+        torch.testing.assert_close(table.weight.grad.to_dense(), fused[start:start + rows], rtol=1e-5, atol=1e-7)
+        start += rows
+
+
+def test_compiled_model_keeps_sparse_gradients():
+    """torch.compile cannot compile sparse kernels; the lookup runs eagerly (a graph break) and the
+    compiled rest of the model gives the eager gradients."""
+    inputs, targets = _batch()
+    eager, compiled = _model(), _model()
+    sum(_losses(eager, inputs, targets).values()).backward()
+    sum(_losses(torch.compile(compiled), inputs, targets).values()).backward()
+    got, want = _grads(compiled), _grads(eager)
+    assert compiled.encoder.embedding.table.weight.grad.is_sparse
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_autocast_trains_on_the_sparse_path():
     inputs, targets = _batch(rows=64)
     grads = {}

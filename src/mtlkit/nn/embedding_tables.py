@@ -29,8 +29,9 @@ must keep the tables out of ``shared_parameters()`` (a Jacobian over a sharded t
 one row per looked-up id (``B·F`` rows, duplicates not yet summed) instead of a dense ``R × d``
 tensor. Its cost follows the batch, not the table: the backward writes ``B·F·d`` values, the
 table optimisers of :mod:`mtlkit.optim` coalesce them (sum duplicate ids) and update only those
-rows, and nothing anywhere allocates a table-sized zero tensor. Under ``torch.autocast`` the
-lookup stays fp32 (embedding is not an autocast op) and the gradient rows arrive in fp32.
+rows, and nothing anywhere allocates a table-sized zero tensor. The sparse lookup is left out of
+``torch.compile`` (:func:`sparse_lookup`: a graph break). Under ``torch.autocast`` the lookup
+stays fp32 (embedding is not an autocast op) and the gradient rows arrive in fp32.
 :meth:`EmbeddingTable.field_rows` says which weight and which row range hold each field, for
 per-field optimiser settings; :func:`sparse_weights` lists a model's weights in sparse mode (the
 gradient balancers and the data-parallel exchange treat them as touched rows only).
@@ -119,6 +120,14 @@ def sparse_weights(model: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+@torch.compiler.disable
+def sparse_lookup(ids: Tensor, weight: Tensor) -> Tensor:
+    """``weight[ids]`` with a COO gradient. Left out of ``torch.compile`` (a graph break): Inductor
+    has no sparse kernels in torch 2.13 ("Cannot access storage of SparseTensorImpl"), so the
+    lookup and its backward run eagerly and the rest of the model compiles."""
+    return F.embedding(ids, weight, sparse=True)
+
+
 @EMBEDDING_TABLES.register("fused")
 class FusedEmbedding(EmbeddingTable):
     """Every field's rows in one ``nn.Embedding``, each field's ids shifted by its offset."""
@@ -135,7 +144,7 @@ class FusedEmbedding(EmbeddingTable):
 
     def _lookup(self, flat: Tensor) -> Tensor:
         if self.sparse_gradients:  # COO gradient of the looked-up rows (B·F·d values)
-            return F.embedding(flat, self.table.weight, sparse=True)
+            return sparse_lookup(flat, self.table.weight)
         # index_select's backward (index_add) is ~5x cheaper on CPU than nn.Embedding's dense backward.
         return self.table.weight.index_select(0, flat)
 
@@ -166,16 +175,15 @@ class PerFieldEmbedding(EmbeddingTable):
         self.num_fields = len(cardinalities)
         self.dim = dim
 
-    def set_sparse_gradients(self, enabled: bool) -> None:
-        super().set_sparse_gradients(enabled)
-        for table in self.tables:
-            table.sparse = self.sparse_gradients
+    def _lookup(self, ids: Tensor, field: int) -> Tensor:
+        table = self.tables[field]
+        return sparse_lookup(ids, table.weight) if self.sparse_gradients else table(ids)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return torch.stack([self.tables[f](ids[..., f]) for f in range(ids.shape[-1])], dim=-2)
+        return torch.stack([self._lookup(ids[..., f], f) for f in range(ids.shape[-1])], dim=-2)
 
     def field(self, ids: Tensor, field: int) -> Tensor:
-        return self.tables[field](ids)
+        return self._lookup(ids, field)
 
     def field_rows(self) -> list[FieldRows]:
         return [FieldRows(t.weight, 0, t.num_embeddings) for t in self.tables]

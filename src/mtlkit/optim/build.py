@@ -88,9 +88,8 @@ def build_table_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec,
             whole.setdefault(settings, []).append(weight)  # one optimiser for every weight with these settings
         else:
             optimizers.append(TABLE_OPTIMIZERS.get(name)([weight], rows=(start, stop), **options.model_dump()))
-    for (name, options), weights in whole.items():
-        optimizers.insert(0, TABLE_OPTIMIZERS.get(name)(weights, **options.model_dump()))
-    return optimizers
+    shared = [TABLE_OPTIMIZERS.get(name)(weights, **options.model_dump()) for (name, options), weights in whole.items()]
+    return shared + optimizers
 
 
 class SchedulerSet:
