@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -105,15 +104,29 @@ def losses(model, batch) -> dict[str, torch.Tensor]:
     return {t.name: t.compute_loss(logits[t.name], batch[t.name], None, ones) for t in TASKS}
 
 
-def rss_mib() -> float:
+def _status(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def rss_mib() -> float:
+    return _status("VmRSS")
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS. Not ``ru_maxrss``: Linux carries it over from the parent through
+    fork and exec, so a child would report the parent's peak."""
+    return _status("VmHWM")
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current RSS (Linux ≥ 4.0), so it measures what comes next."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def state_bytes(opt) -> int:
@@ -125,7 +138,9 @@ def state_bytes(opt) -> int:
 def run_training(args, buckets: int, optimizer: str) -> dict:
     data = load(args.data, buckets)
     train, test = data["train"], data["test"]
-    baseline = rss_mib()
+    loading_peak = peak_rss_mib()
+    reset_peak_rss()
+    baseline = rss_mib()  # interpreter, torch and the encoded data: what the table's memory adds to
     model, opt = model_and_optimizers(buckets, optimizer)
     balancer = build_balancer(BalancerSpec(), TASKS)
     table = model.encoder.embedding.table.weight
@@ -153,7 +168,7 @@ def run_training(args, buckets: int, optimizer: str) -> dict:
               # the median step: robust to other processes on a shared machine; the epoch's own rate next to it
               "samples_per_s": args.batch_size / float(np.median(durations)) if durations else float("nan"),
               "epoch_samples_per_s": (step + 1) * args.batch_size / wall,
-              "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline,
+              "peak_rss_mib": max(peak_rss_mib(), loading_peak), "training_peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline,
               "table_mib": weights / 2**20, "state_mib": state_bytes(opt) / 2**20}
     if finished:
         model.eval()
@@ -290,7 +305,7 @@ def main() -> None:
                               f"{r['peak_rss_mib']:.0f} MiB" + (f", AUC click {r['auc_click']:.4f}" if 'auc_click' in r else ""), flush=True)
         report_training(results, sizes)
         balancer_results = []
-        for threads in args.threads:
+        for threads in args.threads if args.balancers else []:
             args.threads_now = threads
             for v in [int(s) for s in args.balancer_sizes]:
                 r = child(args, "balancer", v, ",".join(args.balancers))
@@ -302,14 +317,16 @@ def main() -> None:
 def report_training(results: list[dict], sizes: list[int]) -> None:
     print("\n## Training: samples/s, ratio to the smallest V, memory, test metrics after one epoch\n")
     print("samples/s from the median step time (robust to other load); the epoch's wall-clock rate in brackets\n")
-    print("| optimizer | threads | V | samples/s | vs V=min | peak RSS MiB | above baseline / (table + state) | "
+    print("peak RSS: the configuration's own process; the next column: its training peak above the RSS before the model")
+    print("was built (interpreter, torch, encoded data), divided by the table's weights + the optimiser state\n")
+    print("| optimizer | threads | V | samples/s | vs V=min | peak RSS MiB | (peak − baseline) / (table + state) | "
           "AUC click | AUC like | logloss click | logloss like |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         base = next((b for b in results if b["optimizer"] == r["optimizer"] and b["threads"] == r["threads"] and b["V"] == min(sizes)), None)
         ratio = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         own = r["table_mib"] + r["state_mib"]
-        memory = (r["peak_rss_mib"] - r["baseline_rss_mib"]) / own if own else float("nan")
+        memory = (r["training_peak_rss_mib"] - r["baseline_rss_mib"]) / own if own else float("nan")
         metrics = [f"{r[k]:.4f}" if k in r else "—" for k in ("auc_click", "auc_like", "logloss_click", "logloss_like")]
         partial = "" if r["epoch_done"] else f" ({r['steps']} steps)"
         print(f"| {r['optimizer']} | {r['threads']} | {r['V']:.0e} | {r['samples_per_s']:.0f} ({r['epoch_samples_per_s']:.0f}){partial} | {ratio:.2f} | "

@@ -211,6 +211,43 @@ def test_bf16_autocast_trains_on_the_sparse_path():
     assert last < 0.8 * first
 
 
+def test_a_gradient_scaler_unscales_and_skips_sparse_table_gradients():
+    """The fp16 recipe (scale, unscale_ and step per optimiser of the set, update once): the same
+    weights as unscaled training, and a table gradient that overflowed skips the table's step."""
+    inputs, targets = _batch()
+    weights = {}
+    for scaled in (False, True):
+        model = _model()
+        opt = build_optimizers(model, EmbeddingOptimizerSpec(), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for _ in range(3):
+            opt.zero_grad()
+            loss = sum(_losses(model, inputs, targets).values())
+            if not scaled:
+                loss.backward()
+                opt.step()
+                continue
+            scaler.scale(loss).backward()
+            for o in opt.optimizers:
+                scaler.unscale_(o)
+                scaler.step(o)
+            scaler.update()
+        weights[scaled] = {k: v.clone() for k, v in model.state_dict().items()}
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights[True][key], value, rtol=0, atol=1e-7, msg=key)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.zero_grad()
+    scaler.scale(sum(_losses(model, inputs, targets).values())).backward()
+    model.encoder.embedding.table.weight.grad._values()[0, 0] = float("inf")
+    for o in opt.optimizers:
+        scaler.unscale_(o)
+        scaler.step(o)
+    scaler.update()
+    # Each optimiser of the set skips on its own overflow (torch.amp's rule for several optimisers).
+    assert torch.equal(model.encoder.embedding.table.weight, before["encoder.embedding.table.weight"])
+    assert scaler.get_scale() == 512.0
+
+
 def test_sparse_mode_exports_like_the_dense_model():
     from mtlkit.export import ServingModule
 

@@ -12,9 +12,10 @@ from torch.nn import functional as F
 
 from mtlkit.errors import ConfigError
 from mtlkit.nn import TabularEncoder
+from mtlkit.data.schema import SchemaSpec
 from mtlkit.optim import (
     TABLE_OPTIMIZERS, EmbeddingOptimizerSpec, LazyAdam, RowSGD, RowWiseAdagrad, build_optimizers, check_fields,
-    clip_grad_norm_, grad_norm,
+    clip_grad_norm_, grad_norm, table_field_names,
 )
 
 ROWS, DIM = 50, 4
@@ -274,3 +275,15 @@ def test_clip_grad_norm_matches_torch_on_the_densified_gradients():
     assert table.grad.is_sparse and table.grad.is_coalesced()
     torch.testing.assert_close(table.grad.to_dense(), ref[0].grad)
     torch.testing.assert_close(bias.grad, ref[1].grad)
+
+
+def test_field_names_come_from_the_schema_spec_before_fitting():
+    """per_field keys can be checked against the config's features before any data is read: the
+    table's fields are the categoricals, then the sequences with a vocabulary of their own."""
+    features = SchemaSpec.model_validate({
+        "categorical": [{"name": "user_id"}, {"name": "item_id"}], "numeric": [{"name": "price"}],
+        "sequences": [{"name": "hist", "max_len": 3, "share_vocabulary_with": "item_id"}, {"name": "tags", "max_len": 2}]})
+    assert table_field_names(features) == ["user_id", "item_id", "tags"]
+    check_fields(EmbeddingOptimizerSpec(per_field={"tags": {"lr": 0.1}}), table_field_names(features))
+    with pytest.raises(ConfigError, match="per_field.hist: not a categorical feature"):
+        check_fields(EmbeddingOptimizerSpec(per_field={"hist": {"lr": 0.1}}), table_field_names(features))

@@ -46,8 +46,9 @@ from mtlkit.optim.spec import KEY, EmbeddingOptimizerSpec
 
 
 def table_field_names(schema: Any) -> list[str]:
-    """The field names of a fitted schema's table, in table order: the categorical features, then
-    the sequence features with a vocabulary of their own (what ``per_field`` keys may name)."""
+    """The field names of a schema's table, in table order: the categorical features, then the
+    sequence features with a vocabulary of their own (what ``per_field`` keys may name). Works on
+    a ``SchemaSpec`` (before fitting: check the config) and on a ``FittedSchema``."""
     return [f.name for f in schema.categorical] + [s.name for s in schema.sequences if not s.share_vocabulary_with]
 
 
