@@ -206,8 +206,8 @@ def test_bf16_autocast_trains_on_the_sparse_path():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = float(loss) if first is None else first
-        last = float(loss)
+        first = float(loss.detach()) if first is None else first
+        last = float(loss.detach())
     assert last < 0.8 * first
 
 

@@ -9,7 +9,7 @@ like torch's own. The clip coefficient is torch's: ``min(1, max_norm / (‖g‖ 
 Example:
     >>> import torch
     >>> w, b = torch.nn.Parameter(torch.zeros(10, 2)), torch.nn.Parameter(torch.zeros(1))
-    >>> w.grad = torch.sparse_coo_tensor([[4, 4]], torch.tensor([[1.5, 0.0], [1.5, 0.0]]), (10, 2))
+    >>> w.grad = torch.sparse_coo_tensor([[4, 4]], torch.tensor([[1.5, 0.0], [1.5, 0.0]]), (10, 2), check_invariants=True)
     >>> b.grad = torch.tensor([4.0])
     >>> clip_grad_norm_([w, b], max_norm=1.0)            # ‖(3, 0, 4)‖ = 5
     tensor(5.)

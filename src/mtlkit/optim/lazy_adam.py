@@ -28,7 +28,7 @@ Example:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.zeros(3, 2))
     >>> opt = LazyAdam([w], lr=0.1)
-    >>> w.grad = torch.sparse_coo_tensor([[2]], torch.tensor([[1.0, -1.0]]), (3, 2))
+    >>> w.grad = torch.sparse_coo_tensor([[2]], torch.tensor([[1.0, -1.0]]), (3, 2), check_invariants=True)
     >>> opt.step()                          # first step: a signed step of ≈ lr
     >>> [round(v, 4) for v in w.data[2].tolist()], w.data[:2].abs().sum().item()
     ([-0.1, 0.1], 0.0)

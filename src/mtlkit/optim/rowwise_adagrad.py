@@ -25,7 +25,7 @@ Example:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.zeros(4, 2))
     >>> opt = RowWiseAdagrad([w], lr=0.1)
-    >>> w.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[3.0, 0.0], [1.0, 0.0]]), (4, 2))
+    >>> w.grad = torch.sparse_coo_tensor([[1, 1]], torch.tensor([[3.0, 0.0], [1.0, 0.0]]), (4, 2), check_invariants=True)
     >>> opt.step()                         # g_1 = (4, 0): G_1 = 8, w_1 = −0.1·(4, 0)/√8
     >>> [round(v, 6) for v in w.data[1].tolist()], opt.state[w]["sum"].tolist()
     ([-0.141421, 0.0], [0.0, 8.0, 0.0, 0.0])

@@ -15,7 +15,7 @@ Example:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.ones(3, 2))
     >>> opt = RowSGD([w], lr=0.5)
-    >>> w.grad = torch.sparse_coo_tensor([[0, 0]], torch.ones(2, 2), (3, 2))   # id 0 twice: g = 2
+    >>> w.grad = torch.sparse_coo_tensor([[0, 0]], torch.ones(2, 2), (3, 2), check_invariants=True)   # id 0 twice: g = 2
     >>> opt.step()
     >>> w.data.tolist()
     [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]

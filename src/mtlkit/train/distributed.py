@@ -101,6 +101,7 @@ from mtlkit.balancing.gradient import GradientBalancer
 from mtlkit.balancing.touched_rows import Columns
 from mtlkit.data.batch import Batch
 from mtlkit.errors import ConfigError
+from mtlkit.optim.base import coalesce, touched_rows
 
 #: The most values one ``all_reduce`` of the gradient averaging carries.
 BUCKET_ELEMENTS = 25_000_000
@@ -304,8 +305,7 @@ def all_gather_sparse_grads(params: Sequence[Tensor], world: int) -> None:
         if present:
             if not p.grad.is_sparse:
                 raise ValueError("all_gather_sparse_grads: a table weight has a dense gradient; its table is not in sparse-gradient mode")
-            grad = p.grad.coalesce()
-            ids, rows = grad.indices()[0], grad.values()
+            ids, rows = touched_rows(p)  # coalesced once, in place
         else:
             ids, rows = torch.zeros(0, dtype=torch.long, device=p.device), p.new_zeros(0, *p.shape[1:])
         all_ids, all_rows, anywhere = _all_gather_rows(ids, rows, present)
@@ -314,8 +314,8 @@ def all_gather_sparse_grads(params: Sequence[Tensor], world: int) -> None:
             continue
         if not all_ids:
             all_ids, all_rows = [ids], [rows]
-        summed = torch.sparse_coo_tensor(torch.cat(all_ids).unsqueeze(0), torch.cat(all_rows), p.shape,
-                                         check_invariants=False).coalesce()
+        summed = coalesce(torch.sparse_coo_tensor(torch.cat(all_ids).unsqueeze(0), torch.cat(all_rows), p.shape,
+                                                  check_invariants=False))
         summed._values().div_(world)
         p.grad = summed
 
