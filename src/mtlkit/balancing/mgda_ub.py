@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.gradient import assign_flat_grad, split_parameters
-from mtlkit.balancing.touched_rows import accumulate_grad
 from mtlkit.balancing.mgda import MGDA, MGDAOptions
+from mtlkit.balancing.touched_rows import accumulate_grad
 from mtlkit.errors import ConfigError
 
 
