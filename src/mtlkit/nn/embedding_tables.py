@@ -67,6 +67,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -159,7 +160,7 @@ class FusedEmbedding(EmbeddingTable):
         return rows.view(*ids.shape, self.dim)
 
     def field_rows(self) -> list[FieldRows]:
-        starts = [0, *torch.tensor(self.cardinalities).cumsum(0).tolist()]
+        starts = [0, *itertools.accumulate(self.cardinalities)]
         return [FieldRows(self.table.weight, a, b) for a, b in zip(starts[:-1], starts[1:])]
 
 
