@@ -5,7 +5,9 @@ Every gradient method in mtlkit runs the same steps in :meth:`GradientBalancer.b
 1. ``f_k`` — the objective of task ``k`` (``λ_k·L_k`` by default, ``λ_k`` the task's
    ``loss_weight``; DB-MTL uses ``λ_k·log L_k``).
 2. ``J`` — the ``T × n`` Jacobian of ``f`` w.r.t. the ``n`` shared parameters
-   (``model.shared_parameters()``; every parameter if the model has no such method), either in
+   (``model.shared_parameters()``; every parameter if the model has no such method; of an
+   embedding table in sparse-gradient mode only the rows the step touched, see
+   :mod:`mtlkit.balancing.touched_rows` and the ``sparse_tables`` option), either in
    ONE vmapped backward, ``torch.autograd.grad(f, shared, grad_outputs=I_T, is_grads_batched=True)``
    (``jacobian="batched"``), or in one backward per task (``"loop"``). ``"auto"`` (default) takes
    the loop on CPU and the batched form on accelerators: on CPU (1 thread, MMoE with T = 2 and
@@ -17,7 +19,8 @@ Every gradient method in mtlkit runs the same steps in :meth:`GradientBalancer.b
 3. ``present_k = ‖J_k‖ > 0``: a task that has no labelled row in the batch (its masked loss is
    exactly 0 with zero gradient) or that is missing from ``losses`` takes no part in the
    aggregation; a step where no task is present leaves the shared gradient at zero, never NaN.
-4. ``d = aggregate(J, present)`` is written into the shared parameters' ``.grad``.
+4. ``d = aggregate(J, present)`` is written into the shared parameters' ``.grad`` (a COO
+   gradient over the touched rows for a sparse table).
 5. ONE backward of ``Σ_k f_k`` restricted (``inputs=``) to the other parameters (towers, heads),
    so each tower gets the gradient of its own task's objective.
 
@@ -39,18 +42,25 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.balancing.base import Balancer, BalancerOptions
+from mtlkit.balancing.touched_rows import Columns, dense_columns, touched_rows_jacobian
+from mtlkit.nn.embedding_tables import sparse_weights
 
 
 class GradientOptions(BalancerOptions):
     #: ``"batched"``: one vmapped backward for all tasks; ``"loop"``: one backward per task (same
     #: result); ``"auto"``: loop on CPU, batched on accelerators (see the module docstring).
     jacobian: Literal["auto", "batched", "loop"] = "auto"
+    #: Embedding tables in sparse-gradient mode: ``"jacobian"`` — their touched rows are columns
+    #: of ``J`` like any shared parameter (:mod:`mtlkit.balancing.touched_rows`); ``"outside"`` —
+    #: they are task-shared but left out of ``J`` and get the plain ``Σ_k f_k`` gradient, as the
+    #: towers do (a smaller ``J``; the method then balances the dense shared part only).
+    sparse_tables: Literal["jacobian", "outside"] = "jacobian"
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -99,6 +109,18 @@ def flat_jacobian(outputs: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], 
     return jacobian
 
 
+def shared_jacobian(outputs: Sequence[Tensor], inputs: Sequence[Tensor], mode: str = "auto",
+                    sparse: Sequence[Tensor] = ()) -> tuple[Tensor | None, Columns]:
+    """``(J, columns)`` w.r.t. ``inputs``, where those listed in ``sparse`` (embedding-table weights
+    in sparse-gradient mode) count only the rows the graph touched (always per task, ``"loop"``:
+    see :mod:`mtlkit.balancing.touched_rows`); ``columns.assign(d)`` writes an update back."""
+    ids = {id(p) for p in sparse}
+    tables = [p for p in inputs if id(p) in ids]
+    if not tables:
+        return flat_jacobian(list(outputs), list(inputs), mode), dense_columns(inputs)
+    return touched_rows_jacobian(outputs, [p for p in inputs if id(p) not in ids], tables)
+
+
 def assign_flat_grad(params: Sequence[Tensor], flat: Tensor) -> None:
     """Add the flat vector ``flat`` into the ``.grad`` of ``params`` (in order)."""
     chunks = torch.split(flat.detach(), [p.numel() for p in params])
@@ -138,15 +160,26 @@ class GradientBalancer(Balancer):
         raise NotImplementedError
 
     # -- the step ---------------------------------------------------------------------------------
+    #: Set by data-parallel training: makes the columns of ``J`` (the touched rows of sparse
+    #: tables) the same on every rank before ``aggregate`` averages ``J`` over ranks.
+    align_columns: Callable[[Tensor, Columns], tuple[Tensor, Columns]] | None = None
+
     def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
         rows, objectives, f = self.objectives(losses)
         shared, other = split_parameters(model)
-        jac = flat_jacobian(objectives, shared, self.options.jacobian) if rows else None
-        if jac is not None:
+        tables = sparse_weights(model)
+        if tables and self.options.sparse_tables == "outside":
+            ids = {id(p) for p in tables}
+            shared = [p for p in shared if id(p) not in ids]
+            other = [*other, *(p for p in tables if p.requires_grad)]
+        jac, columns = shared_jacobian(objectives, shared, self.options.jacobian, tables) if rows else (None, None)
+        if jac is not None and columns is not None:
+            if self.align_columns is not None and columns.sparse:
+                jac, columns = self.align_columns(jac, columns)
             full = jac.new_zeros(len(self.task_names), jac.shape[1])
             full[rows] = jac
             present = full.pow(2).sum(1) > 0
-            assign_flat_grad(shared, self.aggregate(full, present))
+            columns.assign(self.aggregate(full, present))
         self._backward_others(objectives, other)
         return (f * self.last_weights.to(f)).sum()
 
@@ -193,5 +226,6 @@ __all__ = [
     "assign_flat_grad",
     "flat_jacobian",
     "masked_softmax",
+    "shared_jacobian",
     "split_parameters",
 ]

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.gradient import GradientBalancer, GradientOptions, flat_jacobian
 from mtlkit.errors import ConfigError
+from mtlkit.nn.embedding_tables import sparse_weights
 
 
 class GradNormOptions(GradientOptions):
@@ -79,9 +80,13 @@ class GradNorm(GradientBalancer):
                 raise ConfigError(f"balancer 'gradnorm': options.layer {self.options.layer!r} is not a parameter of the "
                                   f"model; e.g. {', '.join(list(named)[-4:])}")
             param = named[self.options.layer]
+            if any(param is t for t in sparse_weights(model)):
+                raise ConfigError(f"balancer 'gradnorm': options.layer {self.options.layer!r} is an embedding table with "
+                                  "sparse gradients; name a dense shared layer")
         else:
             shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else list(model.parameters())
-            matrices = [p for p in shared if p.requires_grad and p.dim() >= 2]
+            tables = {id(t) for t in sparse_weights(model)}  # a touched-rows table is no layer to balance
+            matrices = [p for p in shared if p.requires_grad and p.dim() >= 2 and id(p) not in tables]
             if not matrices:
                 raise ConfigError("balancer 'gradnorm': the model has no shared weight matrix; set options.layer")
             param = matrices[-1]

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.gradient import assign_flat_grad, split_parameters
 from mtlkit.balancing.mgda import MGDA, MGDAOptions
+from mtlkit.balancing.touched_rows import accumulate_grad
 from mtlkit.errors import ConfigError
 
 
@@ -133,7 +134,7 @@ class MGDAUB(MGDA):
             if g is None:
                 unused.append(p)
             else:
-                assign_flat_grad([p], g.reshape(-1))
+                accumulate_grad(p, g)  # a COO gradient for a sparse table (only its touched rows)
         if downstream_ids is None:  # first step: the plain way, and learn which parameters are downstream
             self._downstream[key] = {id(p) for p in unused}
             if unused:

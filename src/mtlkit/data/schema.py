@@ -3,7 +3,8 @@
 Categorical features get a vocabulary of values seen at least ``min_freq`` times in training;
 index 0 is the bucket for unseen, rare and missing values. With ``hash_buckets`` set, values
 are hashed (64-bit FNV-1a over UTF-8, stable across processes and machines) instead, which
-needs no vocabulary for huge cardinalities. Numeric features are clipped, optionally
+needs no vocabulary for huge cardinalities; ``min_freq`` then admits only values seen that often
+(the others get id 0; :mod:`mtlkit.data.admission`). Numeric features are clipped, optionally
 log-transformed (``sign(x)·log1p(|x|)``), standardised, and missing values (null, NaN, ±inf)
 are filled with the training mean and flagged in an extra indicator column when training saw any.
 
@@ -70,6 +71,7 @@ import pyarrow.compute as pc
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mtlkit.data import admission
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.tables import TableLike, as_arrow
 from mtlkit.errors import DataError
@@ -186,6 +188,16 @@ class FittedCategorical:
     name: str
     vocabulary: list[str] = field(default_factory=list)
     hash_buckets: Optional[int] = None
+    admitted: Optional[str] = None  # hashed with min_freq > 1: the admitted values' hashes (mtlkit.data.admission)
+
+    def admitted_hashes(self) -> Optional[np.ndarray]:
+        """The admitted hashes, decoded once (``None``: every value is admitted)."""
+        if self.admitted is None:
+            return None
+        cached = self.__dict__.get("_admitted")
+        if cached is None or cached[0] is not self.admitted:
+            cached = self.__dict__["_admitted"] = (self.admitted, admission.unpack(self.admitted))
+        return cached[1]
 
     @property
     def cardinality(self) -> int:
@@ -229,6 +241,7 @@ class FittedSequence:
     hash_buckets: Optional[int] = None
     normalize: bool = False
     attention_hidden: list[int] = field(default_factory=lambda: [36])
+    admitted: Optional[str] = None  # as FittedCategorical.admitted (own hashed vocabulary only)
 
     @property
     def cardinality(self) -> int:
@@ -387,9 +400,12 @@ def _as_strings(column: pa.ChunkedArray) -> pa.Array:
 
 def _fit_categorical(feature: CategoricalFeature, column: pa.ChunkedArray, extra: Sequence[pa.Array] = ()) -> FittedCategorical:
     """``extra``: item strings of the sequences sharing this vocabulary, counted with the column."""
-    if feature.hash_buckets:
+    if feature.hash_buckets and feature.min_freq == 1:
         return FittedCategorical(feature.name, [], feature.hash_buckets)
     values = pa.concat_arrays([_as_strings(column), *extra]) if extra else _as_strings(column)
+    if feature.hash_buckets:  # admission: only values seen min_freq times get a bucket
+        kept = admission.admitted(stable_hash(values.drop_null()), feature.min_freq)
+        return FittedCategorical(feature.name, [], feature.hash_buckets, admission.pack(kept))
     counts = pc.value_counts(values.drop_null())
     values = counts.field("values").to_pylist()
     freqs = counts.field("counts").to_numpy()
@@ -424,7 +440,7 @@ def _fit_sequence(feature: SequenceFeature, items: pa.Array) -> FittedSequence:
     if not feature.share_vocabulary_with:
         own = _fit_categorical(CategoricalFeature(name=feature.name, min_freq=feature.min_freq, hash_buckets=feature.hash_buckets),
                                pa.chunked_array([items], type=pa.string()))
-        fitted.vocabulary, fitted.hash_buckets = own.vocabulary, own.hash_buckets
+        fitted.vocabulary, fitted.hash_buckets, fitted.admitted = own.vocabulary, own.hash_buckets, own.admitted
     return fitted
 
 
@@ -456,7 +472,7 @@ def _sequence_items(name: str, separator: Optional[str], column: pa.ChunkedArray
 def _encode_sequence(feature: FittedSequence, vocabulary: FittedCategorical | FittedSequence, column: pa.ChunkedArray, source: str) -> np.ndarray:
     """``(rows, max_len)`` ids: each row's last ``max_len`` items, left-aligned, padded with 0."""
     parents, strings = _sequence_items(feature.name, feature.separator, column, source)
-    lookup = FittedCategorical(feature.name, vocabulary.vocabulary, vocabulary.hash_buckets)
+    lookup = FittedCategorical(feature.name, vocabulary.vocabulary, vocabulary.hash_buckets, vocabulary.admitted)
     ids = _encode_categorical(lookup, pa.chunked_array([strings], type=pa.string()))
     rows = len(column)
     counts = np.bincount(parents, minlength=rows)
@@ -471,7 +487,11 @@ def _encode_sequence(feature: FittedSequence, vocabulary: FittedCategorical | Fi
 def _encode_categorical(feature: FittedCategorical, column: pa.ChunkedArray) -> np.ndarray:
     strings = _as_strings(column)
     if feature.hash_buckets:
-        ids = (stable_hash(strings) % np.uint64(feature.hash_buckets)).astype(np.int64) + 1
+        hashes = stable_hash(strings)
+        ids = (hashes % np.uint64(feature.hash_buckets)).astype(np.int64) + 1
+        kept = feature.admitted_hashes()
+        if kept is not None:  # values rarer than min_freq in training share the OOV row 0
+            ids = np.where(admission.is_admitted(hashes, kept), ids, 0)
         return np.where(strings.is_null().to_numpy(zero_copy_only=False), 0, ids)
     if 64 * len(strings) < len(feature.vocabulary):  # a few rows against a large catalogue (serving)
         positions = feature.positions()

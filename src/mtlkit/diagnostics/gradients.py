@@ -49,7 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.balancing.base import Balancer
-from mtlkit.balancing.gradient import flat_jacobian, split_parameters
+from mtlkit.balancing.gradient import shared_jacobian, split_parameters
+from mtlkit.nn.embedding_tables import sparse_weights
 
 
 def task_gradient_stats(losses: Mapping[str, Tensor], model: nn.Module, task_names: Sequence[str],
@@ -61,7 +62,9 @@ def task_gradient_stats(losses: Mapping[str, Tensor], model: nn.Module, task_nam
     reference = next(iter(losses.values()))
     norms = torch.full((t,), math.nan, device=reference.device)
     cosines = torch.full((t, t), math.nan, device=reference.device)
-    jac = flat_jacobian([losses[task_names[i]] for i in rows], shared, jacobian) if rows and shared else None
+    # Sparse embedding tables count their touched rows only (mtlkit.balancing.touched_rows).
+    outputs = [losses[task_names[i]] for i in rows]
+    jac = shared_jacobian(outputs, shared, jacobian, sparse_weights(model))[0] if rows and shared else None
     if jac is None:
         return norms, cosines
     with torch.no_grad():

@@ -67,6 +67,7 @@ class Thresholds:
     unseen_share: float = 0.2  # validation/test rows whose category train never saw
     duplicate_share: float = 0.01  # exact duplicate rows within a split, or of a train row
     identical_labels: float = 0.999  # |correlation| between two tasks' labels
+    hash_collision_share: float = 0.1  # training rows of a hashed feature whose bucket holds another value
 
 
 @dataclass

@@ -90,6 +90,18 @@ def leakage_table(report: DoctorReport) -> Table:
     return table
 
 
+def hash_collision_table(report: DoctorReport) -> Table:
+    """Per hashed feature: buckets, admitted values, and the share of values and rows that collide."""
+    table = Table(title="hashed features (train): bucket collisions")
+    for column in ("feature", "buckets", "admitted values", "occupied", "colliding values", "colliding rows", "uniform hashing"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    for name, s in (report.stats.get("hash_collisions") or {}).items():
+        table.add_row(name, str(s["buckets"]), f"{s['admitted']} of {s['values']}", str(s["occupied_buckets"]),
+                      f"{100 * s['value_collision_share']:.1f}%", f"{100 * s['row_collision_share']:.1f}%",
+                      f"{100 * s['expected_value_collision_share']:.1f}%")
+    return table
+
+
 def findings_table(report: DoctorReport) -> Table:
     table = Table(title="findings")
     table.add_column("severity")
@@ -103,7 +115,8 @@ def findings_table(report: DoctorReport) -> Table:
 def print_report(report: DoctorReport, console: Console, brief: bool = False) -> None:
     """Everything, or with ``brief`` (``train --doctor``) only the findings and the summary line."""
     if not brief:
-        for table in (data_table(report), label_rates_table(report), correlation_table(report), leakage_table(report)):
+        for table in (data_table(report), label_rates_table(report), correlation_table(report), leakage_table(report),
+                      hash_collision_table(report)):
             if table.row_count:
                 console.print(table)
     if report.findings:

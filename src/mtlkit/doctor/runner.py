@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import pyarrow as pa
 
 from mtlkit.data.schema import SchemaSpec
-from mtlkit.doctor import checks
+from mtlkit.doctor import checks, hashing
 from mtlkit.doctor.findings import CheckResult, DoctorReport, Finding, Severity, Thresholds
 from mtlkit.doctor.frame import SplitTables
 from mtlkit.errors import ConfigError, DataError
@@ -52,6 +52,7 @@ def diagnose(
         "leakage": checks.check_leakage(data, tasks, features, thresholds),
         "unseen": checks.check_unseen(data, features, thresholds),
         "duplicates": checks.check_duplicates(data, thresholds),
+        "hash_collisions": hashing.check_hash_collisions(data, features, thresholds),
     }
     if time_column:
         results["time_overlap"] = checks.check_time_overlap(data, time_column)

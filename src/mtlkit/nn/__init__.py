@@ -1,7 +1,9 @@
 """Building blocks: MLPs, embedding tables (fused, per-field; a registry for other backends), the tabular input encoder, sequence pooling, expert banks and gates."""
 
 from mtlkit.nn.embedding import TabularEncoder
-from mtlkit.nn.embedding_tables import EMBEDDING_TABLES, FusedEmbedding, PerFieldEmbedding
+from mtlkit.nn.embedding_tables import (
+    EMBEDDING_TABLES, EmbeddingTable, FieldRows, FusedEmbedding, PerFieldEmbedding, embedding_tables, sparse_weights,
+)
 from mtlkit.nn.experts import BatchedLinear, ExpertBank
 from mtlkit.nn.gates import Gates
 from mtlkit.nn.hard_concrete import HardConcrete
@@ -9,6 +11,7 @@ from mtlkit.nn.mlp import MLP
 from mtlkit.nn.sequence import DinAttention, SequenceField, masked_pool
 
 __all__ = [
-    "EMBEDDING_TABLES", "MLP", "BatchedLinear", "DinAttention", "ExpertBank", "FusedEmbedding", "Gates", "HardConcrete",
-    "PerFieldEmbedding", "SequenceField", "TabularEncoder", "masked_pool",
+    "EMBEDDING_TABLES", "MLP", "BatchedLinear", "DinAttention", "EmbeddingTable", "ExpertBank", "FieldRows", "FusedEmbedding",
+    "Gates", "HardConcrete", "PerFieldEmbedding", "SequenceField", "TabularEncoder", "embedding_tables", "masked_pool",
+    "sparse_weights",
 ]

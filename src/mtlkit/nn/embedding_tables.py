@@ -23,6 +23,32 @@ leave the data-parallel gradient all-reduce (TorchRec's fused optimiser updates 
 backward), checkpoints become sharded (``torch.distributed.checkpoint``), and gradient balancers
 must keep the tables out of ``shared_parameters()`` (a Jacobian over a sharded table is not local).
 
+**Sparse gradients** (``set_sparse_gradients(True)``, switched on by
+:func:`mtlkit.optim.build_optimizers` when a table optimiser is configured): the lookup is
+``nn.functional.embedding(..., sparse=True)``, so the weight's ``.grad`` is a COO tensor holding
+one row per looked-up id (``B·F`` rows, duplicates not yet summed) instead of a dense ``R × d``
+tensor. Its cost follows the batch, not the table: the backward writes ``B·F·d`` values, the
+table optimisers of :mod:`mtlkit.optim` coalesce them (sum duplicate ids) and update only those
+rows, and nothing anywhere allocates a table-sized zero tensor. The sparse lookup is left out of
+``torch.compile`` (:func:`sparse_lookup`: a graph break). Under ``torch.autocast`` the lookup
+stays fp32 (embedding is not an autocast op) and the gradient rows arrive in fp32.
+:meth:`EmbeddingTable.field_rows` says which weight and which row range hold each field, for
+per-field optimiser settings; :func:`sparse_weights` lists a model's weights in sparse mode (the
+gradient balancers and the data-parallel exchange treat them as touched rows only).
+
+**TorchRec/FBGEMM version matrix.** ``fbgemm-gpu-cpu`` 1.9.0 does not load against torch 2.13
+(undefined symbol in ``fbgemm_gpu_tbe_index_select.so``). FBGEMM's binaries are built against one
+torch release each; its compatibility table (FBGEMM docs, "Releases") lists fbgemm-gpu 0.8.0 ↔
+torch 2.4, 1.0.0 ↔ 2.5, 1.1.0 ↔ 2.6, 1.2.0 ↔ 2.7, 1.4.0 ↔ 2.9, 1.5.0 ↔ 2.10, and TorchRec
+releases with the same version number as FBGEMM's (TorchRec docs, "Setting up TorchRec"). None
+of these pairs was tried here, so a TorchRec backend must be tested in an environment pinned to
+one of them before it is registered. What such a backend implements here: ``forward``/``field`` as above
+over a ``KeyedJaggedTensor``; ``field_rows()`` (one entry per field, its own table);
+``set_sparse_gradients`` as a no-op (FBGEMM's fused optimiser applies the row-wise update inside
+the backward, so the weights never get a ``.grad`` and must be left out of
+:func:`mtlkit.optim.build_optimizers`' table optimisers); and a ``state_dict`` that gathers
+shards for export. Nothing of it is shipped untested.
+
 Example:
     >>> import torch
     >>> fused, per_field = FusedEmbedding([3, 5], 4), PerFieldEmbedding([3, 5], 4)
@@ -30,22 +56,81 @@ Example:
     >>> ids = torch.tensor([[2, 4], [0, 1]])
     >>> bool(torch.equal(fused(ids), per_field(ids))), fused(ids).shape
     (True, torch.Size([2, 2, 4]))
+    >>> fused.set_sparse_gradients(True)
+    >>> fused(ids).sum().backward()
+    >>> grad = fused.table.weight.grad.coalesce()      # only the 4 looked-up rows (of 8)
+    >>> grad.is_sparse, grad.indices().tolist()
+    (True, [[0, 2, 4, 7]])
+    >>> [(start, stop) for _, start, stop in fused.field_rows()]
+    [(0, 3), (3, 8)]
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import itertools
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mtlkit.registry import Registry
 
 EMBEDDING_TABLES: Registry[Callable[[Sequence[int], int], nn.Module]] = Registry("embedding table")
 
 
+class FieldRows(NamedTuple):
+    """Where one field's rows live: ``weight[start:stop]``."""
+
+    weight: nn.Parameter
+    start: int
+    stop: int
+
+
+class EmbeddingTable(nn.Module):
+    """Base of the registered tables: the sparse-gradient switch and the per-field row map."""
+
+    num_fields: int
+    dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sparse_gradients = False
+
+    def set_sparse_gradients(self, enabled: bool) -> None:
+        """Give the weights COO gradients of the looked-up rows only (see the module docstring)."""
+        self.sparse_gradients = bool(enabled)
+
+    def field_rows(self) -> list[FieldRows]:
+        """One entry per field, in field order."""
+        raise NotImplementedError
+
+
+def embedding_tables(model: nn.Module) -> list[EmbeddingTable]:
+    """The embedding tables inside ``model``."""
+    return [m for m in model.modules() if isinstance(m, EmbeddingTable)]
+
+
+def sparse_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of ``model``'s tables in sparse-gradient mode (each once, in model order)."""
+    seen: dict[int, nn.Parameter] = {}
+    for table in embedding_tables(model):
+        if table.sparse_gradients:
+            for rows in table.field_rows():
+                seen.setdefault(id(rows.weight), rows.weight)
+    return list(seen.values())
+
+
+@torch.compiler.disable
+def sparse_lookup(ids: Tensor, weight: Tensor) -> Tensor:
+    """``weight[ids]`` with a COO gradient. Left out of ``torch.compile`` (a graph break): Inductor
+    has no sparse kernels in torch 2.13 ("Cannot access storage of SparseTensorImpl"), so the
+    lookup and its backward run eagerly and the rest of the model compiles."""
+    return F.embedding(ids, weight, sparse=True)
+
+
 @EMBEDDING_TABLES.register("fused")
-class FusedEmbedding(nn.Module):
+class FusedEmbedding(EmbeddingTable):
     """Every field's rows in one ``nn.Embedding``, each field's ids shifted by its offset."""
 
     def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
@@ -54,23 +139,33 @@ class FusedEmbedding(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)
         self.table = nn.Embedding(int(sum(cardinalities)), dim)
         nn.init.normal_(self.table.weight, std=0.05)
+        self.cardinalities = [int(c) for c in cardinalities]
         self.num_fields = len(cardinalities)
         self.dim = dim
 
+    def _lookup(self, flat: Tensor) -> Tensor:
+        if self.sparse_gradients:  # COO gradient of the looked-up rows (B·F·d values)
+            return sparse_lookup(flat, self.table.weight)
+        # index_select's backward (index_add) is ~5x cheaper on CPU than nn.Embedding's dense backward.
+        return self.table.weight.index_select(0, flat)
+
     def forward(self, ids: Tensor) -> Tensor:
         """``(B, F)`` per-field ids of the first ``F`` fields → ``(B, F, dim)`` embeddings."""
-        # index_select's backward (index_add) is ~5x cheaper on CPU than nn.Embedding's dense backward.
-        rows = self.table.weight.index_select(0, (ids + self.offsets[: ids.shape[-1]]).reshape(-1))
+        rows = self._lookup((ids + self.offsets[: ids.shape[-1]]).reshape(-1))
         return rows.view(*ids.shape, self.dim)
 
     def field(self, ids: Tensor, field: int) -> Tensor:
         """Ids of any shape, all of field ``field`` → ``(*ids.shape, dim)`` embeddings."""
-        rows = self.table.weight.index_select(0, (ids + self.offsets[field]).reshape(-1))
+        rows = self._lookup((ids + self.offsets[field]).reshape(-1))
         return rows.view(*ids.shape, self.dim)
+
+    def field_rows(self) -> list[FieldRows]:
+        starts = [0, *itertools.accumulate(self.cardinalities)]
+        return [FieldRows(self.table.weight, a, b) for a, b in zip(starts[:-1], starts[1:])]
 
 
 @EMBEDDING_TABLES.register("per_field")
-class PerFieldEmbedding(nn.Module):
+class PerFieldEmbedding(EmbeddingTable):
     """One ``nn.Embedding`` per field (``F`` gathers per batch instead of one)."""
 
     def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
@@ -81,11 +176,18 @@ class PerFieldEmbedding(nn.Module):
         self.num_fields = len(cardinalities)
         self.dim = dim
 
+    def _lookup(self, ids: Tensor, field: int) -> Tensor:
+        table = self.tables[field]
+        return sparse_lookup(ids, table.weight) if self.sparse_gradients else table(ids)
+
     def forward(self, ids: Tensor) -> Tensor:
-        return torch.stack([self.tables[f](ids[..., f]) for f in range(ids.shape[-1])], dim=-2)
+        return torch.stack([self._lookup(ids[..., f], f) for f in range(ids.shape[-1])], dim=-2)
 
     def field(self, ids: Tensor, field: int) -> Tensor:
-        return self.tables[field](ids)
+        return self._lookup(ids, field)
+
+    def field_rows(self) -> list[FieldRows]:
+        return [FieldRows(t.weight, 0, t.num_embeddings) for t in self.tables]
 
     @torch.no_grad()
     def load_fused(self, fused: FusedEmbedding) -> None:
@@ -96,4 +198,5 @@ class PerFieldEmbedding(nn.Module):
             start += table.num_embeddings
 
 
-__all__ = ["EMBEDDING_TABLES", "FusedEmbedding", "PerFieldEmbedding"]
+__all__ = ["EMBEDDING_TABLES", "EmbeddingTable", "FieldRows", "FusedEmbedding", "PerFieldEmbedding",
+           "embedding_tables", "sparse_weights"]

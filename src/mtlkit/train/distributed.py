@@ -59,6 +59,20 @@
   ``last.pt``, so several machines need a shared run directory. The mid-epoch loss sums in a
   checkpoint are the all-reduced ones (on Ctrl-C, rank 0's own, as no collective is safe then).
 
+**Sparse embedding tables** (weights with COO gradients, :mod:`mtlkit.nn.embedding_tables`) are
+never densified: :func:`all_gather_sparse_grads` gathers every rank's touched row ids and their
+gradient rows (one ``all_gather`` of the counts, one of the ids, one of the rows, padded to the
+largest count) and coalesces them locally (duplicate ids summed, divided by the world size), so
+the exchange costs ``world × rows touched per rank``, not the table. Every rank coalesces the same
+concatenation in the same rank order, so the averaged gradient is identical on all ranks. A
+gradient method with the tables in its Jacobian (``sparse_tables: jacobian``) needs the same
+columns on every rank before ``J`` is averaged: :func:`reduce_gradient_balancer` installs
+:func:`align_jacobian_columns`, which widens each table block to the union of the ranks' touched
+rows (an ``all_gather`` of the ids); the update over that union is then the same on every rank and
+the tables, like the other shared parameters, need no further exchange. With
+``sparse_tables: outside`` (or a loss-weighting balancer) the tables' gradients go through
+:func:`all_gather_sparse_grads`. :func:`sparse_exchange_parameters` says which is which.
+
 Model-parallel embeddings (not implemented): the data-parallel design replicates every
 parameter, so an embedding table must fit one device. Larger tables plug in as a backend of
 :data:`mtlkit.nn.embedding_tables.EMBEDDING_TABLES` (``model.embedding_table``), the interface
@@ -83,8 +97,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mtlkit.balancing.gradient import GradientBalancer
+from mtlkit.balancing.touched_rows import Columns
 from mtlkit.data.batch import Batch
 from mtlkit.errors import ConfigError
+from mtlkit.optim.base import coalesce, touched_rows
 
 #: The most values one ``all_reduce`` of the gradient averaging carries.
 BUCKET_ELEMENTS = 25_000_000
@@ -250,7 +267,86 @@ def reduce_gradient_balancer(balancer: nn.Module, world: int) -> None:
         return aggregate(packed, packed.pow(2).sum(1) > 0)
 
     balancer.aggregate = reduced
+    balancer.align_columns = align_jacobian_columns  # the touched rows of sparse tables: one union for all ranks
     balancer._mtlkit_reduced = True
+
+
+def _all_gather_rows(ids: Tensor, rows: Tensor, present: bool) -> tuple[list[Tensor], list[Tensor], bool]:
+    """Every rank's ``(ids, rows)`` (padded to the largest count for the collective), and whether
+    any rank had them (``present``)."""
+    count = torch.tensor([ids.numel() if present else -1], dtype=torch.long, device=ids.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = torch.cat(counts).tolist()  # one host sync; the gathers below need the padded length
+    longest = max(max(sizes), 0)
+    if longest == 0:
+        return [], [], max(sizes) >= 0
+    padded_ids = ids.new_zeros(longest)
+    padded_ids[: ids.numel()] = ids
+    padded_rows = rows.new_zeros(longest, *rows.shape[1:])
+    padded_rows[: rows.shape[0]] = rows
+    all_ids = [torch.empty_like(padded_ids) for _ in sizes]
+    all_rows = [torch.empty_like(padded_rows) for _ in sizes]
+    dist.all_gather(all_ids, padded_ids)
+    dist.all_gather(all_rows, padded_rows)
+    kept = [(i[:n], r[:n]) for i, r, n in zip(all_ids, all_rows, sizes) if n > 0]
+    return [i for i, _ in kept], [r for _, r in kept], True
+
+
+def all_gather_sparse_grads(params: Sequence[Tensor], world: int) -> None:
+    """Average the COO gradients of embedding-table weights over ranks without densifying them.
+
+    Each rank's gradient is coalesced, the ranks' (ids, rows) are all-gathered and coalesced
+    again (duplicates summed), then divided by ``world``. A weight without a gradient on every
+    rank keeps ``grad = None``; one missing on some ranks counts as zero there.
+    """
+    for p in params:
+        present = p.grad is not None
+        if present:
+            if not p.grad.is_sparse:
+                raise ValueError("all_gather_sparse_grads: a table weight has a dense gradient; its table is not in sparse-gradient mode")
+            ids, rows = touched_rows(p)  # coalesced once, in place
+        else:
+            ids, rows = torch.zeros(0, dtype=torch.long, device=p.device), p.new_zeros(0, *p.shape[1:])
+        all_ids, all_rows, anywhere = _all_gather_rows(ids, rows, present)
+        if not anywhere:
+            p.grad = None
+            continue
+        if not all_ids:
+            all_ids, all_rows = [ids], [rows]
+        summed = coalesce(torch.sparse_coo_tensor(torch.cat(all_ids).unsqueeze(0), torch.cat(all_rows), p.shape,
+                                                  check_invariants=False))
+        summed._values().div_(world)
+        p.grad = summed
+
+
+def align_jacobian_columns(jacobian: Tensor, columns: Columns) -> tuple[Tensor, Columns]:
+    """Widen every sparse-table block of ``jacobian`` to the union of the touched rows of all ranks
+    (zeros where this rank did not touch a row), so that ``J`` can be averaged over ranks."""
+    blocks, sizes, rows = [], [], []
+    for block, ids, param in zip(torch.split(jacobian, columns.sizes, dim=1), columns.rows, columns.params):
+        if ids is None:
+            blocks.append(block)
+            sizes.append(block.shape[1])
+            rows.append(None)
+            continue
+        gathered, _, _ = _all_gather_rows(ids, ids.new_zeros(ids.numel(), 0), True)
+        union = torch.unique(torch.cat(gathered)) if gathered else ids
+        width = param[0].numel()
+        wide = block.new_zeros(block.shape[0], union.numel(), width)
+        wide[:, torch.searchsorted(union, ids)] = block.reshape(block.shape[0], ids.numel(), width)
+        blocks.append(wide.reshape(block.shape[0], -1))
+        sizes.append(union.numel() * width)
+        rows.append(union)
+    return torch.cat(blocks, dim=1), Columns(list(columns.params), sizes, rows)
+
+
+def sparse_exchange_parameters(table_params: Sequence[Tensor], balancer: nn.Module) -> list[Tensor]:
+    """The table weights whose gradients :func:`all_gather_sparse_grads` must exchange: all of them,
+    except under a gradient method that keeps them in its Jacobian (their gradient is then the
+    same on every rank already, as for the other shared parameters)."""
+    in_jacobian = isinstance(balancer, GradientBalancer) and balancer.options.sparse_tables == "jacobian"
+    return [] if in_jacobian else list(table_params)
 
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
@@ -284,6 +380,7 @@ def shard_source(source: Any, ctx: DistContext) -> Any:
 
 
 __all__ = [
-    "BUCKET_ELEMENTS", "DistContext", "global_mean_losses", "ShardedBatches", "all_reduce_grads", "all_reduce_sum_",
-    "broadcast_object", "broadcast_state", "context", "reduce_gradient_balancer", "setup", "shard_source",
+    "BUCKET_ELEMENTS", "DistContext", "global_mean_losses", "ShardedBatches", "align_jacobian_columns",
+    "all_gather_sparse_grads", "all_reduce_grads", "all_reduce_sum_", "broadcast_object", "broadcast_state", "context",
+    "reduce_gradient_balancer", "setup", "shard_source", "sparse_exchange_parameters",
 ]
