@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from mtlkit.registry import Registry
+from mtlkit.protocols import TrainableModel
 
 
 class BalancerOptions(BaseModel):
@@ -41,7 +42,7 @@ class Balancer(nn.Module):
         self.options = options
         self.loss_weights = {t: float((loss_weights or {}).get(t, 1.0)) for t in self.task_names}
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
         """Back-propagate the step's losses into ``.grad``; return the combined loss (detached)."""
         raise NotImplementedError
 
@@ -59,7 +60,7 @@ class LossWeighting(Balancer):
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
         total = self.combine(losses)
         total.backward()
         return total.detach()

@@ -42,7 +42,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from mtlkit.balancing.base import Balancer, BalancerOptions
 from mtlkit.balancing.touched_rows import Columns, dense_columns, touched_rows_jacobian
 from mtlkit.nn.embedding_tables import sparse_weights
+from mtlkit.protocols import TrainableModel
 
 
 class GradientOptions(BalancerOptions):
@@ -63,12 +64,9 @@ class GradientOptions(BalancerOptions):
     sparse_tables: Literal["jacobian", "outside"] = "jacobian"
 
 
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(shared, other)`` trainable parameters; a model without ``shared_parameters()`` is all shared."""
-    if hasattr(model, "shared_parameters"):
-        shared = [p for p in model.shared_parameters() if p.requires_grad]
-    else:
-        shared = [p for p in model.parameters() if p.requires_grad]
+def split_parameters(model: TrainableModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(shared, other)`` trainable parameters, as the model's :meth:`~mtlkit.protocols.TrainableModel.shared_parameters` says."""
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
     seen = {id(p) for p in shared}
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
     return shared, other
@@ -139,6 +137,18 @@ def masked_softmax(logits: Tensor, present: Tensor) -> Tensor:
     return e / e.sum().clamp_min(1e-30)
 
 
+class JacobianReducer(Protocol):
+    """How data-parallel ranks agree on ``J`` before aggregating it (:mod:`mtlkit.train.distributed`)."""
+
+    def align_columns(self, jacobian: Tensor, columns: Columns) -> tuple[Tensor, Columns]:
+        """The same columns (touched table rows) on every rank."""
+        ...
+
+    def reduce(self, jacobian: Tensor, objectives: Tensor) -> tuple[Tensor, Tensor]:
+        """The rank-averaged ``(T, n)`` Jacobian and ``(T,)`` objectives."""
+        ...
+
+
 class GradientBalancer(Balancer):
     """Base of the gradient methods (see the module docstring for the five steps)."""
 
@@ -160,11 +170,11 @@ class GradientBalancer(Balancer):
         raise NotImplementedError
 
     # -- the step ---------------------------------------------------------------------------------
-    #: Set by data-parallel training: makes the columns of ``J`` (the touched rows of sparse
-    #: tables) the same on every rank before ``aggregate`` averages ``J`` over ranks.
-    align_columns: Callable[[Tensor, Columns], tuple[Tensor, Columns]] | None = None
+    #: Set by data-parallel training (:func:`mtlkit.train.distributed.reduce_gradient_balancer`):
+    #: every rank then aggregates the rank-averaged ``J`` and objectives.
+    jacobian_reducer: JacobianReducer | None = None
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
         rows, objectives, f = self.objectives(losses)
         shared, other = split_parameters(model)
         tables = sparse_weights(model)
@@ -174,10 +184,12 @@ class GradientBalancer(Balancer):
             other = [*other, *(p for p in tables if p.requires_grad)]
         jac, columns = shared_jacobian(objectives, shared, self.options.jacobian, tables) if rows else (None, None)
         if jac is not None and columns is not None:
-            if self.align_columns is not None and columns.sparse:
-                jac, columns = self.align_columns(jac, columns)
+            if self.jacobian_reducer is not None and columns.sparse:  # one union of touched rows on every rank
+                jac, columns = self.jacobian_reducer.align_columns(jac, columns)
             full = jac.new_zeros(len(self.task_names), jac.shape[1])
             full[rows] = jac
+            if self.jacobian_reducer is not None:
+                full, self.step_objectives = self.jacobian_reducer.reduce(full, self.step_objectives)
             present = full.pow(2).sum(1) > 0
             columns.assign(self.aggregate(full, present))
         self._backward_others(objectives, other)

@@ -21,9 +21,10 @@ Options: ``alpha`` (default 1.5), ``layer``, ``jacobian``.
 
 Example:
     >>> import torch
-    >>> class Net(torch.nn.Module):
+    >>> from mtlkit.protocols import TrainableModel
+    >>> class Net(TrainableModel):
     ...     def __init__(self):
-    ...         super().__init__()
+    ...         super().__init__(["a", "b"])
     ...         self.trunk, self.heads = torch.nn.Linear(3, 4), torch.nn.ModuleList([torch.nn.Linear(4, 1) for _ in range(2)])
     ...     def shared_parameters(self):
     ...         return self.trunk.parameters()
@@ -51,6 +52,7 @@ from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.gradient import GradientBalancer, GradientOptions, flat_jacobian
 from mtlkit.errors import ConfigError
 from mtlkit.nn.embedding_tables import sparse_weights
+from mtlkit.protocols import TrainableModel
 
 
 class GradNormOptions(GradientOptions):
@@ -70,7 +72,7 @@ class GradNorm(GradientBalancer):
         self.register_buffer("seen", torch.zeros(t, dtype=torch.bool))
         self._layer: tuple[int, Tensor] | None = None
 
-    def layer(self, model: nn.Module) -> Tensor:
+    def layer(self, model: TrainableModel) -> Tensor:
         """The parameter ``W`` whose per-task gradient norms are balanced."""
         if self._layer is not None and self._layer[0] == id(model):
             return self._layer[1]
@@ -84,7 +86,7 @@ class GradNorm(GradientBalancer):
                 raise ConfigError(f"balancer 'gradnorm': options.layer {self.options.layer!r} is an embedding table with "
                                   "sparse gradients; name a dense shared layer")
         else:
-            shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else list(model.parameters())
+            shared = list(model.shared_parameters())
             tables = {id(t) for t in sparse_weights(model)}  # a touched-rows table is no layer to balance
             matrices = [p for p in shared if p.requires_grad and p.dim() >= 2 and id(p) not in tables]
             if not matrices:
@@ -93,7 +95,7 @@ class GradNorm(GradientBalancer):
         self._layer = (id(model), param)
         return param
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
         t = len(self.task_names)
         with torch.no_grad():  # renormalise after the optimiser's last step: Σ w = T
             self.task_weights.clamp_(min=1e-6)

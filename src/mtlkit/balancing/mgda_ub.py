@@ -24,9 +24,10 @@ whose loss does not depend on them has zero gradient and is treated as absent fo
 
 Example:
     >>> import torch
-    >>> class Net(torch.nn.Module):
+    >>> from mtlkit.protocols import TrainableModel
+    >>> class Net(TrainableModel):
     ...     def __init__(self):
-    ...         super().__init__()
+    ...         super().__init__(["a", "b"])
     ...         self.trunk, self.heads = torch.nn.Linear(3, 4), torch.nn.ModuleList([torch.nn.Linear(4, 1) for _ in range(2)])
     ...     def shared_parameters(self):
     ...         return self.trunk.parameters()
@@ -54,9 +55,10 @@ from mtlkit.balancing.gradient import assign_flat_grad, split_parameters
 from mtlkit.balancing.mgda import MGDA, MGDAOptions
 from mtlkit.balancing.touched_rows import accumulate_grad
 from mtlkit.errors import ConfigError
+from mtlkit.protocols import TrainableModel
 
 
-def expose_shared_features(model: nn.Module, module: nn.Module):
+def expose_shared_features(model: TrainableModel, module: nn.Module):
     """Set ``model.last_shared_features`` to ``module``'s output at every forward with gradients on.
 
     Returns the hook's handle (``handle.remove()`` undoes it). In evaluation (no grad) nothing is
@@ -83,8 +85,8 @@ class MGDAUB(MGDA):
         super().__init__(task_names, options, loss_weights)
         object.__setattr__(self, "_downstream", {})  # shared-parameter ids -> ids downstream of Z (not state)
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
-        features = getattr(model, "last_shared_features", None)
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
+        features = model.last_shared_features
         if features is not None:
             model.last_shared_features = None
             features = [features] if isinstance(features, Tensor) else list(features)

@@ -23,9 +23,10 @@ Two ways to use it:
 
 Example:
     >>> import torch
-    >>> class Net(torch.nn.Module):
+    >>> from mtlkit.protocols import TrainableModel
+    >>> class Net(TrainableModel):
     ...     def __init__(self):
-    ...         super().__init__()
+    ...         super().__init__(["a", "b"])
     ...         self.shared = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     ...     def shared_parameters(self):
     ...         return iter([self.shared])
@@ -51,9 +52,10 @@ from torch import Tensor, nn
 from mtlkit.balancing.base import Balancer
 from mtlkit.balancing.gradient import shared_jacobian, split_parameters
 from mtlkit.nn.embedding_tables import sparse_weights
+from mtlkit.protocols import TrainableModel
 
 
-def task_gradient_stats(losses: Mapping[str, Tensor], model: nn.Module, task_names: Sequence[str],
+def task_gradient_stats(losses: Mapping[str, Tensor], model: TrainableModel, task_names: Sequence[str],
                         jacobian: str = "auto") -> tuple[Tensor, Tensor]:
     """``(norms (T,), cosines (T, T))`` of the tasks' shared gradients; NaN for absent tasks. Keeps the graph."""
     t = len(task_names)
@@ -106,7 +108,7 @@ class GradientMonitor:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def record(self, step: int, losses: Mapping[str, Tensor], model: nn.Module) -> None:
+    def record(self, step: int, losses: Mapping[str, Tensor], model: TrainableModel) -> None:
         """Compute the statistics if ``step`` is due (call before the balancer's backward)."""
         if self.due(step) and losses:
             norms, cosines = task_gradient_stats(losses, model, self.task_names, self.jacobian)
@@ -191,7 +193,7 @@ class MonitoredBalancer(Balancer):
         self.monitor = monitor
         self.steps = 0
 
-    def backward(self, losses: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+    def backward(self, losses: Mapping[str, Tensor], model: TrainableModel) -> Tensor:
         self.monitor.record(self.steps, losses, model)
         self.steps += 1
         return self.inner.backward(losses, model)

@@ -242,33 +242,30 @@ _UNSUPPORTED = {
 }
 
 
-def reduce_gradient_balancer(balancer: nn.Module, world: int) -> None:
+class RankAveragedJacobian:
+    """A :class:`~mtlkit.balancing.gradient.JacobianReducer`: ``J`` and the objectives averaged over ranks
+    in one all-reduce, after the touched rows of sparse tables are made one union for all ranks."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+
+    def align_columns(self, jacobian: Tensor, columns: Any) -> tuple[Tensor, Any]:
+        return align_jacobian_columns(jacobian, columns)
+
+    def reduce(self, jacobian: Tensor, objectives: Tensor) -> tuple[Tensor, Tensor]:
+        packed = torch.cat([jacobian, objectives.to(jacobian).reshape(-1, 1)], dim=1)
+        dist.all_reduce(packed)
+        packed.div_(self.world)
+        return packed[:, :-1], packed[:, -1]
+
+
+def reduce_gradient_balancer(balancer: GradientBalancer, world: int) -> None:
     """Make a gradient balancer aggregate the rank-averaged Jacobian (see the module docstring)."""
     name = type(balancer).__name__
-    if name in _UNSUPPORTED or getattr(balancer, "needs_shared_features", False):
+    if name in _UNSUPPORTED or balancer.needs_shared_features:
         why = _UNSUPPORTED.get(name, "it differentiates each rank's own shared representation")
         raise ConfigError(f"balancer {name!r} is not supported in distributed training: {why}")
-    if getattr(balancer, "_mtlkit_reduced", False):
-        return
-    aggregate = balancer.aggregate
-
-    def reduced(jacobian: Tensor, present: Tensor) -> Tensor:
-        objectives = getattr(balancer, "step_objectives", None)
-        t = jacobian.shape[0]
-        columns = [jacobian]
-        if objectives is not None:
-            columns.append(objectives.to(jacobian).reshape(t, 1))
-        packed = torch.cat(columns, dim=1)
-        dist.all_reduce(packed)
-        packed.div_(world)
-        if objectives is not None:
-            balancer.step_objectives = packed[:, -1]
-            packed = packed[:, :-1]
-        return aggregate(packed, packed.pow(2).sum(1) > 0)
-
-    balancer.aggregate = reduced
-    balancer.align_columns = align_jacobian_columns  # the touched rows of sparse tables: one union for all ranks
-    balancer._mtlkit_reduced = True
+    balancer.jacobian_reducer = RankAveragedJacobian(world)
 
 
 def _all_gather_rows(ids: Tensor, rows: Tensor, present: bool) -> tuple[list[Tensor], list[Tensor], bool]:
