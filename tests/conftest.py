@@ -9,6 +9,8 @@ import pyarrow as pa
 import pytest
 import torch
 
+from mtlkit.data.batch import BatchSource
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -45,7 +47,7 @@ def click_table(n: int = 600, seed: int = 0) -> pa.Table:
     })
 
 
-class InterruptAfter:
+class InterruptAfter(BatchSource):
     """A batch source that raises KeyboardInterrupt (like Ctrl-C) after `steps` steps."""
 
     def __init__(self, source, steps):

@@ -219,7 +219,8 @@ CASES = [
         "- name: price\n", "- name: price\n    clip: [.nan, 1]\n"))),
     Case("negative learning rate", train(), 2, ("key 'train.lr'",), config(train__lr=-1)),
     Case("unknown backbone", train(), 2, ("mmmoe",), config(model__backbone="mmmoe")),
-    Case("fp16 on the CPU", train(), 2, ("fp16",), config(train__precision="fp16", train__device="cpu")),
+    Case("fp16 on mps", train(), 2, ("train", "'fp16' trains on cpu or cuda"), config(train__precision="fp16", train__device="mps")),
+    Case("an unknown precision", train(), 2, ("train.precision", "fp8"), config(train__precision="fp8")),
     # config files: bytes and YAML
     Case("duplicated key", train(), 2, ("key 'seed' is given twice", "lines 1 and"),
          text("bad.yaml", "seed: 0\n" + yaml.safe_dump({k: v for k, v in CONFIG.items() if k != "seed"}) + "seed: 3\n")),

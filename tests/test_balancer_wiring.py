@@ -5,7 +5,7 @@ import torch
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.schema import NumericFeature, SchemaSpec
-from mtlkit.diagnostics.gradients import read_gradient_csv
+from mtlkit.diagnostics.gradients import gradient_diagnostics, read_gradient_csv
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec
 
@@ -20,7 +20,9 @@ def make(run_dir, balancer="mgda_ub", backbone="shared_bottom", **kw):
     model = build_model(ModelSpec(backbone=backbone, options=opts, tower=[4]), schema, TRAIN_TASKS)
     spec = TrainSpec(epochs=3, batch_size=32, lr=0.01, progress=False, patience=None, **kw)
     train = schema.encode(click_table(192, 0), TRAIN_TASKS).batches(32, shuffle=True, seed=1)
-    return Trainer(model, TRAIN_TASKS, build_balancer(BalancerSpec(name=balancer), TRAIN_TASKS), spec, run_dir), train, schema.encode(click_table(64, 1), TRAIN_TASKS)
+    callbacks = gradient_diagnostics(spec, [t.name for t in TRAIN_TASKS], run_dir)  # what mtlkit.run passes
+    trainer = Trainer(model, TRAIN_TASKS, build_balancer(BalancerSpec(name=balancer), TRAIN_TASKS), spec, run_dir, callbacks)
+    return trainer, train, schema.encode(click_table(64, 1), TRAIN_TASKS)
 
 
 @pytest.mark.parametrize("backbone", ["shared_bottom", "mmoe"])

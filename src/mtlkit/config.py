@@ -142,6 +142,10 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     if first["type"] == "missing":
         message = "required key is missing"
     message = message.removeprefix("Value error, ")
+    given = first.get("input")
+    if first["type"] in ("literal_error", "enum") or first["type"].endswith(("_parsing", "_type")):
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        message = f"{message} (got {shown})"  # the value itself, for a choice or type mistake
     where = f"key '{location}': " if location else ""
     return f"{source}: {where}{message}"
 

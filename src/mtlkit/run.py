@@ -30,6 +30,7 @@ from mtlkit.data.streaming import StreamedTrain
 from mtlkit.data.tables import TableLike, as_arrow, is_dataframe, is_table_like, output_like
 from mtlkit.data.writers import output_format, write_table
 from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics, has_gates
+from mtlkit.diagnostics.gradients import gradient_diagnostics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
 from mtlkit.outputs import check_output_dir, check_output_file, write_text
@@ -288,7 +289,8 @@ def train_run(
         model = build_model(config.model, encoded.schema, prepared.tasks)
     trained = set(model.loss_task_names)
     balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
-    callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else [])]
+    callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else []),
+                 *gradient_diagnostics(resolved.train, model.loss_task_names, path if ctx.is_main else None)]
     if prepared.stream is not None:  # checks every file's columns before anything is written
         batches = prepared.stream.batches(encoded.schema, prepared.tasks, config.train.batch_size, config.seed)
     else:

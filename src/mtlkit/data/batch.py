@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -99,7 +100,23 @@ class EncodedTable:
         return TableBatches(self, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
 
-class TableBatches:
+class BatchSource:
+    """What the trainer iterates: ``len()`` steps per epoch, each step a list of batches.
+
+    ``world_size``: the number of data-parallel ranks a source already shards its rows for
+    (streamed row groups); None for a source the trainer shards (each rank keeps ``rank::world``).
+    """
+
+    world_size: Optional[int] = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[list[Batch]]:
+        raise NotImplementedError
+
+
+class TableBatches(BatchSource):
     """Batches of one table, one epoch at a time, restartable at any step.
 
     The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so an interrupted run
@@ -118,7 +135,7 @@ class TableBatches:
     def __len__(self) -> int:
         return -(-len(self.table) // self.batch_size)
 
-    def epoch(self, epoch: int = 0, start_step: int = 0):
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[list[Batch]]:
         n = len(self.table)
         order = None
         if self.shuffle:

@@ -28,10 +28,10 @@ from typing import Iterator, Literal, Mapping
 
 import torch
 
-from mtlkit.data.batch import Batch, EncodedTable
+from mtlkit.data.batch import Batch, BatchSource, EncodedTable
 
 
-class PerTaskBatches:
+class PerTaskBatches(BatchSource):
     def __init__(
         self,
         tables: Mapping[str, EncodedTable],

@@ -77,7 +77,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from mtlkit.data.batch import Batch
+from mtlkit.data.batch import Batch, BatchSource
 from mtlkit.data.readers import PARQUET_SUFFIXES, open_parquet, read_row_group
 from mtlkit.data.schema import (
     FittedCategorical, FittedNumeric, FittedSchema, SchemaSpec, _as_strings, _fit_sequence, _float_column,
@@ -261,7 +261,7 @@ def _seed(seed: int) -> int:
     return seed % 2**63  # numpy seed sequences take non-negative integers
 
 
-class ParquetBatches:
+class ParquetBatches(BatchSource):
     """Shuffled, sharded, exactly resumable batches streamed from Parquet files; see the module docstring.
 
     ``use_threads`` lets Arrow decode a row group on several cores (default: one).

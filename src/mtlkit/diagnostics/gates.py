@@ -38,14 +38,17 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.protocols import TrainableModel
-from mtlkit.train.trainer import Callback, FitResult, Trainer
+from mtlkit.train.callbacks import Callback, FitResult
+
+if TYPE_CHECKING:
+    from mtlkit.train.trainer import Trainer
 
 
 @dataclass(frozen=True)

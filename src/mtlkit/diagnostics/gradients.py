@@ -44,7 +44,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,11 @@ from mtlkit.balancing.base import Balancer
 from mtlkit.balancing.gradient import shared_jacobian, split_parameters
 from mtlkit.nn.embedding_tables import sparse_weights
 from mtlkit.protocols import TrainableModel
+from mtlkit.train.callbacks import Callback
+from mtlkit.train.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from mtlkit.train.trainer import Trainer
 
 
 def task_gradient_stats(losses: Mapping[str, Tensor], model: TrainableModel, task_names: Sequence[str],
@@ -182,6 +187,36 @@ def plot_gradient_csv(csv_path: str | Path, png_path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
     return Path(png_path)
+
+
+class GradientDiagnostics(Callback):
+    """``train.grad_diagnostics_every``: the trainer's steps recorded by a :class:`GradientMonitor`,
+    flushed to ``gradients.csv`` / ``gradients.png`` at every epoch end and before every checkpoint
+    (so a resumed run recomputes only the steps after its checkpoint)."""
+
+    def __init__(self, monitor: GradientMonitor) -> None:
+        self.monitor = monitor
+
+    def on_step_losses(self, trainer: Trainer, global_step: int, losses: Mapping[str, Tensor]) -> None:
+        self.monitor.record(global_step, losses, trainer.model)
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        self.monitor.flush()
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any], validation: Any) -> None:
+        self.monitor.flush()  # one read-back per epoch
+
+
+def gradient_diagnostics(spec: TrainSpec, task_names: Sequence[str], out_dir: str | Path | None) -> list[Callback]:
+    """The callbacks a run passes the trainer for ``train.grad_diagnostics_every`` (none when unset).
+
+    ``out_dir``: where ``gradients.csv`` / ``.png`` go (None on data-parallel ranks other than 0).
+    Under ``train.compile`` the Jacobian is per-task backwards: a vmapped one is not supported there.
+    """
+    if not spec.grad_diagnostics_every:
+        return []
+    monitor = GradientMonitor(task_names, spec.grad_diagnostics_every, out_dir, jacobian="loop" if spec.compile else "auto")
+    return [GradientDiagnostics(monitor)]
 
 
 class MonitoredBalancer(Balancer):

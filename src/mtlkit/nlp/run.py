@@ -30,6 +30,7 @@ import torch
 from mtlkit.balancing import Balancer
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.data.batch import EncodedTable
+from mtlkit.diagnostics.gradients import gradient_diagnostics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.config import SPLITS, HoldoutSpec, NLPRunConfig, dump_nlp_config, parse_nlp_config
@@ -190,6 +191,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
             from mtlkit.nlp.warm_start import checkpoint_state, warm_start
 
             warm = warm_start(model, checkpoint_state(config.init_from))
+        callbacks = [*callbacks, *gradient_diagnostics(spec, model.loss_task_names, path if ctx.is_main else None)]
         trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)
         sampling = config.sampling.model_copy(update={"strategy": config.strategy})
         train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,

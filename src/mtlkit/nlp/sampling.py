@@ -53,7 +53,7 @@ from typing import Callable, Iterator, Literal, Mapping, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mtlkit.data.batch import Batch, EncodedTable
+from mtlkit.data.batch import Batch, BatchSource, EncodedTable
 from mtlkit.errors import ConfigError
 
 Strategy = Literal["round", "proportional", "uniform", "temperature", "annealed", "auxiliary_first"]
@@ -130,7 +130,7 @@ def probabilities(spec: SamplingSpec, sizes: Mapping[str, int], epoch: int = 0, 
     return dict(zip(sizes, capped(p, spec.cap).tolist()))
 
 
-class TaskSampler:
+class TaskSampler(BatchSource):
     """A batch source for :class:`mtlkit.train.Trainer`: ``len()`` steps per epoch, ``epoch(e, start_step)``.
 
     ``transforms`` maps a task to a per-batch transform ``(batch, generator) → batch``, called with

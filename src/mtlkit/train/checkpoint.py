@@ -1,4 +1,9 @@
-"""Load a checkpoint (``best.pt``, ``last.pt``) safely, with a one-line error when it is damaged.
+"""Write checkpoints atomically; load them (``best.pt``, ``last.pt``) safely, with a one-line error when damaged.
+
+``last.pt`` holds what an exact resume needs (:data:`CHECKPOINT_VERSION` 1): the model, optimiser,
+scheduler, balancer and gradient-scaler states, the RNG states, the position (epoch, step, the
+selection state and history) and a mid-epoch checkpoint's running loss sums. ``best.pt`` holds the
+best weights (``model``), the best epoch per selection unit and their validation results.
 
 Every checkpoint is read with ``weights_only=True``: a pickle that would run code (``os.system``)
 or build arbitrary objects is refused by torch, and here reported as such, not as a traceback.
@@ -17,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +30,16 @@ from typing import Any, Optional
 import torch
 
 from mtlkit.errors import ConfigError
+
+
+CHECKPOINT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file then rename, so a crash never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", recover: Optional[str] = None, keys: tuple[str, ...] = ("model",)) -> dict:
@@ -55,4 +71,4 @@ def _first_line(error: BaseException) -> str:
     return line.rstrip(".") or type(error).__name__
 
 
-__all__ = ["load_checkpoint"]
+__all__ = ["CHECKPOINT_VERSION", "atomic_save", "load_checkpoint"]

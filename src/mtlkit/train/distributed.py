@@ -99,7 +99,7 @@ from torch import Tensor, nn
 
 from mtlkit.balancing.gradient import GradientBalancer
 from mtlkit.balancing.touched_rows import Columns
-from mtlkit.data.batch import Batch
+from mtlkit.data.batch import Batch, BatchSource
 from mtlkit.errors import ConfigError
 from mtlkit.optim.base import coalesce, touched_rows
 
@@ -351,7 +351,7 @@ def _shard(batch: Batch, rank: int, world: int) -> Batch:
     return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights))
 
 
-class ShardedBatches:
+class ShardedBatches(BatchSource):
     """Rank ``rank``'s rows ``rank::world`` of every batch of a source that yields global batches.
 
     Same ``len()`` and the same ``epoch(epoch, start_step)`` positions as the source, so a
@@ -369,9 +369,9 @@ class ShardedBatches:
             yield [_shard(b, self.rank, self.world) for b in batches]
 
 
-def shard_source(source: Any, ctx: DistContext) -> Any:
+def shard_source(source: BatchSource, ctx: DistContext) -> BatchSource:
     """The rank's view of a training source: itself if it already shards by rank, else ShardedBatches."""
-    if not ctx.enabled or getattr(source, "world_size", None) == ctx.world or isinstance(source, ShardedBatches):
+    if not ctx.enabled or source.world_size == ctx.world or isinstance(source, ShardedBatches):
         return source
     return ShardedBatches(source, ctx.rank, ctx.world)
 

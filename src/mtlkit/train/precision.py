@@ -12,6 +12,8 @@ Native means:
 - CPU: AVX512-BF16 or AMX-BF16 (x86), the BF16 extension (Arm), *and* oneDNN willing to use
   it (its own check, which honours ``ONEDNN_MAX_CPU_ISA``).
 
+fp16 (with its gradient scaler, :mod:`mtlkit.train.mixed_precision`) trains on CUDA and on CPUs,
+natively with AVX512-FP16 or AMX-FP16; elsewhere it is emulated and warned about like bf16.
 ``auto`` never picks fp16 (its gradient scaler restricts the balancers) nor a precision the
 balancer cannot train in (MGDA-UB differentiates the low-precision representation): those get
 fp32. An explicit ``bf16`` on a CPU that emulates it trains as asked, after a one-line warning
@@ -37,6 +39,7 @@ log = logging.getLogger("mtlkit")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16, AMX-BF16; Arm's BF16 (/proc/cpuinfo "Features")
+_NATIVE_FP16_FLAGS = {"avx512_fp16", "amx_fp16", "fphp"}  # x86 AVX512-FP16 (Sapphire Rapids), AMX-FP16; Arm's FP16 arithmetic
 
 
 def cpu_bf16_native(flags: Iterable[str], onednn_bf16: bool) -> bool:
@@ -59,6 +62,16 @@ def cpu_flags() -> set[str]:
         return flags
     line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
     return flags | set(line.partition(":")[2].split())
+
+
+def onednn_fp16() -> bool:
+    """oneDNN's own fp16 check (AVX512-FP16 or AMX-FP16 in use)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def onednn_bf16() -> bool:
@@ -84,6 +97,16 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def native_fp16(device_type: str) -> bool:
+    """Whether ``device_type`` runs fp16 matmuls natively: every CUDA GPU torch supports; a CPU with AVX512-FP16/AMX-FP16."""
+    if device_type == "cuda":
+        return True
+    if device_type == "cpu":
+        return onednn_fp16() and not _NATIVE_FP16_FLAGS.isdisjoint(cpu_flags())
+    return False
+
+
 def resolve_precision(requested: str, device: torch.device, low_precision_ok: bool = True) -> str:
     """The precision to train in: ``requested`` itself, or for ``"auto"`` bf16 if native (and
     ``low_precision_ok``: the balancer trains in it) else fp32. Warns on an emulated explicit bf16."""
@@ -92,7 +115,11 @@ def resolve_precision(requested: str, device: torch.device, low_precision_ok: bo
     if requested == "bf16" and device.type == "cpu" and not native_bf16("cpu"):
         log.warning("train.precision: bf16 is emulated on this CPU (oneDNN has no AVX512-BF16 or AMX to use), "
                     "many times slower than fp32 (benchmarks/precision.py); use precision: auto or fp32")
+    if requested == "fp16" and device.type == "cpu" and not native_fp16("cpu"):
+        log.warning("train.precision: fp16 is emulated on this CPU (no AVX512-FP16 or AMX-FP16), slower than fp32; "
+                    "use precision: auto, fp32 or bf16")
     return requested
 
 
-__all__ = ["PRECISIONS", "cpu_bf16_native", "cpu_flags", "native_bf16", "onednn_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "cpu_bf16_native", "cpu_flags", "native_bf16", "native_fp16", "onednn_bf16", "onednn_fp16",
+           "resolve_precision"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Mapping, Optional, TextIO
+from typing import Any, Mapping, Optional, TextIO
 
 
 class EpochProgress:
@@ -141,4 +141,16 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-__all__ = ["EpochProgress", "LogLines", "RichBar", "epoch_progress", "format_seconds", "on_terminal"]
+def print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]) -> None:
+    """One line per epoch: every task's validation metrics, and whether the epoch is the best so far."""
+    from rich.console import Console  # noqa: PLC0415 (rich only when progress is shown)
+
+    parts = []
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "rows")
+        parts.append(f"[bold]{task}[/] {shown}")
+    mark = " [green]*best[/]" if record["improved"] else ""
+    Console().print(f"epoch {record['epoch']} validation: " + " | ".join(parts) + mark, highlight=False, soft_wrap=True)  # one line in a log file
+
+
+__all__ = ["EpochProgress", "LogLines", "RichBar", "epoch_progress", "format_seconds", "on_terminal", "print_epoch"]

@@ -20,8 +20,9 @@ class TrainSpec(BaseModel):
     ``precision`` is that of the forward pass and the task losses (autocast); parameters, optimiser
     state, losses, loss sums and the gradient balancers' Jacobians stay fp32. ``"auto"`` (the
     default) is bf16 where the hardware runs it natively (:mod:`mtlkit.train.precision`), else
-    fp32. ``"bf16"`` runs on CPU (emulated, and slow, without AVX512-BF16/AMX) and CUDA; ``"fp16"`` needs CUDA and trains with a gradient scaler (see
-    :mod:`mtlkit.train.trainer` for which balancers are exact under loss scaling). ``compile``
+    fp32. ``"bf16"`` runs on CPU (emulated, and slow, without AVX512-BF16/AMX) and CUDA; ``"fp16"``
+    trains with a gradient scaler, on CUDA or a CPU (emulated without AVX512-FP16/AMX-FP16) (see
+    :mod:`mtlkit.train.mixed_precision` for which balancers are exact under loss scaling). ``compile``
     wraps the model's forward in ``torch.compile``, falling back to eager with a warning if
     compilation fails; checkpoints hold the uncompiled module's state either way.
     """
@@ -58,6 +59,6 @@ class TrainSpec(BaseModel):
     @model_validator(mode="after")
     def _check_precision(self) -> "TrainSpec":
         # "auto" resolves to a device only in the trainer, which checks it again there.
-        if self.precision == "fp16" and self.device.split(":")[0] not in ("cuda", "auto"):
-            raise ValueError(f"precision 'fp16' needs a CUDA device (device is {self.device!r}): use 'bf16' on CPU")
+        if self.precision in ("bf16", "fp16") and self.device.split(":")[0] not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"precision {self.precision!r} trains on cpu or cuda (device is {self.device!r}): use fp32")
         return self
