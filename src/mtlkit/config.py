@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mtlkit.balancing import BalancerSpec
 from mtlkit.data.schema import SchemaSpec
 from mtlkit.data.streaming import StreamingSpec
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, validation_error
 from mtlkit.models import ModelSpec
 from mtlkit.safe_yaml import load_yaml, read_yaml_file
 from mtlkit.tasks import Task
@@ -129,27 +129,6 @@ class RunConfig(BaseModel):
         return self
 
 
-def _format_location(loc: tuple[Any, ...]) -> str:
-    # Pydantic inserts validator-only segments (e.g. 'function-after[...]'); users never wrote them.
-    parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union["))]
-    return ".".join(parts)
-
-
-def format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    location = _format_location(first["loc"])
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    if first["type"] == "missing":
-        message = "required key is missing"
-    message = message.removeprefix("Value error, ")
-    given = first.get("input")
-    if first["type"] in ("literal_error", "enum") or first["type"].endswith(("_parsing", "_type")):
-        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
-        message = f"{message} (got {shown})"  # the value itself, for a choice or type mistake
-    where = f"key '{location}': " if location else ""
-    return f"{source}: {where}{message}"
-
-
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return _top_level(load_yaml(text, source), source)
 
@@ -176,7 +155,7 @@ def _validate(raw: dict[str, Any], source: str) -> RunConfig:
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        raise validation_error(error, source) from None
     except ConfigError as error:  # raised by registries inside validators
         raise ConfigError(f"{source}: {error}") from None
     if not config.data.has_source:  # only a config built in Python may leave it to in-memory tables

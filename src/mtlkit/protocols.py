@@ -136,6 +136,11 @@ class TrainTask(Protocol):
     loss_weight: float
     metrics: Optional[list[str]]
 
+    @property
+    def loss_family(self) -> str:
+        """``"regression"`` or ``"classification"`` (what uncertainty weighting's likelihood is)."""
+        ...
+
     def compute_loss(self, outputs: Any, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """A scalar: the (masked, weighted) mean loss of the batch's rows, exactly 0 for no row."""
         ...

@@ -172,17 +172,12 @@ def _load_ranking_dataset(name: str, options: dict) -> DatasetSplits:
 
 def _check_columns(prepared: PreparedData) -> None:
     """Every column a task needs must exist in every split: fail before any work starts."""
-    needed: list[str] = []
-    for task in prepared.tasks:
-        needed += [task.label, task.weight_column, task.positive_weight_column,  # type: ignore[list-item]
-                   task.mask.column if task.mask else None, task.group_column]
-    spec = prepared.features
-    features = [*spec.categorical, *spec.numeric, *getattr(spec, "sequences", []), *getattr(spec, "bias", [])]
+    needed = [*prepared.features.columns(), *(column for task in prepared.tasks for column in task.columns().values())]
     for split, table in (("train", prepared.train), ("validation", prepared.validation), ("test", prepared.test)):
         if table is None:
             continue
-        for column in [*(f.name for f in features), *needed]:
-            if column is not None and column not in table.column_names:
+        for column in needed:
+            if column not in table.column_names:
                 raise DataError(f"{prepared.names[split]}: missing column {column!r}")
 
 

@@ -169,6 +169,19 @@ class Task(BaseModel):
         object.__setattr__(self, "metrics", metrics)
         return self
 
+    # -- data -----------------------------------------------------------------------------
+    def columns(self) -> dict[str, str]:
+        """The data columns this task reads, by role: ``label``, then whichever of ``weight``,
+        ``positive_weight``, ``mask`` and ``group`` (evaluation only: GAUC) it names."""
+        roles = {"label": self.label, "weight": self.weight_column, "positive_weight": self.positive_weight_column,
+                 "mask": self.mask.column if self.mask else None, "group": self.group_column}
+        return {role: column for role, column in roles.items() if column is not None}
+
+    @property
+    def loss_family(self) -> str:
+        """``"regression"`` (a Gaussian likelihood) or ``"classification"``: what uncertainty weighting models."""
+        return "regression" if self.kind is TaskKind.REGRESSION else "classification"
+
     # -- shapes ---------------------------------------------------------------------------
     @property
     def output_dim(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mtlkit.balancing.base import BALANCERS, Balancer
-from mtlkit.tasks import Task, TaskKind
+from mtlkit.protocols import TrainTask
 
 
 class BalancerSpec(BaseModel):
@@ -30,10 +30,11 @@ class BalancerSpec(BaseModel):
         return self
 
 
-def build_balancer(spec: BalancerSpec, tasks: Sequence[Task]) -> Balancer:
+def build_balancer(spec: BalancerSpec, tasks: Sequence[TrainTask]) -> Balancer:
+    """The balancer ``spec`` names, for ``tasks`` (tabular or NLP) with their loss weights."""
     cls = BALANCERS.get(spec.name)
     options = dict(spec.options)
     if "kinds" in cls.Options.model_fields:  # uncertainty weighting: regression vs classification
-        known = {t.name: "regression" if t.kind is TaskKind.REGRESSION else "classification" for t in tasks}
+        known = {t.name: t.loss_family for t in tasks}
         options["kinds"] = {**known, **options.get("kinds", {})}
     return cls([t.name for t in tasks], cls.Options(**options), {t.name: t.loss_weight for t in tasks})

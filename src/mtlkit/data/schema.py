@@ -141,6 +141,10 @@ class SchemaSpec(BaseModel):
     sequences: list[SequenceFeature] = Field(default_factory=list)
     bias: list[CategoricalFeature] = Field(default_factory=list)
 
+    def columns(self) -> list[str]:
+        """Every column the features read: categorical, numeric, sequences, then bias."""
+        return [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]]
+
     @field_validator("bias", mode="before")
     @classmethod
     def _bias_names(cls, value: object) -> object:

@@ -189,10 +189,9 @@ def _distributed() -> tuple[int, int]:
 
 
 def _needed_columns(schema: FittedSchema, tasks: Sequence[Task]) -> list[str]:
+    # group ids (GAUC) are evaluation-only: the training stream leaves them unread
     names = [*schema.feature_columns, *(f.name for f in schema.bias)]
-    for task in tasks:
-        names += [c for c in (task.label, task.weight_column, task.positive_weight_column,
-                              task.mask.column if task.mask else None) if c]
+    names += [column for task in tasks for role, column in task.columns().items() if role != "group"]
     return list(dict.fromkeys(names))
 
 

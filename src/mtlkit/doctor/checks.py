@@ -79,8 +79,10 @@ def check_label_values(data: SplitTables, tasks: Sequence[Task]) -> CheckResult:
     for split in data.splits:
         source, seen = data.source(split), set()
         for task in tasks:
-            for role, column in (("label", task.label), ("weight", task.weight_column), ("mask", task.mask.column if task.mask else None)):
-                if column is None or (role != "label" and (role, column) in seen):
+            # the value checks of labels, sample weights and masks (a positive weight is read as a weight too)
+            for role, column in task.columns().items():
+                role = "weight" if role == "positive_weight" else role
+                if role == "group" or (role != "label" and (role, column) in seen):
                     continue
                 seen.add((role, column))
                 values = data.floats(split, column)

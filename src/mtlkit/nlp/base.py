@@ -111,6 +111,11 @@ class NLPTask(BaseModel):
     def evaluate(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> dict[str, float]:
         raise NotImplementedError
 
+    @property
+    def loss_family(self) -> str:
+        """``"regression"`` or ``"classification"`` (what uncertainty weighting's likelihood is)."""
+        return "regression" if self.kind == "regression" else "classification"
+
     # -- optional hooks ---------------------------------------------------------------------
     def resolve(self, train_examples: Sequence[Any]) -> "NLPTask":
         return self

@@ -79,7 +79,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from mtlkit.balancing import BalancerSpec
 from mtlkit.config import Seed
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, validation_error
 from mtlkit.nlp.base import NLP_KINDS, NLPTask
 from mtlkit.nlp.encoder import EncoderSpec
 from mtlkit.nlp.model import MixingSpec
@@ -217,19 +217,6 @@ class NLPRunConfig(BaseModel):
         return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder), **init})
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "tagged-union[")))
-
-
-def _error(error: ValidationError, source: str, prefix: str = "") -> ConfigError:
-    first = error.errors()[0]
-    location = ".".join(p for p in (prefix, _location(first["loc"])) if p)
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "required key is missing"
-    return ConfigError(f"{source}: {f'key {location!r}: ' if location else ''}{message}")
-
-
 def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:
     import mtlkit.nlp.kinds  # noqa: F401  (register the kinds and metrics)
     from mtlkit.metrics import METRICS
@@ -249,11 +236,11 @@ def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:
     try:
         task = cls.model_validate(entry)
     except ValidationError as error:
-        raise _error(error, source, where) from None
+        raise validation_error(error, source, where) from None
     try:
         data = TaskData.model_validate(data)
     except ValidationError as error:
-        raise _error(error, source, f"{where}.data") from None
+        raise validation_error(error, source, f"{where}.data") from None
     except ConfigError as error:
         raise ConfigError(f"{source}: key '{where}.data': {error}") from None
     metrics = task.metrics or list(cls.default_metrics)
@@ -274,7 +261,7 @@ def parse_nlp_config(raw: dict[str, Any], source: str = "config") -> NLPRunConfi
     try:
         config = NLPRunConfig.model_validate({**raw, "tasks": entries})
     except ValidationError as error:
-        raise _error(error, source) from None
+        raise validation_error(error, source) from None
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     from mtlkit.train.selection import check_monitor

@@ -27,8 +27,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mtlkit.balancing import Balancer
-from mtlkit.balancing.base import BALANCERS
+from mtlkit.balancing import build_balancer
 from mtlkit.data.batch import EncodedTable
 from mtlkit.diagnostics.gradients import gradient_diagnostics
 from mtlkit.errors import ConfigError, DataError
@@ -115,16 +114,6 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
     return data
 
 
-def build_balancer(config: NLPRunConfig, tasks: Sequence[NLPTask]) -> Balancer:
-    """As :func:`mtlkit.balancing.build_balancer`, with NLP regression tasks counted as regression."""
-    cls = BALANCERS.get(config.balancer.name)
-    options = dict(config.balancer.options)
-    if "kinds" in cls.Options.model_fields:  # uncertainty weighting
-        known = {t.name: "regression" if t.kind == "regression" else "classification" for t in tasks}
-        options["kinds"] = {**known, **options.get("kinds", {})}
-    return cls([t.name for t in tasks], cls.Options(**options), {t.name: t.loss_weight for t in tasks})
-
-
 @dataclass
 class PreparedNLP:
     config: NLPRunConfig  # resolved tasks
@@ -192,7 +181,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
 
             warm = warm_start(model, checkpoint_state(config.init_from))
         callbacks = [*callbacks, *gradient_diagnostics(spec, model.loss_task_names, path if ctx.is_main else None)]
-        trainer = Trainer(model, tasks, build_balancer(config, tasks), spec, path, callbacks)
+        trainer = Trainer(model, tasks, build_balancer(config.balancer, tasks), spec, path, callbacks)
         sampling = config.sampling.model_copy(update={"strategy": config.strategy})
         train = TaskSampler(prepared.tables["train"], spec.batch_size, sampling, seed=config.seed, epochs=spec.epochs,
                             transforms={t.name: t.transform_batch for t in tasks})
@@ -265,5 +254,5 @@ def evaluate_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[
     return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}
 
 
-__all__ = ["PreparedNLP", "build_balancer", "evaluate_nlp_run", "load_examples", "load_nlp_config", "load_nlp_model", "load_nlp_run",
+__all__ = ["PreparedNLP", "evaluate_nlp_run", "load_examples", "load_nlp_config", "load_nlp_model", "load_nlp_run",
            "prepare", "train_nlp_run"]
