@@ -41,32 +41,24 @@ def train(
     time_column: Optional[str] = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
 ) -> None:
     """Train a multi-task model (tabular, or NLP when CONFIG has `encoder:`); an unfinished run in OUT is resumed."""
-    from mtlkit.config import RunConfig, load_any_config
+    from mtlkit.config import load_any_config
+    from mtlkit.pipeline import kind_of_config
     from mtlkit.report import metrics_table, print_table
-    from mtlkit.run import train_run
 
     try:
         run_config = load_any_config(config)
+        kind = kind_of_config(run_config)
         run_dir = out or Path("runs") / config.stem
         prepared = None
-        if not isinstance(run_config, RunConfig):  # an NLP run (mtlkit.nlp.config)
-            if doctor or time_column:
-                from mtlkit.errors import ConfigError
+        if doctor or time_column:
+            from mtlkit.doctor import print_report
 
-                raise ConfigError("--doctor / --time-column check tabular data; an NLP config has none to check")
-            from mtlkit.nlp.run import train_nlp_run
-
-            summary = train_nlp_run(run_config, run_dir, overwrite=overwrite, progress=progress)
-        elif doctor or time_column:
-            from mtlkit.doctor import diagnose_config, print_report
-
-            prepared, report = diagnose_config(run_config, time_column)
+            prepared, report = kind.check_data(run_config, time_column)
             print_report(report, console, brief=True)
-            if report.exit_code():  # before train_run: no run directory is created
+            if report.exit_code():  # before training: no run directory is created
                 errors.print("[bold red]error:[/] the data doctor found hard errors; nothing was trained")
                 raise typer.Exit(code=1)
-        if isinstance(run_config, RunConfig):
-            summary = train_run(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
+        summary = kind.train(run_config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
     except MtlkitError as error:
         _fail(error)
     from mtlkit.train.distributed import context
@@ -87,23 +79,14 @@ def evaluate(
     """Evaluate the best checkpoint of a run."""
     from dataclasses import asdict
 
-    from mtlkit.config import is_nlp_run
     from mtlkit.outputs import check_output_file, write_text
+    from mtlkit.pipeline import kind_of_run
     from mtlkit.report import gate_table, metrics_table, print_table
-    from mtlkit.run import Evaluation, evaluate_run
 
     try:
         if json_out is not None:  # before any work: not after the metrics are printed
             check_output_file(json_out, "--json", [data] if data else [])
-        if is_nlp_run(run_dir):
-            from mtlkit.errors import ConfigError
-            from mtlkit.nlp.run import evaluate_nlp_run
-
-            if data is not None:
-                raise ConfigError("--data: an NLP run is evaluated on the splits of its config.yaml")
-            evaluation = Evaluation(evaluate_nlp_run(run_dir), None)
-        else:
-            evaluation = evaluate_run(run_dir, data)
+        evaluation = kind_of_run(run_dir).evaluate(run_dir, data)
     except MtlkitError as error:
         _fail(error)
     print_table(metrics_table(str(run_dir), evaluation.metrics), console)
@@ -131,24 +114,12 @@ def predict(
     format: Optional[str] = typer.Option(None, "--format", help="NLP runs: the reader format of DATA (default: the task's, from the run's config)."),
 ) -> None:
     """Write predictions: one column per task (tabular run), or one JSON record per example of one task (NLP run)."""
-    from mtlkit.config import is_nlp_run
-    from mtlkit.errors import ConfigError
+    from mtlkit.pipeline import kind_of_run
 
     try:
-        if is_nlp_run(run_dir):
-            from mtlkit.nlp.predict import predict_nlp_run
-
-            if keep:
-                raise ConfigError("--keep copies columns of a tabular input; an NLP run writes one record per example, in input order")
-            out = out or Path("predictions.jsonl")
-            rows = predict_nlp_run(run_dir, data, out, task=task, format=format)
-        else:
-            from mtlkit.run import predict_run
-
-            if task is not None or format is not None:
-                raise ConfigError("--task / --format are for NLP runs; a tabular run predicts every task from the feature columns")
-            out = out or Path("predictions.csv")
-            rows = predict_run(run_dir, data, out, keep)
+        kind = kind_of_run(run_dir)
+        out = out or Path(kind.default_predictions)
+        rows = kind.predict(run_dir, data, out, keep=keep, task=task, format=format)
     except MtlkitError as error:
         _fail(error)
     console.print(f"wrote {rows} rows to {out}")
