@@ -58,7 +58,7 @@ def main() -> None:
                         "income_auc": summary["validation"]["income"]["auc"], "marital_auc": summary["validation"]["marital"]["auc"]})
         print(f"{label}: {results[-1]['samples_per_second']:,.0f} samples/s", flush=True)
     reference = results[0]["samples_per_second"]
-    print(f"\n| layout | samples/s | × 1 process, 1 thread | income AUC | marital AUC |\n|---|---|---|---|---|")
+    print("\n| layout | samples/s | × 1 process, 1 thread | income AUC | marital AUC |\n|---|---|---|---|---|")
     for r in results:
         r["speedup"] = r["samples_per_second"] / reference
         print(f"| {r['layout']} | {r['samples_per_second']:,.0f} | {r['speedup']:.2f} | {r['income_auc']:.4f} | {r['marital_auc']:.4f} |")

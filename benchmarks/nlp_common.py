@@ -11,8 +11,9 @@ import csv
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from mtlkit.nlp.config import parse_nlp_config
 from mtlkit.nlp.run import train_nlp_run
@@ -39,7 +40,7 @@ def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
     return json.loads(path.read_text())
 
 
-def write_csv(path: Path, records: Sequence[dict[str, Any]], fieldnames: Optional[Sequence[str]] = None) -> None:
+def write_csv(path: Path, records: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
     """All records so far (rewritten after each seed: nothing is lost on a crash)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fieldnames or records[0]))

@@ -31,9 +31,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nlp_common import cached_json, markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
-
 from mtlkit.nlp.readers.glue import read_sts  # noqa: E402
+
+from nlp_common import cached_json, markdown_table, mean_std, report, run_config, write_csv  # noqa: E402
 
 ARMS = ("stsb", "aux", "grl", "grl_annealed")
 
@@ -111,14 +111,15 @@ def main() -> None:
     rows = []
     for arm in args.arms:
         mine = [r for r in records if r["arm"] == arm]
-        pick = lambda key: [r[key] for r in mine if r.get(key) is not None]  # noqa: E731
+        pick = lambda key, mine=mine: [r[key] for r in mine if r.get(key) is not None]  # noqa: E731
         unseen = [mean_std(pick("unseen_pearson")), mean_std(pick("unseen_spearman"))] if args.unseen else []
         rows.append([arm, len(mine), mean_std(pick("pearson")), mean_std(pick("spearman")), *unseen, mean_std(pick("genre_accuracy")),
                      f"{statistics.mean(pick('wall_seconds')):.0f}" if pick("wall_seconds") else "—"])
     header = ["arm", "seeds", "STS-B test Pearson" + (" (seen genres)" if args.unseen else ""), "Spearman",
               *([f"Pearson on unseen {args.unseen}", "Spearman (unseen)"] if args.unseen else []), "genre accuracy", "s / run"]
     table = markdown_table(header, rows)
-    footer = (f"pooling {args.pooling}; train rows {args.rows}; epochs {args.epochs}; GRL λ {args.grl_lambda} (annealed arm: λ_max {args.annealed_lambda}); genre loss weight {args.genre_weight}; "
+    footer = (f"pooling {args.pooling}; train rows {args.rows}; epochs {args.epochs}; GRL λ {args.grl_lambda} "
+              f"(annealed arm: λ_max {args.annealed_lambda}); genre loss weight {args.genre_weight}; "
               f"majority-genre rate on test {majority:.4f} ({dict(genres)})")
     report(args.out / "nlp_domain.md", table, footer)
 

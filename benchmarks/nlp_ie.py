@@ -82,7 +82,7 @@ def main() -> None:
         for arm in args.arms:
             run_dir = args.out / f"seed{seed}" / arm
             s = run_config(config(seed, arm), run_dir, Path.cwd())
-            e2e = cached_json(run_dir / "end_to_end.json", lambda: end_to_end(run_dir))
+            e2e = cached_json(run_dir / "end_to_end.json", lambda run_dir=run_dir: end_to_end(run_dir))
             records.append({"seed": seed, "arm": arm, "parameters": s["parameters"], "entity_f1": s["test"]["ner"]["entity_f1"],
                             "relation_f1_gold_entities": s["test"]["rel"]["relation_f1"],
                             "relation_f1_end_to_end": e2e["relation_f1"], "relation_strict_f1_end_to_end": e2e["relation_strict_f1"],

@@ -99,8 +99,8 @@ def main() -> None:
                 from mtlkit.nlp.run import evaluate_nlp_run
 
                 filtered = cached_json(run_dir / f"test_filtered_{args.threshold}.json",
-                                       lambda: evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}))["test"]["qa"]
-                diagnostics[seed] = cached_json(run_dir / f"windows_{args.threshold}.json", lambda: window_diagnostics(run_dir, args.threshold))
+                                       lambda run_dir=run_dir: evaluate_nlp_run(run_dir, {"qa": {"answer_threshold": args.threshold}}))["test"]["qa"]
+                diagnostics[seed] = cached_json(run_dir / f"windows_{args.threshold}.json", lambda run_dir=run_dir: window_diagnostics(run_dir, args.threshold))
                 records.append({"seed": seed, "arm": "aux+filter", "em": filtered["squad_em"], "f1": filtered["squad_f1"],
                                 "questions": s["rows"]["qa"]["test"], "wall_seconds": None,
                                 "answer_window_accuracy": diagnostics[seed]["window_accuracy"]})

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import click_table  # noqa: E402
-
 from mtlkit.data.readers import read_table  # noqa: E402
 from mtlkit.errors import DataError  # noqa: E402
+
+from conftest import click_table  # noqa: E402
 
 
 def damage(original, path: Path, options: dict, size: int, rng: np.random.Generator) -> None:

@@ -42,7 +42,8 @@ from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec, evaluate
-from mtlkit.train.precision import cpu_flags as feature_flags, native_bf16, onednn_bf16, resolve_precision
+from mtlkit.train.precision import cpu_flags as feature_flags
+from mtlkit.train.precision import native_bf16, onednn_bf16, resolve_precision
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "bf16+compile": ("bf16", True)}
 

@@ -49,8 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import yaml
@@ -138,7 +138,7 @@ def free_port() -> int:
 class Server:
     """`mtlkit serve DIR` (a run or an export directory) in its own process, on a loopback port."""
 
-    def __init__(self, run_dir: Path, threads: Optional[int], options: Sequence[str] = (), source: Optional[Path] = None) -> None:
+    def __init__(self, run_dir: Path, threads: int | None, options: Sequence[str] = (), source: Path | None = None) -> None:
         """``threads`` None: the server's default; ``source``: serve with the mtlkit package in this ``src`` directory."""
         import httpx
 

@@ -25,9 +25,9 @@ from mtlkit.balancing import BALANCERS, BalancerSpec, build_balancer
 from mtlkit.data.schema import NumericFeature, SchemaSpec
 from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec, MultiTaskModel, build_model
+from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train import Trainer, TrainSpec
-from mtlkit.protocols import TrainableModel
 
 from conftest import InterruptAfter
 

@@ -14,7 +14,7 @@ from mtlkit.diagnostics.gradients import GradientMonitor, MonitoredBalancer, rea
 from mtlkit.train import Trainer
 
 from conftest import InterruptAfter
-from test_balancers import TARGETS, TASK, TRAIN_TASKS, X, Tiny, trainer_for
+from test_balancers import TARGETS, TASK, TRAIN_TASKS, Tiny, X, trainer_for
 
 
 def losses_of(model, tasks, empty=()):

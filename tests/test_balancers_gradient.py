@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtlkit.balancing import BALANCERS
-from mtlkit.balancing import torchjd_backend
+from mtlkit.balancing import BALANCERS, torchjd_backend
 from mtlkit.balancing.db_mtl import DBMTL
 from mtlkit.balancing.fixed import FixedWeights
 from mtlkit.balancing.gradient import flat_jacobian
@@ -20,7 +19,7 @@ from mtlkit.balancing.upgrad import UPGrad
 from mtlkit.errors import ConfigError
 from mtlkit.protocols import TrainableModel
 
-from test_balancers import LAMBDA, TARGETS, TASK, X, Probe, Tiny, conflicts, update
+from test_balancers import LAMBDA, TARGETS, TASK, Probe, Tiny, X, conflicts, update
 
 BOTH = torch.tensor([True, True])
 

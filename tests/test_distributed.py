@@ -195,7 +195,7 @@ def test_sharded_batches_split_each_global_batch():
     source = table.batches(4, shuffle=True, seed=1)
     shards = [distributed.ShardedBatches(source, r, 2) for r in range(2)]
     assert len(shards[0]) == len(source) == 3
-    for step, (full, a, b) in enumerate(zip(source.epoch(1, 1), shards[0].epoch(1, 1), shards[1].epoch(1, 1))):
+    for full, a, b in zip(source.epoch(1, 1), shards[0].epoch(1, 1), shards[1].epoch(1, 1)):
         rows = torch.cat([a[0].targets["y"], b[0].targets["y"]]).sort().values
         assert torch.equal(rows, full[0].targets["y"].sort().values)
 

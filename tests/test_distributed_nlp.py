@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 import yaml
+
 from conftest import SHARED_DATA
 from tiny_bert import save_tiny_bert
 

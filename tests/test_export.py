@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime  # noqa: F401  (the test extra installs these: a missing one fails, never skips)
+import onnxscript  # noqa: F401
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,9 +20,6 @@ from mtlkit.export import ATOL, RTOL, ExportError, export_run, load_exported
 from mtlkit.run import load_run, predict_table
 
 from serving_runs import holdout, shared_run
-
-import onnxruntime  # noqa: F401  (the test extra installs these: a missing one fails, never skips)
-import onnxscript  # noqa: F401
 
 runner = CliRunner()
 MODELS = ["shared_bottom", "mmoe_sequence", "single_task"]

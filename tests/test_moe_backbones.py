@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
-from mtlkit.models import BACKBONES, MultiTaskModel, ModelSpec, build_model
+from mtlkit.models import BACKBONES, ModelSpec, MultiTaskModel, build_model
 from mtlkit.models.mmoe import MMoE
 from mtlkit.models.ple import CGC, PLE
 from mtlkit.models.snr import SNRAver, SNRTrans

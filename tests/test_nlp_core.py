@@ -6,11 +6,7 @@ import json
 
 import pytest
 import torch
-
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
-
-from conftest import SHARED_DATA  # noqa: E402
-from tiny_bert import save_tiny_bert  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mtlkit.cli import app  # noqa: E402
@@ -27,6 +23,9 @@ from mtlkit.nlp.model import MixingSpec, NLPMultiTaskModel, trim_padding  # noqa
 from mtlkit.nlp.readers.glue import read_glue_tsv, read_mrpc, read_sts  # noqa: E402
 from mtlkit.nlp.readers.ranking import read_ranking_tsv  # noqa: E402
 from mtlkit.nlp.sampling import SamplingSpec, TaskSampler, capped, probabilities  # noqa: E402
+
+from conftest import SHARED_DATA  # noqa: E402
+from tiny_bert import save_tiny_bert  # noqa: E402
 
 NLP = SHARED_DATA / "nlp"
 
@@ -488,9 +487,9 @@ def test_interrupted_run_resumes_exactly(tiny, tmp_path, monkeypatch):
 
 
 def test_example_glue_config_is_valid():
-    from conftest import REPO
-
     from mtlkit.config import load_any_config
+
+    from conftest import REPO
 
     config = load_any_config(REPO / "examples" / "glue_mtdnn.yaml")
     assert [e.task.name for e in config.tasks] == ["sst2", "rte", "mrpc", "stsb"]

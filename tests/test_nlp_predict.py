@@ -7,11 +7,7 @@ import json
 
 import pytest
 import torch
-
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
-
-from conftest import SHARED_DATA  # noqa: E402
-from tiny_bert import head_rows, save_tiny_bert  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mtlkit.cli import app  # noqa: E402
@@ -27,6 +23,9 @@ from mtlkit.nlp.kinds.span_qa import SpanQATask  # noqa: E402
 from mtlkit.nlp.model import NLPMultiTaskModel  # noqa: E402
 from mtlkit.nlp.readers import read  # noqa: E402
 from mtlkit.nlp.records import Answer, Entity, IESentence, QAExample  # noqa: E402
+
+from conftest import SHARED_DATA  # noqa: E402
+from tiny_bert import head_rows, save_tiny_bert  # noqa: E402
 
 NLP = SHARED_DATA / "nlp"
 runner = CliRunner()

@@ -8,10 +8,7 @@ import warnings
 
 import pytest
 import torch
-
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
-
-from conftest import SHARED_DATA  # noqa: E402
 from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
 
 from mtlkit.errors import ConfigError, DataError  # noqa: E402
@@ -26,6 +23,8 @@ from mtlkit.nlp.readers.scierc import entity_types, read_scierc, relation_types 
 from mtlkit.nlp.readers.squad import read_squad, split_paragraphs  # noqa: E402
 from mtlkit.nlp.records import Answer, Entity, IESentence, QAExample, Relation, TaggedSentence  # noqa: E402
 from mtlkit.nlp.span_metrics import entity_scores, normalize_answer, squad_exact_match, squad_f1  # noqa: E402
+
+from conftest import SHARED_DATA  # noqa: E402
 
 NLP = SHARED_DATA / "nlp"
 VOCAB = ("[PAD] [UNK] [CLS] [SEP] [MASK] the a an of in is was who what where built empire state building new york "

@@ -18,9 +18,9 @@ from mtlkit.data.readers import read_table
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.outputs import atomic_output, write_text
 from mtlkit.safe_yaml import load_yaml
+from test_bad_inputs import CONFIG, TRAINED, base  # noqa: F401  (the corpus's trained run)
 
 from conftest import click_table
-from test_bad_inputs import CONFIG, TRAINED, base  # noqa: F401  (the corpus's trained run)
 
 runner = CliRunner()
 

@@ -17,9 +17,9 @@ from mtlkit.config import RunConfig, load_config_text
 from mtlkit.data.tables import as_arrow
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.run import evaluate_run, load_run, predict, predict_table, train_run
+from test_cli import CONFIG
 
 from conftest import click_table
-from test_cli import CONFIG
 
 runner = CliRunner()
 IN_MEMORY = {key: value for key, value in CONFIG.items() if key != "data"}  # no files: tables come from Python

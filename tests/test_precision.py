@@ -26,8 +26,8 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer, TrainSpec, evaluate
-from mtlkit.train.mixed_precision import FP16_GRADIENT_METHODS
 from mtlkit.train.evaluate import predict_logits
+from mtlkit.train.mixed_precision import FP16_GRADIENT_METHODS
 
 from conftest import InterruptAfter
 from test_trainer import assert_same, final_weights
@@ -48,7 +48,7 @@ def noisy_table(n: int, seed: int) -> pa.Table:
     return pa.table({"cat": cat, "x0": x[:, 0], "x1": x[:, 1], "click": click.astype(int), "buy": buy.astype(int)})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data():
     """Schema, train (whole batches of 64), validation (selection) and test (AUC) splits."""
     train, valid, test = noisy_table(2048, 0), noisy_table(256, 2), noisy_table(2000, 1)
@@ -71,7 +71,7 @@ def fit_aucs(trainer, batches, valid) -> dict[str, float]:
     return {name: r["auc"] for name, r in evaluate(trainer.model, TASKS, data()[3]).items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fp32_aucs(balancer: str) -> dict[str, float]:
     return fit_aucs(*make(balancer, precision="fp32"))  # the reference, whatever "auto" picks here
 

@@ -92,8 +92,9 @@ def test_onednn_capped_to_avx2_resolves_auto_to_fp32_and_warns_on_bf16():
 @pytest.mark.parametrize("requested", ["auto", "fp32"])
 def test_summary_holds_the_resolved_precision(tmp_path, native, requested):
     native(True)
-    from conftest import click_table
     import pyarrow.csv as pacsv
+
+    from conftest import click_table
 
     pacsv.write_csv(click_table(300, 0), tmp_path / "train.csv")
     config = RunConfig.model_validate({

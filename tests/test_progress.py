@@ -9,14 +9,13 @@ import sys
 import pyarrow.csv as pacsv
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from mtlkit.cli import app
 from mtlkit.train.progress import LogLines, RichBar, epoch_progress
+from test_cli import CONFIG, write_config
 
 from conftest import click_table
-from test_cli import CONFIG, write_config
 from test_trainer import make
 
 runner = CliRunner()

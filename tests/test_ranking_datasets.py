@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
 
 from mtlkit.config import RunConfig
 from mtlkit.data.datasets.aliccp import DENSE, SPARSE, load_aliccp
@@ -26,6 +25,8 @@ from mtlkit.data.download import sha256_of
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics.functions import auc
 from mtlkit.run import encode_data, prepare_data
+
+from conftest import SHARED_DATA
 
 ALI_CCP = SHARED_DATA / "ali_ccp_sample"
 ALIEXPRESS = SHARED_DATA / "aliexpress_sample"
@@ -159,7 +160,8 @@ def official_layout(folder):
     logs = sample.select(["user_id", "video_id", "is_click", "play_time_ms", "duration_ms", "tab"])
     logs = logs.append_column("date", pa.array(dates)).append_column("is_like", pa.array(clicked * (rng.random(n) < 0.3)))
     logs = logs.append_column("is_follow", pa.array(clicked * (rng.random(n) < 0.1)))
-    user_columns = [c for c in sample.column_names if c.startswith(("user_", "is_lowactive", "is_live", "is_video_author", "follow_", "fans_", "friend_", "register_", "onehot_"))]
+    prefixes = ("user_", "is_lowactive", "is_live", "is_video_author", "follow_", "fans_", "friend_", "register_", "onehot_")
+    user_columns = [c for c in sample.column_names if c.startswith(prefixes)]
     users = pa.Table.from_pylist(list({r["user_id"]: r for r in sample.select(user_columns).to_pylist()}.values()))
     videos = sample.select(["video_id", "video_type", "visible_status", "server_width", "server_height"]).to_pylist()
     videos = pa.Table.from_pylist([{**r, "author_id": r["video_id"] % 7} for r in {r["video_id"]: r for r in videos}.values()])

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from mtlkit.cli import app
 from mtlkit.config import RunConfig
 from mtlkit.run import train_run
+from test_cli import CONFIG
 
 from conftest import SHARED_DATA, click_table
-from test_cli import CONFIG
 
 runner = CliRunner()
 
@@ -55,10 +55,10 @@ def test_a_loaded_config_keeps_its_paths_relative_to_its_own_folder(tmp_path, mo
 
 
 def test_nlp_run_from_python_evaluates_from_another_directory(tmp_path, monkeypatch):
-    from tiny_bert import save_tiny_bert
-
     from mtlkit.nlp.config import parse_nlp_config
     from mtlkit.nlp.run import train_nlp_run
+
+    from tiny_bert import save_tiny_bert
 
     nlp = SHARED_DATA / "nlp"
     save_tiny_bert(tmp_path / "bert", [(nlp / "sst2" / "train.tsv", 60)])

@@ -10,7 +10,7 @@ from mtlkit.data.schema import CategoricalFeature, FittedSchema, NumericFeature,
 from mtlkit.errors import DataError
 from mtlkit.metrics.functions import auc
 from mtlkit.models import ModelSpec, build_model
-from mtlkit.nn import DinAttention, SequenceField, TabularEncoder, masked_pool
+from mtlkit.nn import DinAttention, TabularEncoder, masked_pool
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer, TrainSpec, predict_logits
 

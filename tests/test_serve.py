@@ -16,13 +16,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pytest
-from typer.testing import CliRunner
-
 import fastapi  # noqa: F401  (the test extra installs these: a missing one fails, never skips)
 import httpx
+import numpy as np
+import pytest
 import uvicorn
+from typer.testing import CliRunner
 
 from mtlkit.cli import app as cli  # noqa: E402
 from mtlkit.run import load_run, predict_table  # noqa: E402

@@ -11,6 +11,7 @@ import json
 import shutil
 
 import numpy as np
+import onnxruntime  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
 import pytest
 from typer.testing import CliRunner
 
@@ -20,8 +21,6 @@ from mtlkit.serve import create_app
 
 from serving_runs import holdout, shared_run
 from test_serve import BAD_REQUESTS, BAD_VALUES, MAX_BATCH, _row_with, json_rows, running, served
-
-import onnxruntime  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
 
 
 @pytest.fixture(scope="module")

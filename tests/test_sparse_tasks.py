@@ -16,10 +16,10 @@ from mtlkit.data.sampling import downsample_negatives
 from mtlkit.data.schema import NumericFeature, SchemaSpec
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.losses import correct_downsampled, get_loss
+from mtlkit.protocols import TrainableModel
 from mtlkit.run import LoadedRun, predict_table
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train.evaluate import evaluate
-from mtlkit.protocols import TrainableModel
 
 # -- helpers --------------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import InterruptAfter, click_table
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.config import load_config_text
 from mtlkit.data.datasets.shortvideo import generate_shortvideo, shortvideo_schema, shortvideo_table, shortvideo_tasks
@@ -21,6 +20,8 @@ from mtlkit.models import ModelSpec, build_model
 from mtlkit.run import train_run
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer, TrainSpec
+
+from conftest import InterruptAfter, click_table
 
 TASKS = [Task(name="click", kind="binary"), Task(name="buy", kind="binary")]
 SPEC = SchemaSpec(categorical=[CategoricalFeature(name="user"), CategoricalFeature(name="item")],

@@ -10,12 +10,20 @@ import torch
 from pydantic import ValidationError
 from torch.nn import functional as F
 
+from mtlkit.data.schema import SchemaSpec
 from mtlkit.errors import ConfigError
 from mtlkit.nn import TabularEncoder
-from mtlkit.data.schema import SchemaSpec
 from mtlkit.optim import (
-    TABLE_OPTIMIZERS, EmbeddingOptimizerSpec, LazyAdam, RowSGD, RowWiseAdagrad, build_optimizers, check_fields,
-    clip_grad_norm_, grad_norm, table_field_names,
+    TABLE_OPTIMIZERS,
+    EmbeddingOptimizerSpec,
+    LazyAdam,
+    RowSGD,
+    RowWiseAdagrad,
+    build_optimizers,
+    check_fields,
+    clip_grad_norm_,
+    grad_norm,
+    table_field_names,
 )
 
 ROWS, DIM = 50, 4

@@ -3,9 +3,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mtlkit.data.batch import EncodedTable
 from mtlkit.tasks import Task, TaskMask
 from mtlkit.train.evaluate import evaluate
-from mtlkit.data.batch import EncodedTable
 
 
 def test_defaults_by_kind():

@@ -6,9 +6,9 @@ import torch
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.train import Trainer, TrainSpec
+from test_models import SPEC, TASKS, toy_table
 
 from conftest import InterruptAfter
-from test_models import SPEC, TASKS, toy_table
 
 
 def make(run_dir=None, backbone="shared_bottom", **train):
@@ -146,7 +146,7 @@ def test_trainer_adds_the_backbones_regularization_loss():
 
     class NoTaskLoss(LossWeighting):
         def combine(self, losses):
-            return sum(l * 0 for l in losses.values())
+            return sum(loss * 0 for loss in losses.values())
 
     table = toy_table(200, 0)
     schema = SPEC.fit(table)
@@ -163,7 +163,7 @@ def test_weight_decay_spares_the_balancers_parameters():
     """AdamW decays model weights only: uncertainty log-variances train exactly as without decay."""
     table = toy_table(200, 0)
     schema = SPEC.fit(table)
-    log_vars = {}
+    log_vars, undecayed = {}, None
     for decay in (0.0, 5.0):
         torch.manual_seed(0)
         model = build_model(ModelSpec(backbone="shared_bottom", options={"hidden": [8]}), schema, TASKS)
@@ -174,7 +174,7 @@ def test_weight_decay_spares_the_balancers_parameters():
         log_vars[decay] = balancer.log_vars.detach().clone()
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         if decay:
-            assert not torch.allclose(weights, undecayed)  # decay does reach the model
+            assert undecayed is not None and not torch.allclose(weights, undecayed)  # decay does reach the model
         undecayed = weights
     # Decayed, they would shrink by (1 - 0.01·5)^7 ≈ 0.7; the model's slightly different losses move them < 1e-3.
     assert torch.allclose(log_vars[0.0], log_vars[5.0], atol=1e-2)

@@ -5,8 +5,8 @@ offline (no hub, no download)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -33,12 +32,12 @@ def _fail(error: Exception) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML run configuration."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show progress (a bar on a terminal, a line every "
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show progress (a bar on a terminal, a line every "
                                             "train.log_every_seconds elsewhere); default: the config's train.progress (true)."),
     doctor: bool = typer.Option(False, "--doctor", help="Check the data first (see `mtlkit doctor`); exit 1 before training on hard errors."),
-    time_column: Optional[str] = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
+    time_column: str | None = typer.Option(None, "--time-column", help="Implies --doctor: also check time overlap between splits on this column."),
 ) -> None:
     """Train a multi-task model (tabular, or NLP when CONFIG has `encoder:`); an unfinished run in OUT is resumed."""
     from mtlkit.config import load_any_config
@@ -73,8 +72,8 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
-    data: Optional[Path] = typer.Option(None, help="Evaluate on this labelled file instead of the run's splits."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    data: Path | None = typer.Option(None, help="Evaluate on this labelled file instead of the run's splits."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ) -> None:
     """Evaluate the best checkpoint of a run."""
     from dataclasses import asdict
@@ -107,11 +106,11 @@ def evaluate(
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
     data: Path = typer.Argument(..., help="Tabular run: CSV or Parquet with the feature columns. NLP run: a file in the task's format."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: tabular .csv, .tsv, .parquet, .jsonl or .json (default predictions.csv); "
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file: tabular .csv, .tsv, .parquet, .jsonl or .json (default predictions.csv); "
                                        "NLP .jsonl, or .csv for classification/regression (default predictions.jsonl)."),
-    keep: List[str] = typer.Option([], "--keep", help="Tabular runs: input columns to copy to the output (e.g. an id)."),
-    task: Optional[str] = typer.Option(None, "--task", help="NLP runs: the task to predict (required when the run has several)."),
-    format: Optional[str] = typer.Option(None, "--format", help="NLP runs: the reader format of DATA (default: the task's, from the run's config)."),
+    keep: list[str] = typer.Option([], "--keep", help="Tabular runs: input columns to copy to the output (e.g. an id)."),
+    task: str | None = typer.Option(None, "--task", help="NLP runs: the task to predict (required when the run has several)."),
+    format: str | None = typer.Option(None, "--format", help="NLP runs: the reader format of DATA (default: the task's, from the run's config)."),
 ) -> None:
     """Write predictions: one column per task (tabular run), or one JSON record per example of one task (NLP run)."""
     from mtlkit.pipeline import kind_of_run
@@ -144,7 +143,7 @@ def demo(
 def doctor(
     config: Path = typer.Argument(..., help="YAML run configuration (the data it names is checked)."),
     out: Path = typer.Option(Path("doctor.json"), "--out", "-o", help="Where the JSON report goes."),
-    time_column: Optional[str] = typer.Option(None, "--time-column", help="Check that every training row precedes validation and test on this column."),
+    time_column: str | None = typer.Option(None, "--time-column", help="Check that every training row precedes validation and test on this column."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as hard errors too (exit 1)."),
 ) -> None:
     """Check the data before training; exit 1 on hard errors, 0 otherwise.
@@ -175,7 +174,7 @@ def doctor(
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
     format: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/export/<format>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/export/<format>)."),
     verify: bool = typer.Option(True, help="Load the export back and compare it with PyTorch (ONNX: needs onnxruntime)."),
 ) -> None:
     """Export the best model on encoded tensors, with schema.json and manifest.json (see mtlkit.export).

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,21 +61,21 @@ class DataSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    train: Optional[Path] = None
-    validation: Optional[Path] = None
-    test: Optional[Path] = None
-    split: Optional[SplitSpec] = None
-    dataset: Optional[Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"]] = None
+    train: Path | None = None
+    validation: Path | None = None
+    test: Path | None = None
+    split: SplitSpec | None = None
+    dataset: Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"] | None = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
-    streaming: Optional[StreamingSpec] = None  # stream `train` from Parquet (mtlkit.data.streaming)
-    tables: Optional[list[Literal["train", "validation", "test"]]] = None  # splits train_run got in memory
+    streaming: StreamingSpec | None = None  # stream `train` from Parquet (mtlkit.data.streaming)
+    tables: list[Literal["train", "validation", "test"]] | None = None  # splits train_run got in memory
 
     @property
     def has_source(self) -> bool:
         return self.train is not None or self.dataset is not None or bool(self.tables)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
+    def _one_source(self) -> DataSpec:
         given = [key for key in ("train", "dataset", "tables") if getattr(self, key)]
         if len(given) > 1:
             raise ValueError(f"give one of `train` (a file), `dataset` or `tables`, not {' and '.join(given)}")
@@ -109,14 +109,14 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: Seed = 0
     data: DataSpec = Field(default_factory=DataSpec)  # no source: in-memory tables given to train_run
-    features: Optional[FeaturesSpec] = None
-    tasks: Optional[list[Task]] = None
+    features: FeaturesSpec | None = None
+    tasks: list[Task] | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     balancer: BalancerSpec = Field(default_factory=BalancerSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
 
     @model_validator(mode="after")
-    def _complete(self) -> "RunConfig":
+    def _complete(self) -> RunConfig:
         if self.data.dataset is None:
             if self.features is None:
                 raise ValueError("`features` is required when training on your own files")
@@ -183,7 +183,7 @@ def load_config(path: str | Path) -> RunConfig:
     return resolve_paths(_validate(read_config_file(path), str(path)), path.parent)
 
 
-def load_any_config(path: str | Path) -> "RunConfig | NLPRunConfig":
+def load_any_config(path: str | Path) -> RunConfig | NLPRunConfig:
     """A tabular :class:`RunConfig`, or an NLP run config when the file has a top-level ``encoder:``."""
     path = Path(path)
     raw = read_config_file(path)

@@ -13,7 +13,7 @@ import csv
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ def synthetic_experiment(
     n: int,
     epochs: int,
     correlations: tuple[float, ...] = CORRELATIONS,
-    console: Optional[Console] = None,
+    console: Console | None = None,
     workers: int = 2,
 ) -> list[dict[str, Any]]:
     """Test MSE per task for every (correlation, seed, backbone); the same data for every backbone.
@@ -96,7 +96,7 @@ def synthetic_experiment(
     return rows
 
 
-def run_demo(out: Path, seeds: int = 1, quick: bool = False, console: Optional[Console] = None) -> list[dict[str, Any]]:
+def run_demo(out: Path, seeds: int = 1, quick: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
     console = console or Console()
     backbones = demo_backbones()
     rows = synthetic_experiment(backbones, seeds, n=3000 if quick else 10_000, epochs=8 if quick else 40, console=console)

@@ -42,9 +42,10 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -241,7 +242,7 @@ def _export_torchscript(module: ServingModule, example: tuple[Tensor, ...], path
         torch.jit.save(traced, str(path))
 
 
-def _export_onnx(module: ServingModule, example: tuple[Tensor, ...], path: Path, inputs: Sequence[str], outputs: Sequence[str], opset: Optional[int]) -> None:
+def _export_onnx(module: ServingModule, example: tuple[Tensor, ...], path: Path, inputs: Sequence[str], outputs: Sequence[str], opset: int | None) -> None:
     for name in ("onnx", "onnxscript"):
         _require(name, "ONNX")
     batch = torch.export.Dim("batch")
@@ -263,7 +264,7 @@ def _export_onnx(module: ServingModule, example: tuple[Tensor, ...], path: Path,
 class _Runner:
     """Runs an exported artifact on numpy inputs (by name) → numpy outputs (in manifest order)."""
 
-    def __init__(self, artifact: Path, format: str, input_names: Sequence[str], threads: Optional[int] = None) -> None:
+    def __init__(self, artifact: Path, format: str, input_names: Sequence[str], threads: int | None = None) -> None:
         self.format, self.input_names = format, list(input_names)
         if format == "onnx":
             _require("onnxruntime", "running an ONNX")
@@ -307,7 +308,7 @@ def export_run(
     format: str = "onnx",
     out: str | Path | None = None,
     verify: bool = True,
-    opset: Optional[int] = None,
+    opset: int | None = None,
 ) -> ExportResult:
     """Export the best model of ``run_dir``; write ``model.{pt,onnx}``, ``schema.json``, ``manifest.json`` to ``out``.
 
@@ -408,7 +409,7 @@ class ExportedModel:
     hostile export is a one-line ConfigError, and no file outside the directory is read.
     """
 
-    def __init__(self, directory: str | Path, threads: Optional[int] = None) -> None:
+    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
         directory = Path(directory)
         self.manifest: dict[str, Any] = read_manifest(directory)
         schema_path = directory / self.manifest["schema"]
@@ -452,7 +453,7 @@ class ExportedModel:
         return self.predict_encoded(self.encode(table, source))
 
 
-def load_exported(directory: str | Path, threads: Optional[int] = None) -> ExportedModel:
+def load_exported(directory: str | Path, threads: int | None = None) -> ExportedModel:
     """Load an export directory written by :func:`export_run` (``threads``: onnxruntime's intra-op threads)."""
     return ExportedModel(directory, threads)
 

@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mtlkit.config import RunConfig, is_nlp_run
 from mtlkit.errors import ConfigError
@@ -37,21 +38,21 @@ class RunKind:
     #: ``mtlkit predict``'s output file when ``--out`` is not given.
     default_predictions: ClassVar[str] = "predictions.csv"
 
-    def check_data(self, config: Any, time_column: Optional[str]) -> tuple[PreparedData, DoctorReport]:
+    def check_data(self, config: Any, time_column: str | None) -> tuple[PreparedData, DoctorReport]:
         """``mtlkit train --doctor``: the data read once and checked (:mod:`mtlkit.doctor`)."""
         raise ConfigError(f"--doctor / --time-column check tabular data; an {self.name.upper()} config has none to check")
 
-    def train(self, config: Any, run_dir: Path, *, overwrite: bool, progress: Optional[bool],
-              prepared: Optional[PreparedData] = None) -> dict[str, Any]:
+    def train(self, config: Any, run_dir: Path, *, overwrite: bool, progress: bool | None,
+              prepared: PreparedData | None = None) -> dict[str, Any]:
         """Train (or resume) into ``run_dir``; the run's ``summary.json``."""
         raise NotImplementedError
 
-    def evaluate(self, run_dir: Path, data: Optional[Path]) -> Evaluation:
+    def evaluate(self, run_dir: Path, data: Path | None) -> Evaluation:
         """The best checkpoint's metrics on the run's splits, or on ``data``."""
         raise NotImplementedError
 
-    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: Optional[str],
-                format: Optional[str]) -> int:
+    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: str | None,
+                format: str | None) -> int:
         """Write the predictions for ``data`` to ``out``; the number of rows (records) written."""
         raise NotImplementedError
 
@@ -65,25 +66,25 @@ class TabularRuns(RunKind):
 
     name = "tabular"
 
-    def check_data(self, config: RunConfig, time_column: Optional[str]) -> tuple[PreparedData, DoctorReport]:
-        from mtlkit.doctor import diagnose_config  # noqa: PLC0415 (the doctor only when asked)
+    def check_data(self, config: RunConfig, time_column: str | None) -> tuple[PreparedData, DoctorReport]:
+        from mtlkit.doctor import diagnose_config  # (the doctor only when asked)
 
         return diagnose_config(config, time_column)
 
-    def train(self, config: RunConfig, run_dir: Path, *, overwrite: bool, progress: Optional[bool],
-              prepared: Optional[PreparedData] = None) -> dict[str, Any]:
-        from mtlkit.run import train_run  # noqa: PLC0415 (torch and the models load with the work)
+    def train(self, config: RunConfig, run_dir: Path, *, overwrite: bool, progress: bool | None,
+              prepared: PreparedData | None = None) -> dict[str, Any]:
+        from mtlkit.run import train_run  # (torch and the models load with the work)
 
         return train_run(config, run_dir, overwrite=overwrite, progress=progress, prepared=prepared)
 
-    def evaluate(self, run_dir: Path, data: Optional[Path]) -> Evaluation:
-        from mtlkit.run import evaluate_run  # noqa: PLC0415
+    def evaluate(self, run_dir: Path, data: Path | None) -> Evaluation:
+        from mtlkit.run import evaluate_run
 
         return evaluate_run(run_dir, data)
 
-    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: Optional[str],
-                format: Optional[str]) -> int:
-        from mtlkit.run import predict_run  # noqa: PLC0415
+    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: str | None,
+                format: str | None) -> int:
+        from mtlkit.run import predict_run
 
         if task is not None or format is not None:
             raise ConfigError("--task / --format are for NLP runs; a tabular run predicts every task from the feature columns")
@@ -97,23 +98,23 @@ class NLPRuns(RunKind):
     name = "nlp"
     default_predictions = "predictions.jsonl"
 
-    def train(self, config: NLPRunConfig, run_dir: Path, *, overwrite: bool, progress: Optional[bool],
-              prepared: Optional[PreparedData] = None) -> dict[str, Any]:
-        from mtlkit.nlp.run import train_nlp_run  # noqa: PLC0415 (transformers loads with the work)
+    def train(self, config: NLPRunConfig, run_dir: Path, *, overwrite: bool, progress: bool | None,
+              prepared: PreparedData | None = None) -> dict[str, Any]:
+        from mtlkit.nlp.run import train_nlp_run  # (transformers loads with the work)
 
         return train_nlp_run(config, run_dir, overwrite=overwrite, progress=progress)
 
-    def evaluate(self, run_dir: Path, data: Optional[Path]) -> Evaluation:
-        from mtlkit.nlp.run import evaluate_nlp_run  # noqa: PLC0415
-        from mtlkit.run import Evaluation  # noqa: PLC0415
+    def evaluate(self, run_dir: Path, data: Path | None) -> Evaluation:
+        from mtlkit.nlp.run import evaluate_nlp_run
+        from mtlkit.run import Evaluation
 
         if data is not None:
             raise ConfigError("--data: an NLP run is evaluated on the splits of its config.yaml")
         return Evaluation(evaluate_nlp_run(run_dir), None)
 
-    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: Optional[str],
-                format: Optional[str]) -> int:
-        from mtlkit.nlp.predict import predict_nlp_run  # noqa: PLC0415
+    def predict(self, run_dir: Path, data: Path, out: Path, *, keep: Sequence[str], task: str | None,
+                format: str | None) -> int:
+        from mtlkit.nlp.predict import predict_nlp_run
 
         if keep:
             raise ConfigError("--keep copies columns of a tabular input; an NLP run writes one record per example, in input order")

@@ -34,7 +34,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -58,11 +59,11 @@ class TrainableModel(nn.Module):
     independent_tasks: ClassVar[bool] = False
 
     #: The serving score of ``model.fusion`` (:mod:`mtlkit.models.fusion`); None without one.
-    fusion: Optional["FusionSpec"] = None
+    fusion: FusionSpec | None = None
     #: Set by the trainer for representation-level balancers (MGDA-UB): the model then keeps, in
     #: :attr:`last_shared_features`, the representation every task reads, at each forward with gradients.
     keep_shared_features: bool = False
-    last_shared_features: Optional[Tensor | list[Tensor]] = None
+    last_shared_features: Tensor | list[Tensor] | None = None
 
     def __init__(self, task_names: Sequence[str]) -> None:
         super().__init__()
@@ -78,7 +79,7 @@ class TrainableModel(nn.Module):
         """Extra loss terms of the last forward, per task (AITM's calibrator), added to that task's loss."""
         return {}
 
-    def regularization_loss(self) -> Optional[Tensor]:
+    def regularization_loss(self) -> Tensor | None:
         """A penalty on the parameters (SNR's λ·E[L0]) added to the training loss outside the balancer."""
         return None
 
@@ -134,7 +135,7 @@ class TrainTask(Protocol):
 
     name: str
     loss_weight: float
-    metrics: Optional[list[str]]
+    metrics: list[str] | None
 
     @property
     def loss_family(self) -> str:

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from mtlkit.errors import ConfigError
 

@@ -10,9 +10,10 @@ is written last: a directory without it is an unfinished run, which ``train`` re
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,14 +55,14 @@ class PreparedData:
 
     train: pa.Table
     validation: pa.Table
-    test: Optional[pa.Table]
+    test: pa.Table | None
     tasks: list[Task]
     features: SchemaSpec
     names: dict[str, str]
-    stream: Optional[StreamedTrain] = None  # data.streaming: `train` holds no rows, only the columns
+    stream: StreamedTrain | None = None  # data.streaming: `train` holds no rows, only the columns
 
 
-def prepare_data(config: RunConfig, tables: Optional[Mapping[str, TableLike]] = None) -> PreparedData:
+def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     """Read every split named by the config, or take ``tables`` (in-memory ``train`` and optional
     ``validation`` / ``test``: pyarrow Tables or pandas DataFrames) in place of files; raises
     DataError naming the file (or table) on any problem."""
@@ -186,7 +187,7 @@ class EncodedData:
     schema: FittedSchema
     train: EncodedTable
     validation: EncodedTable
-    test: Optional[EncodedTable]
+    test: EncodedTable | None
 
 
 def encode_data(prepared: PreparedData) -> EncodedData:
@@ -221,7 +222,7 @@ def _check_memory(config: RunConfig, encoded: EncodedData, tasks: list[Task], de
     check_training_memory(build, encoded.validation.take(slice(0, 64)), spec.batch_size, spec.eval_batch_size, candidates, device)
 
 
-def run_summary(result, model: nn.Module, test: Optional[dict], **describe) -> dict:
+def run_summary(result, model: nn.Module, test: dict | None, **describe) -> dict:
     """``summary.json``: what the run was (``describe``), then what training and testing gave."""
     return {
         **describe,
@@ -245,11 +246,11 @@ def train_run(
     config: RunConfig,
     run_dir: str | Path | None = None,
     overwrite: bool = False,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
-    encoded: Optional[EncodedData] = None,
-    prepared: Optional[PreparedData] = None,
-    tables: Optional[Mapping[str, TableLike]] = None,
+    encoded: EncodedData | None = None,
+    prepared: PreparedData | None = None,
+    tables: Mapping[str, TableLike] | None = None,
 ) -> dict:
     """Train as the config says; return the summary (also written to ``run_dir/summary.json``).
 
@@ -350,8 +351,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 @dataclass
 class Evaluation:
     metrics: dict[str, dict[str, dict[str, float]]]  # split -> task -> metric
-    gates: Optional[dict[str, GateStats]]  # on the first split, for gated backbones
-    fusion: Optional[dict[str, dict[str, dict[str, float]]]] = None  # split -> task -> own/fused metric
+    gates: dict[str, GateStats] | None  # on the first split, for gated backbones
+    fusion: dict[str, dict[str, dict[str, float]]] | None = None  # split -> task -> own/fused metric
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None) -> Evaluation:

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.outputs import check_output_dir, make_dirs, write_text
@@ -53,7 +54,7 @@ OVERWRITE = "pass --overwrite to replace it"
 class RunDir:
     path: Path
     resume: bool  # last.pt is there: continue from it
-    created: Optional[Path] = None  # the outermost directory this call created (the run's, or a parent)
+    created: Path | None = None  # the outermost directory this call created (the run's, or a parent)
 
 
 def _ours(entry: Path) -> bool:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} PiB"  # unreachable
 
 
-def available_memory(device: torch.device) -> Optional[int]:
+def available_memory(device: torch.device) -> int | None:
     """Free bytes on ``device`` (host memory for the CPU and MPS), or ``None`` when unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -119,7 +120,7 @@ def estimate(build: Build, sample: Batch, overrides: Mapping[str, int] = {}) -> 
 
 
 def check_training_memory(build: Build, sample: Batch, batch_size: int, eval_batch_size: int, candidates: Mapping[str, int],
-                          device: torch.device, available: Optional[int] = None) -> None:
+                          device: torch.device, available: int | None = None) -> None:
     """Raise a ConfigError naming the culprit key when training would not fit in memory.
 
     ``candidates`` are config keys (``train.batch_size`` and ``train.eval_batch_size`` among them)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -115,23 +115,23 @@ class Task(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     kind: TaskKind
-    label: Optional[str] = None
-    n_classes: Optional[int] = Field(default=None, ge=2)
-    loss: Optional[str] = None
+    label: str | None = None
+    n_classes: int | None = Field(default=None, ge=2)
+    loss: str | None = None
     loss_options: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(default=1.0, ge=0.0)
-    weight_column: Optional[str] = None
+    weight_column: str | None = None
     negative_weight: float = Field(default=1.0, gt=0.0)
-    negative_sampling_rate: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    positive_weight_column: Optional[str] = None
+    negative_sampling_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    positive_weight_column: str | None = None
     output: Literal["probability", "odds"] = "probability"
     label_transform: Literal["none", "log1p"] = "none"
-    mask: Optional[TaskMask] = None
-    metrics: Optional[list[str]] = None
-    group_column: Optional[str] = None
+    mask: TaskMask | None = None
+    metrics: list[str] | None = None
+    group_column: str | None = None
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> "Task":
+    def _fill_defaults(self) -> Task:
         if self.kind is TaskKind.MULTICLASS and self.n_classes is None:
             raise ValueError("a multiclass task needs n_classes")
         if self.kind is not TaskKind.MULTICLASS and self.n_classes is not None:

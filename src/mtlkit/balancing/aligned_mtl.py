@@ -18,14 +18,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.torchjd_backend import TorchJDBalancer, TorchJDOptions
 
 
 class AlignedMTLOptions(TorchJDOptions):
-    pref_vector: Optional[dict[str, float]] = None
+    pref_vector: dict[str, float] | None = None
     scale_mode: Literal["min", "median", "rmse"] = "min"
 
 

@@ -16,14 +16,15 @@ Adding a method is one file plus one registry line::
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from mtlkit.registry import Registry
 from mtlkit.protocols import TrainableModel
+from mtlkit.registry import Registry
 
 
 class BalancerOptions(BaseModel):

@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from mtlkit.balancing.base import BALANCERS, BalancerOptions, LossWeighting, sta
 
 class FixedOptions(BalancerOptions):
     reduction: Literal["sum", "mean"] = "sum"
-    weights: Optional[dict[str, float]] = None
+    weights: dict[str, float] | None = None
 
 
 @BALANCERS.register("fixed")

@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from pydantic import field_validator
 
@@ -29,7 +27,7 @@ from mtlkit.balancing.torchjd_backend import TorchJDBalancer, TorchJDOptions
 
 
 class GradDropOptions(TorchJDOptions):
-    leak: Optional[dict[str, float]] = None
+    leak: dict[str, float] | None = None
 
     @field_validator("leak")
     @classmethod

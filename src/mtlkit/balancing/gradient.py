@@ -42,7 +42,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn

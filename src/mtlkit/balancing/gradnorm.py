@@ -42,7 +42,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import Field
@@ -57,7 +57,7 @@ from mtlkit.protocols import TrainableModel
 
 class GradNormOptions(GradientOptions):
     alpha: float = Field(default=1.5, ge=0)
-    layer: Optional[str] = None
+    layer: str | None = None
 
 
 @BALANCERS.register("gradnorm")

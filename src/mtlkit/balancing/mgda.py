@@ -38,7 +38,8 @@ Example:
 from __future__ import annotations
 
 import itertools
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field

@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 from pydantic import Field
+from torch import Tensor
 
 from mtlkit.balancing.base import BALANCERS
 from mtlkit.balancing.torchjd_backend import TorchJDBalancer, TorchJDOptions

@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from pydantic import field_validator
@@ -31,7 +32,7 @@ from mtlkit.errors import ConfigError
 
 
 class ScheduledOptions(BalancerOptions):
-    initial: Optional[dict[str, float]] = None
+    initial: dict[str, float] | None = None
     gamma: dict[str, float] = {}
     unit: Literal["epoch", "step"] = "epoch"
 

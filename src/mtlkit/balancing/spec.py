@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,7 +24,7 @@ class BalancerSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check(self) -> "BalancerSpec":
+    def _check(self) -> BalancerSpec:
         if self.name not in BALANCERS:
             raise ValueError(f"unknown balancer {self.name!r}; choose one of: {', '.join(BALANCERS.names())}")
         BALANCERS.get(self.name).Options(**self.options)

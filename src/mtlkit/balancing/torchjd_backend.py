@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor

@@ -34,12 +34,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
-
 
 
 def accumulate_grad(param: Tensor, grad: Tensor) -> None:
@@ -59,7 +58,7 @@ class Columns:
 
     params: list[Tensor]
     sizes: list[int]
-    rows: list[Optional[Tensor]]
+    rows: list[Tensor | None]
 
     @property
     def sparse(self) -> bool:
@@ -81,7 +80,7 @@ def dense_columns(inputs: Sequence[Tensor]) -> Columns:
 
 
 def touched_rows_jacobian(outputs: Sequence[Tensor], dense: Sequence[Tensor],
-                          tables: Sequence[Tensor]) -> tuple[Optional[Tensor], Columns]:
+                          tables: Sequence[Tensor]) -> tuple[Tensor | None, Columns]:
     """``(J, columns)``: the Jacobian of the scalars ``outputs`` w.r.t. the ``dense`` parameters
     and the touched rows of the ``tables`` (weights with COO gradients), one backward per output.
 
@@ -93,7 +92,7 @@ def touched_rows_jacobian(outputs: Sequence[Tensor], dense: Sequence[Tensor],
     k = len(outputs)
     dense_jac = outputs[0].new_zeros(k, sum(p.numel() for p in dense))
     dense_sizes = [p.numel() for p in dense]
-    table_grads: list[list[Optional[Tensor]]] = [[] for _ in tables]
+    table_grads: list[list[Tensor | None]] = [[] for _ in tables]
     for i, out in enumerate(outputs):
         # No materialize_grads: an unused table must not become a table-sized zero tensor.
         grads = torch.autograd.grad(out, [*dense, *tables], retain_graph=True, allow_unused=True)

@@ -26,7 +26,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,7 @@ Kind = Literal["regression", "classification"]
 
 class UncertaintyOptions(BalancerOptions):
     kinds: dict[str, Kind] = {}
-    default_kind: Optional[Kind] = None
+    default_kind: Kind | None = None
     init: float = 0.0
 
 

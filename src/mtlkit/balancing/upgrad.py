@@ -24,8 +24,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
 from mtlkit.balancing.base import BALANCERS
@@ -33,7 +31,7 @@ from mtlkit.balancing.torchjd_backend import TorchJDBalancer, TorchJDOptions, ca
 
 
 class UPGradOptions(TorchJDOptions):
-    pref_vector: Optional[dict[str, float]] = None
+    pref_vector: dict[str, float] | None = None
     reg_eps: float = Field(default=1e-10, gt=0, le=1e-4)
 
 
@@ -45,7 +43,7 @@ class UPGrad(TorchJDBalancer):
     weighting = "UPGradWeighting"  # the torchjd weighting class; DualProj differs only here
 
     def make(self, tasks):
-        from torchjd.linalg import QuadprogProjector  # noqa: PLC0415 (torchjd is optional)
+        from torchjd.linalg import QuadprogProjector  # (torchjd is optional)
 
         projector = QuadprogProjector(norm_eps=0.0, reg_eps=self.options.reg_eps)  # G arrives normalised
         weighting = getattr(self.aggregation, self.weighting)

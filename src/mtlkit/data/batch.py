@@ -26,8 +26,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ class Batch:
     def size(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
         return Batch(move(self.inputs), move(self.targets), move(self.masks), move(self.weights))
 
@@ -89,14 +89,14 @@ class EncodedTable:
         """Rows at ``index`` (an index tensor or a slice) as one batch."""
         return Batch(_take(self.inputs, index), _take(self.targets, index), _take(self.masks, index), _take(self.weights, index))
 
-    def subset(self, index: Tensor) -> "EncodedTable":
+    def subset(self, index: Tensor) -> EncodedTable:
         """A new table of the rows at ``index`` (used for seeded splits)."""
         return EncodedTable(
             _take(self.inputs, index), _take(self.targets, index), _take(self.masks, index),
             _take(self.weights, index), _take(self.extras, index),
         )
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> "TableBatches":
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> TableBatches:
         return TableBatches(self, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
 
@@ -107,7 +107,7 @@ class BatchSource:
     (streamed row groups); None for a source the trainer shards (each rank keeps ``rank::world``).
     """
 
-    world_size: Optional[int] = None
+    world_size: int | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError

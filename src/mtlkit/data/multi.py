@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterator, Literal, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Literal
 
 import torch
 

@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +108,7 @@ def open_parquet(path: Path) -> pq.ParquetFile:
         raise DataError(f"{path}: cannot be read as Parquet: {_first_line(error)}") from None
 
 
-def read_parquet(path: Path, columns: Optional[list[str]] = None) -> pa.Table:
+def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     """The whole file, checksums and column statistics verified (see the module docstring)."""
     handle = open_parquet(path)
     try:
@@ -133,7 +132,7 @@ def _damage(error: OSError) -> str:
     return f"{what} ({_first_line(error)})"
 
 
-def read_row_group(handle: pq.ParquetFile, path: Path, index: int, first_row: int, columns: Optional[list[str]] = None,
+def read_row_group(handle: pq.ParquetFile, path: Path, index: int, first_row: int, columns: list[str] | None = None,
                    **options) -> pa.Table:
     """One row group of an :func:`open_parquet` handle, verified like :func:`read_parquet`'s."""
     try:

@@ -61,9 +61,10 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -85,18 +86,18 @@ class CategoricalFeature(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     min_freq: int = Field(default=1, ge=1)
-    hash_buckets: Optional[int] = Field(default=None, ge=1)
+    hash_buckets: int | None = Field(default=None, ge=1)
 
 
 class NumericFeature(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     transform: Literal["standard", "log1p", "none"] = "standard"
-    clip: Optional[tuple[float, float]] = None  # [low, high]; ±.inf leaves that side open
+    clip: tuple[float, float] | None = None  # [low, high]; ±.inf leaves that side open
 
     @field_validator("clip")
     @classmethod
-    def _ordered(cls, clip: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+    def _ordered(cls, clip: tuple[float, float] | None) -> tuple[float, float] | None:
         if clip is not None and not clip[0] < clip[1]:  # also refuses NaN
             raise ValueError(f"clip must be [low, high] with low < high, got [{clip[0]:g}, {clip[1]:g}]")
         return clip
@@ -109,16 +110,16 @@ class SequenceFeature(BaseModel):
     name: str
     max_len: int = Field(ge=1)
     pooling: Literal["mean", "sum", "din"] = "mean"
-    target: Optional[str] = None  # din: the categorical feature holding the candidate item
-    share_vocabulary_with: Optional[str] = None  # a categorical feature: one vocabulary, one table
-    separator: Optional[str] = Field(default=None, min_length=1)  # for delimited string columns
+    target: str | None = None  # din: the categorical feature holding the candidate item
+    share_vocabulary_with: str | None = None  # a categorical feature: one vocabulary, one table
+    separator: str | None = Field(default=None, min_length=1)  # for delimited string columns
     min_freq: int = Field(default=1, ge=1)
-    hash_buckets: Optional[int] = Field(default=None, ge=1)
+    hash_buckets: int | None = Field(default=None, ge=1)
     normalize: bool = False  # din: softmax over the valid positions (the paper does not normalise)
     attention_hidden: tuple[int, ...] = (36,)  # din: the local activation unit's hidden layers
 
     @model_validator(mode="after")
-    def _check(self) -> "SequenceFeature":
+    def _check(self) -> SequenceFeature:
         if (self.pooling == "din") != (self.target is not None):
             raise ValueError(f"sequence {self.name!r}: `target` is required with pooling din and only allowed with it")
         if self.pooling != "din" and (self.normalize or self.attention_hidden != (36,)):
@@ -153,7 +154,7 @@ class SchemaSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_references(self) -> "SchemaSpec":
+    def _check_references(self) -> SchemaSpec:
         names = [f.name for f in [*self.categorical, *self.numeric, *self.sequences]]
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate is not None:
@@ -169,7 +170,7 @@ class SchemaSpec(BaseModel):
                     raise ValueError(f"sequence {seq.name!r}: {key} {ref!r} is not a categorical feature")
         return self
 
-    def fit(self, train: TableLike, source: str = "training data") -> "FittedSchema":
+    def fit(self, train: TableLike, source: str = "training data") -> FittedSchema:
         train = as_arrow(train, source)  # a pandas DataFrame too
         _require_columns(train, [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]], source)
         if not self.categorical and not self.numeric and not self.sequences:
@@ -191,10 +192,10 @@ class SchemaSpec(BaseModel):
 class FittedCategorical:
     name: str
     vocabulary: list[str] = field(default_factory=list)
-    hash_buckets: Optional[int] = None
-    admitted: Optional[str] = None  # hashed with min_freq > 1: the admitted values' hashes (mtlkit.data.admission)
+    hash_buckets: int | None = None
+    admitted: str | None = None  # hashed with min_freq > 1: the admitted values' hashes (mtlkit.data.admission)
 
-    def admitted_hashes(self) -> Optional[np.ndarray]:
+    def admitted_hashes(self) -> np.ndarray | None:
         """The admitted hashes, decoded once (``None``: every value is admitted)."""
         if self.admitted is None:
             return None
@@ -227,7 +228,7 @@ class FittedCategorical:
 class FittedNumeric:
     name: str
     transform: str
-    clip: Optional[tuple[float, float]]
+    clip: tuple[float, float] | None
     mean: float
     std: float
     has_missing_flag: bool
@@ -238,14 +239,14 @@ class FittedSequence:
     name: str
     max_len: int
     pooling: str
-    target: Optional[str] = None
-    share_vocabulary_with: Optional[str] = None
-    separator: Optional[str] = None
+    target: str | None = None
+    share_vocabulary_with: str | None = None
+    separator: str | None = None
     vocabulary: list[str] = field(default_factory=list)  # empty when sharing
-    hash_buckets: Optional[int] = None
+    hash_buckets: int | None = None
     normalize: bool = False
     attention_hidden: list[int] = field(default_factory=lambda: [36])
-    admitted: Optional[str] = None  # as FittedCategorical.admitted (own hashed vocabulary only)
+    admitted: str | None = None  # as FittedCategorical.admitted (own hashed vocabulary only)
 
     @property
     def cardinality(self) -> int:
@@ -291,7 +292,7 @@ class FittedSchema:
         tasks: Sequence[Task],
         source: str = "data",
         with_targets: bool = True,
-        serving: Optional[bool] = None,
+        serving: bool | None = None,
     ) -> EncodedTable:
         """Encode features (and, with ``with_targets``, labels, weights and masks) of ``table``.
 
@@ -347,7 +348,7 @@ class FittedSchema:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FittedSchema":
+    def from_dict(cls, data: dict) -> FittedSchema:
         if not isinstance(data, dict):
             raise DataError(f"expected a JSON object, found {type(data).__name__}")
         if data.get("format_version") != SCHEMA_FORMAT_VERSION:
@@ -365,7 +366,7 @@ class FittedSchema:
         write_text(path, json.dumps(self.to_dict(), indent=1))  # atomic: a kill never leaves half a schema
 
     @classmethod
-    def load(cls, path: str | Path, recover: str = "") -> "FittedSchema":
+    def load(cls, path: str | Path, recover: str = "") -> FittedSchema:
         """Read ``schema.json``; a damaged file is a DataError naming it (``recover``: what to do then)."""
         hint = f"; {recover}" if recover else ""
         try:
@@ -448,7 +449,7 @@ def _fit_sequence(feature: SequenceFeature, items: pa.Array) -> FittedSequence:
     return fitted
 
 
-def _sequence_items(name: str, separator: Optional[str], column: pa.ChunkedArray, source: str) -> tuple[np.ndarray, pa.Array]:
+def _sequence_items(name: str, separator: str | None, column: pa.ChunkedArray, source: str) -> tuple[np.ndarray, pa.Array]:
     """Row index and string of every item of a list or delimited column, in order (nulls and '' dropped)."""
     column = column.combine_chunks()
     if pa.types.is_dictionary(column.type):
@@ -520,7 +521,7 @@ def _float_column(table: pa.Table, name: str, source: str, allow_missing: bool =
     return values
 
 
-def _transform(values: np.ndarray, transform: str, clip: Optional[tuple[float, float]]) -> np.ndarray:
+def _transform(values: np.ndarray, transform: str, clip: tuple[float, float] | None) -> np.ndarray:
     if clip is not None:
         values = np.clip(values, clip[0], clip[1])
     if transform == "log1p":
@@ -566,7 +567,7 @@ def _encode_target(task: Task, table: pa.Table, source: str) -> tuple[torch.Tens
     return target, torch.from_numpy(present)
 
 
-def _encode_weight(task: Task, table: pa.Table, source: str, target: torch.Tensor, present: torch.Tensor) -> Optional[torch.Tensor]:
+def _encode_weight(task: Task, table: pa.Table, source: str, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor | None:
     """Row weights: ``weight_column`` × (``positive_weight_column`` on positives, 1 elsewhere)."""
     weight = None
     if task.weight_column:

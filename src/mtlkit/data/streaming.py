@@ -65,9 +65,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -80,8 +80,15 @@ from torch import Tensor
 from mtlkit.data.batch import Batch, BatchSource
 from mtlkit.data.readers import PARQUET_SUFFIXES, open_parquet, read_row_group
 from mtlkit.data.schema import (
-    FittedCategorical, FittedNumeric, FittedSchema, SchemaSpec, _as_strings, _fit_sequence, _float_column,
-    _sequence_items, _transform,
+    FittedCategorical,
+    FittedNumeric,
+    FittedSchema,
+    SchemaSpec,
+    _as_strings,
+    _fit_sequence,
+    _float_column,
+    _sequence_items,
+    _transform,
 )
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
@@ -100,7 +107,7 @@ class StreamingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     buffer_rows: int = Field(default=200_000, ge=1)
     prefetch: int = Field(default=2, ge=0)
-    fit_sample_rows: Optional[int] = Field(default=None, ge=1)
+    fit_sample_rows: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class _Files(dict):
     def get_file(self, path: Path) -> pq.ParquetFile:
         return self.get(path) or self.setdefault(path, _open(path))
 
-    def __enter__(self) -> "_Files":
+    def __enter__(self) -> _Files:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -211,7 +218,7 @@ class _Buffer:
         if not self.columns:
             self.columns = {k: torch.empty((len(self.pos), *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
 
-    def append(self, positions: np.ndarray, data: Optional[dict[Key, Tensor]]) -> None:
+    def append(self, positions: np.ndarray, data: dict[Key, Tensor] | None) -> None:
         lo, hi = self.n, self.n + len(positions)
         self.pos[lo:hi] = positions
         if data is not None:
@@ -227,7 +234,7 @@ class _Buffer:
         for key, column in self.columns.items():
             column[index] = data[key]
 
-    def take(self, slots: np.ndarray, with_data: bool) -> Optional[dict[Key, Tensor]]:
+    def take(self, slots: np.ndarray, with_data: bool) -> dict[Key, Tensor] | None:
         """Remove the rows at ``slots`` (distinct) and return them in that order; the last rows fill the holes."""
         index = torch.from_numpy(slots)
         out = {key: column[index] for key, column in self.columns.items()} if with_data else None
@@ -275,8 +282,8 @@ class ParquetBatches(BatchSource):
         buffer_rows: int = 200_000,
         shuffle: bool = True,
         seed: int = 0,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        rank: int | None = None,
+        world_size: int | None = None,
         prefetch: int = 2,
         use_threads: bool = False,
     ) -> None:
@@ -404,7 +411,7 @@ def _prefetched(steps: Iterator[list[Batch]], depth: int) -> Iterator[list[Batch
                 if not put(item):
                     return
             put(_DONE)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+        except BaseException as error:  # handed to the consumer
             put(_Failure(error))
 
     worker = threading.Thread(target=produce, name="mtlkit-parquet-prefetch", daemon=True)
@@ -430,7 +437,7 @@ class StreamedTrain:
     spec: StreamingSpec
 
     @classmethod
-    def open(cls, paths: str | Path | Sequence[str | Path], spec: StreamingSpec) -> "StreamedTrain":
+    def open(cls, paths: str | Path | Sequence[str | Path], spec: StreamingSpec) -> StreamedTrain:
         return cls(parquet_files(paths), spec)
 
     def empty_table(self) -> pa.Table:
@@ -453,7 +460,7 @@ class _Counts:
 
     def __init__(self) -> None:
         self.parts: list[pa.Table] = []
-        self.merged: Optional[pa.Table] = None
+        self.merged: pa.Table | None = None
 
     def add(self, values: pa.Array) -> None:
         counts = pc.value_counts(values.drop_null())
@@ -498,7 +505,7 @@ class _Moments:
         self.n = total
 
 
-def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Path], sample_rows: Optional[int] = None,
+def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Path], sample_rows: int | None = None,
                          seed: int = 0) -> FittedSchema:
     """Fit ``spec`` reading one row group at a time (only the feature columns).
 

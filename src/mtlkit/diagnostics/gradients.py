@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.balancing.base import Balancer
 from mtlkit.balancing.gradient import shared_jacobian, split_parameters
@@ -159,8 +160,8 @@ def read_gradient_csv(path: str | Path) -> list[dict[str, float | None]]:
 
 def plot_gradient_csv(csv_path: str | Path, png_path: str | Path) -> Path:
     """Two panels over the steps: per-task gradient norms (log scale) and pairwise cosines."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (matplotlib only to plot)
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # (matplotlib only to plot)
+    from matplotlib.figure import Figure
 
     rows = read_gradient_csv(csv_path)
     columns = list(rows[0]) if rows else []

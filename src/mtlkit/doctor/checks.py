@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +54,7 @@ def invalid_labels(task: Task, values: np.ndarray) -> np.ndarray:
     return task.invalid_labels(values)[0]
 
 
-def in_space(data: SplitTables, split: str, task: Task) -> Optional[np.ndarray]:
+def in_space(data: SplitTables, split: str, task: Task) -> np.ndarray | None:
     """Rows inside the task's mask (all rows without one); ``None`` when the mask column is not numeric."""
     if task.mask is None:
         return np.ones(data.rows(split), dtype=bool)
@@ -61,7 +62,7 @@ def in_space(data: SplitTables, split: str, task: Task) -> Optional[np.ndarray]:
     return None if values is None else values == task.mask.equals  # NaN: outside, as in encoding
 
 
-def counted_rows(data: SplitTables, split: str, task: Task) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def counted_rows(data: SplitTables, split: str, task: Task) -> tuple[np.ndarray, np.ndarray] | None:
     """(label values, rows that count: label present and valid, inside the mask), or ``None``."""
     values = data.floats(split, task.label)  # type: ignore[arg-type]
     space = in_space(data, split, task)
@@ -164,7 +165,7 @@ def check_label_correlation(data: SplitTables, tasks: Sequence[Task], thresholds
     """Pearson correlation of the tasks' labels on train, over rows where both are present (masks ignored)."""
     usable = [t for t in tasks if t.kind is not TaskKind.MULTICLASS and data.floats("train", t.label) is not None]  # type: ignore[arg-type]
     n = len(usable)
-    matrix: list[list[Optional[float]]] = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
+    matrix: list[list[float | None]] = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
     findings = []
     for i in range(n):
         a = data.floats("train", usable[i].label)  # type: ignore[arg-type]

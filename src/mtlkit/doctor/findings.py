@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mtlkit.errors import ConfigError
 
@@ -43,12 +43,12 @@ class Finding:
     check: str
     severity: Severity
     message: str
-    split: Optional[str] = None
-    task: Optional[str] = None
-    column: Optional[str] = None
-    count: Optional[int] = None
-    share: Optional[float] = None
-    value: Optional[float] = None
+    split: str | None = None
+    task: str | None = None
+    column: str | None = None
+    count: int | None = None
+    share: float | None = None
+    value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}

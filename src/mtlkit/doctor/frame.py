@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,10 +28,10 @@ _PRIME = np.uint64(0x100000001B3)
 class SplitTables:
     """The splits that exist (train first), their sources, and cached column views."""
 
-    def __init__(self, tables: Mapping[str, Optional[pa.Table]], names: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, tables: Mapping[str, pa.Table | None], names: Mapping[str, str] | None = None) -> None:
         self.tables = {k: v for k, v in tables.items() if v is not None}
         self.names = {k: (names or {}).get(k, k) for k in self.tables}
-        self._floats: dict[tuple[str, str], Optional[np.ndarray]] = {}
+        self._floats: dict[tuple[str, str], np.ndarray | None] = {}
         self._strings: dict[tuple[str, str], pa.Array] = {}
 
     @property
@@ -47,7 +47,7 @@ class SplitTables:
     def column_type(self, split: str, column: str) -> pa.DataType:
         return self.tables[split].schema.field(column).type
 
-    def floats(self, split: str, column: str) -> Optional[np.ndarray]:
+    def floats(self, split: str, column: str) -> np.ndarray | None:
         """float64 values, NaN for null; ``None`` when the column is not numeric."""
         key = (split, column)
         if key not in self._floats:
@@ -89,7 +89,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _codes(arrays: Sequence[pa.Array]) -> Optional[list[np.ndarray]]:
+def _codes(arrays: Sequence[pa.Array]) -> list[np.ndarray] | None:
     """Equal values get equal uint64 codes across ``arrays``; ``None`` for types we cannot compare."""
     kinds = {("num" if pa.types.is_integer(a.type) or pa.types.is_floating(a.type) or pa.types.is_boolean(a.type)
               else "list" if pa.types.is_list(a.type) or pa.types.is_large_list(a.type) else "other") for a in arrays}
@@ -115,7 +115,7 @@ def _codes(arrays: Sequence[pa.Array]) -> Optional[list[np.ndarray]]:
     return np.split(codes, np.cumsum(lengths)[:-1])
 
 
-def _list_codes(arrays: Sequence[pa.Array]) -> Optional[list[np.ndarray]]:
+def _list_codes(arrays: Sequence[pa.Array]) -> list[np.ndarray] | None:
     """A list cell's code mixes its items' codes with their positions (sums mod 2**64 per row)."""
     items = [pc.list_flatten(a) for a in arrays]
     item_codes = _codes(items)

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -32,11 +33,11 @@ if TYPE_CHECKING:
 
 
 def diagnose(
-    tables: Mapping[str, Optional[pa.Table]],
+    tables: Mapping[str, pa.Table | None],
     tasks: Sequence[Task],
     features: SchemaSpec,
-    names: Optional[Mapping[str, str]] = None,
-    time_column: Optional[str] = None,
+    names: Mapping[str, str] | None = None,
+    time_column: str | None = None,
     thresholds: Thresholds = Thresholds(),
 ) -> DoctorReport:
     """Check ``tables`` (``train`` plus optional ``validation``/``test``); ``names`` are their sources."""
@@ -62,8 +63,8 @@ def diagnose(
     return DoctorReport(findings, {name: r.stats for name, r in results.items()}, splits)
 
 
-def training_blockers(tables: Mapping[str, Optional[pa.Table]], tasks: Sequence[Task],
-                      names: Optional[Mapping[str, str]] = None) -> list[Finding]:
+def training_blockers(tables: Mapping[str, pa.Table | None], tasks: Sequence[Task],
+                      names: Mapping[str, str] | None = None) -> list[Finding]:
     """The doctor's hard errors about labels and weights, which ``mtlkit train`` refuses to train on.
 
     Invalid labels; non-numeric labels, masks or weights; NaN/inf/negative weights; a task without
@@ -76,8 +77,8 @@ def training_blockers(tables: Mapping[str, Optional[pa.Table]], tasks: Sequence[
 
 
 def diagnose_config(
-    config: "RunConfig", time_column: Optional[str] = None, thresholds: Thresholds = Thresholds()
-) -> tuple["PreparedData", DoctorReport]:
+    config: RunConfig, time_column: str | None = None, thresholds: Thresholds = Thresholds()
+) -> tuple[PreparedData, DoctorReport]:
     """Read the config's splits (as training would) and check them; the data is returned for reuse."""
     from mtlkit.run import _check_columns, prepare_data
 

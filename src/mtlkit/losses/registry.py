@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class FocalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     gamma: float = Field(default=2.0, ge=0.0)
-    alpha: Optional[float] = Field(default=0.25, ge=0.0, le=1.0)
+    alpha: float | None = Field(default=0.25, ge=0.0, le=1.0)
 
 
 class HuberOptions(BaseModel):
@@ -79,7 +80,7 @@ def binary_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @LOSSES.register("focal")
-def focal(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: Optional[float] = 0.25) -> Tensor:
+def focal(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | None = 0.25) -> Tensor:
     """Focal loss, Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, Eq. 5.
 
     ``FL(p_t) = −α_t (1 − p_t)^γ log p_t`` with ``p_t = p`` for a positive and ``1 − p``

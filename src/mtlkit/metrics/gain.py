@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def mtl_gain(mtl: float, single: float, higher_is_better: bool) -> float:

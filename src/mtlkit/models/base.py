@@ -13,7 +13,8 @@ its hyper-parameters, validated before any work starts — and registers under a
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -41,14 +42,14 @@ class Backbone(nn.Module):
 
     #: The tensor every task reads, kept at each forward with gradients by backbones that have one
     #: (MoE expert outputs); representation-level balancers (MGDA-UB) differentiate it.
-    last_shared_features: Optional[Tensor] = None
+    last_shared_features: Tensor | None = None
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``(B, input_dim)`` → ``{task: (B, output_dim)}``."""
         raise NotImplementedError
 
     # -- optional hooks: defaults for a backbone without them ------------------------------------
-    def regularization_loss(self) -> Optional[Tensor]:
+    def regularization_loss(self) -> Tensor | None:
         """A penalty on the backbone's parameters added to the training loss (SNR's λ·E[L0])."""
         return None
 

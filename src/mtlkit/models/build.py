@@ -13,10 +13,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import nn
 
 from mtlkit.data.schema import FittedSchema
 from mtlkit.errors import ConfigError
@@ -41,11 +41,11 @@ class ModelSpec(BaseModel):
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     relations: TaskRelations = Field(default_factory=TaskRelations)
-    shallow_tower: Optional[ShallowTowerSpec] = None
-    fusion: Optional[FusionSpec] = None
+    shallow_tower: ShallowTowerSpec | None = None
+    fusion: FusionSpec | None = None
 
     @model_validator(mode="after")
-    def _check_backbone(self) -> "ModelSpec":
+    def _check_backbone(self) -> ModelSpec:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES.names())}")
         if self.embedding_table not in EMBEDDING_TABLES:

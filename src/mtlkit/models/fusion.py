@@ -19,7 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -35,7 +36,7 @@ class FusionSpec(BaseModel):
     offsets: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _offsets_name_weighted_tasks(self) -> "FusionSpec":
+    def _offsets_name_weighted_tasks(self) -> FusionSpec:
         extra = sorted(set(self.offsets) - set(self.weights))
         if extra:
             raise ValueError(f"fusion.offsets names {extra[0]!r}, which has no weight")

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,7 +52,7 @@ class PredictionInput(BaseModel):
 class TaskRelations(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     esmm: list[ESMMRelation] = Field(default_factory=list)
-    aitm: Optional[AITMRelation] = None
+    aitm: AITMRelation | None = None
     prediction_inputs: list[PredictionInput] = Field(default_factory=list)
 
     def untrained(self) -> set[str]:

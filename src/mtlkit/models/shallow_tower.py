@@ -26,7 +26,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +40,7 @@ class ShallowTowerSpec(BaseModel):
     """``model.shallow_tower`` in the config."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tasks: Optional[list[str]] = None  # default: every binary task
+    tasks: list[str] | None = None  # default: every binary task
     hidden: list[int] = Field(default_factory=lambda: [16])
     embedding_dim: int = Field(default=4, ge=1)
     position_index: int = Field(default=0, ge=0)  # which bias feature is the position

@@ -33,7 +33,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, Sequence
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field

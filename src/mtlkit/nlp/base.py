@@ -51,7 +51,8 @@ sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token target
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -90,7 +91,7 @@ class NLPTask(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
     loss_weight: float = Field(default=1.0, ge=0.0)
-    metrics: Optional[list[str]] = None
+    metrics: list[str] | None = None
     encoder: str = "shared"  # "shared", or "own": a separate encoder for this task only
     max_length: int = Field(default=128, ge=8)
     head: HeadOptions = Field(default_factory=HeadOptions)
@@ -117,7 +118,7 @@ class NLPTask(BaseModel):
         return "regression" if self.kind == "regression" else "classification"
 
     # -- optional hooks ---------------------------------------------------------------------
-    def resolve(self, train_examples: Sequence[Any]) -> "NLPTask":
+    def resolve(self, train_examples: Sequence[Any]) -> NLPTask:
         return self
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -131,7 +132,7 @@ class NLPTask(BaseModel):
         raise NotImplementedError(f"task kind {self.kind!r} does not write predictions")
 
     @property
-    def prediction_width(self) -> Optional[int]:
+    def prediction_width(self) -> int | None:
         """Width of :meth:`prediction_features` (None: this kind cannot feed another task)."""
         return None
 

@@ -72,7 +72,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -98,19 +98,19 @@ class HoldoutSpec(BaseModel):
     validation: float = Field(default=0.1, gt=0, lt=1)
     test: float = Field(default=0.0, ge=0, lt=1)
     seed: Seed = 0
-    group: Optional[str] = None  # an example attribute kept within one split (``paragraph`` for QA: no shared contexts)
+    group: str | None = None  # an example attribute kept within one split (``paragraph`` for QA: no shared contexts)
 
 
 class TaskData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    train: Optional[list[Path]] = None
-    validation: Optional[list[Path]] = None
-    test: Optional[list[Path]] = None
-    format: Optional[str] = None
+    train: list[Path] | None = None
+    validation: list[Path] | None = None
+    test: list[Path] | None = None
+    format: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    split: Optional[HoldoutSpec] = None
+    split: HoldoutSpec | None = None
     max_rows: dict[str, int] = Field(default_factory=dict)
-    from_tasks: Optional[list[str]] = None
+    from_tasks: list[str] | None = None
 
     @field_validator("train", "validation", "test", mode="before")
     @classmethod
@@ -118,7 +118,7 @@ class TaskData(BaseModel):
         return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TaskData":
+    def _one_source(self) -> TaskData:
         if (self.train is None) == (self.from_tasks is None):
             raise ValueError("give either `train` (files, with `format`) or `from_tasks` (names of other tasks)")
         if self.from_tasks is not None:
@@ -155,12 +155,12 @@ class NLPRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: Seed = 0
     encoder: EncoderSpec
-    mixing: Optional[MixingSpec] = None
+    mixing: MixingSpec | None = None
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     tasks: list[NLPTaskEntry] = Field(min_length=1)
     balancer: BalancerSpec = Field(default_factory=BalancerSpec)
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(**NLP_TRAIN_DEFAULTS))
-    init_from: Optional[Path] = None  # a run directory (its best.pt) or checkpoint: MT-DNN's fine-tuning stage
+    init_from: Path | None = None  # a run directory (its best.pt) or checkpoint: MT-DNN's fine-tuning stage
 
     @field_validator("train", mode="before")
     @classmethod
@@ -168,7 +168,7 @@ class NLPRunConfig(BaseModel):
         return {**NLP_TRAIN_DEFAULTS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "NLPRunConfig":
+    def _consistent(self) -> NLPRunConfig:
         names = [e.task.name for e in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
@@ -204,7 +204,7 @@ class NLPRunConfig(BaseModel):
     def task_list(self) -> list[NLPTask]:
         return [e.task for e in self.tasks]
 
-    def resolve_paths(self, base: Path) -> "NLPRunConfig":
+    def resolve_paths(self, base: Path) -> NLPRunConfig:
         """Data files relative to ``base`` (the config's folder), stored absolute; so is a local encoder dir."""
         entries = []
         for e in self.tasks:

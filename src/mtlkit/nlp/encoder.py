@@ -31,9 +31,10 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = MINILM
-    tokenizer: Optional[str] = None  # defaults to `name`
+    tokenizer: str | None = None  # defaults to `name`
     pooling: Literal["cls", "mean"] = "cls"
 
     @property

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,9 @@ class TextExample:
     """One text (or text pair) with its label; ``label`` is None for unlabelled rows."""
 
     text: str
-    text_pair: Optional[str] = None
+    text_pair: str | None = None
     label: Any = None
-    domain: Optional[str] = None  # e.g. STS-B genre, or the source task of a derived task
+    domain: str | None = None  # e.g. STS-B genre, or the source task of a derived task
     source: str = ""  # "file:line", for error messages
 
 
@@ -34,7 +34,7 @@ class RankingExample:
 
     query: str
     candidates: tuple[str, ...]
-    label: Optional[int] = None
+    label: int | None = None
     source: str = ""
 
 

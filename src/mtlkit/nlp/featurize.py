@@ -10,7 +10,8 @@ to its own longest row. Example (``tokenizer`` is any transformers tokenizer):
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from mtlkit.errors import DataError
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Optional[Sequence[Optional[str]]], max_length: int,
+def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str | None] | None, max_length: int,
              sources: Sequence[str] = (), mixed: bool = False) -> dict[str, Tensor]:
     """``{input_ids, attention_mask[, token_type_ids]}`` of shape ``(N, L)``, ``L ≤ max_length``.
 
@@ -43,7 +44,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Optional[Sequence[Opti
     return {k: encoded[k].long() for k in TEXT_INPUTS if k in encoded}
 
 
-def _tokenize_mixed(tokenizer: Any, texts: Sequence[str], pairs: Sequence[Optional[str]], max_length: int) -> dict[str, Tensor]:
+def _tokenize_mixed(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str | None], max_length: int) -> dict[str, Tensor]:
     paired = [i for i, p in enumerate(pairs) if p is not None]
     single = [i for i, p in enumerate(pairs) if p is None]
     parts = [(single, tokenize(tokenizer, [texts[i] for i in single], None, max_length)),

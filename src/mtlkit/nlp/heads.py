@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -45,7 +46,7 @@ class PooledHead(NLPHead):
         return out.squeeze(-1) if self.squeeze else out
 
 
-def masked_mean(values: Tensor, weight: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
+def masked_mean(values: Tensor, weight: Tensor | None, mask: Tensor | None) -> Tensor:
     """``Σ w_i·v_i / Σ w_i`` over rows with ``mask``; 0 (not NaN) when the sum of weights is 0."""
     w = values.new_ones(values.shape) if weight is None else weight.to(values.dtype)
     if mask is not None:
@@ -55,7 +56,7 @@ def masked_mean(values: Tensor, weight: Optional[Tensor], mask: Optional[Tensor]
     return total / w.sum().clamp_min(1e-12)
 
 
-def safe_targets(target: Tensor, mask: Optional[Tensor], fill: Any = 0) -> Tensor:
+def safe_targets(target: Tensor, mask: Tensor | None, fill: Any = 0) -> Tensor:
     """Targets with rows outside ``mask`` replaced by ``fill``, so a loss never indexes with -1."""
     return target if mask is None else target.where(mask, target.new_full((), fill))
 

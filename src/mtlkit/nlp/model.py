@@ -51,7 +51,8 @@ Example (``BertModel`` stands for any transformers encoder; tests build a tiny o
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -75,7 +76,7 @@ class MixingSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check(self) -> "MixingSpec":
+    def _check(self) -> MixingSpec:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES.names())}")
         BACKBONES.get(self.backbone).Options(**self.options)
@@ -104,7 +105,7 @@ class NLPMultiTaskModel(TrainableModel):
     task_aware = True
 
     def __init__(self, encoders: Mapping[str, nn.Module], tasks: Sequence[NLPTask], pooling: str = "cls",
-                 mixing: Optional[MixingSpec] = None) -> None:
+                 mixing: MixingSpec | None = None) -> None:
         super().__init__([t.name for t in tasks])
         self.tasks = {t.name: t for t in tasks}
         self.encoder_of = {t.name: encoder_key(t) for t in tasks}
@@ -120,8 +121,8 @@ class NLPMultiTaskModel(TrainableModel):
         for name, head in self.heads.items():
             head.bind_encoder(self.encoders[self.encoder_of[name]])
         self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
-        self.mixing: Optional[nn.Module] = None
-        self.mix_projection: Optional[nn.Module] = None
+        self.mixing: nn.Module | None = None
+        self.mix_projection: nn.Module | None = None
         if mixing is not None and self.mixed_names:
             cls = BACKBONES.get(mixing.backbone)
             self.mixing = cls(self.hidden_size, self.mixed_names, cls.Options(**mixing.options))
@@ -228,8 +229,8 @@ class NLPMultiTaskModel(TrainableModel):
             yield from self.encoders[key].parameters()
 
 
-def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: Optional[MixingSpec] = None,
-                    encoder: Optional[nn.Module] = None) -> NLPMultiTaskModel:
+def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: MixingSpec | None = None,
+                    encoder: nn.Module | None = None) -> NLPMultiTaskModel:
     """Load the encoder once; ``own`` tasks get deep copies of it (same weights, separate parameters)."""
     base = encoder if encoder is not None else load_encoder(spec)
     keys = sorted({encoder_key(t) for t in tasks})

@@ -16,7 +16,8 @@ Example (with a trained run's model, tasks and test sentences)::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

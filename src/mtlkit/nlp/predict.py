@@ -35,8 +35,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -69,7 +70,7 @@ def _unlabelled(task: NLPTask, examples: Sequence[Any]) -> list[Any]:
     return out
 
 
-def _pick_task(config: Any, task: Optional[str], run_dir: Path) -> Any:
+def _pick_task(config: Any, task: str | None, run_dir: Path) -> Any:
     """The config entry of the task to predict."""
     entries = {e.task.name: e for e in config.tasks}
     predictable = [name for name, e in entries.items() if not e.task.auxiliary]
@@ -107,8 +108,8 @@ def _write(out: Path, records: list[dict[str, Any]]) -> None:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task: Optional[str] = None,
-                    format: Optional[str] = None, options: Optional[dict[str, Any]] = None) -> int:
+def predict_nlp_run(run_dir: str | Path, data: str | Path, out: str | Path, task: str | None = None,
+                    format: str | None = None, options: dict[str, Any] | None = None) -> int:
     """Write one prediction record per example of ``data`` for ``task`` of the run; return the count."""
     from mtlkit.nlp.encoder import load_tokenizer
     from mtlkit.nlp.evaluation import predict_task

@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from mtlkit.nlp.base import NLPTask
 

@@ -16,8 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 Span = tuple[int, int]
 
@@ -96,7 +96,7 @@ class IESentence:
         right = list(self.right[:window])
         return left + list(self.tokens) + right, len(left)
 
-    def with_entities(self, entities: Sequence[Entity]) -> "IESentence":
+    def with_entities(self, entities: Sequence[Entity]) -> IESentence:
         """The same sentence with other (e.g. predicted) entities; gold relations are kept for scoring."""
         return replace(self, entities=tuple(entities))
 

@@ -21,9 +21,10 @@ with its source task as ``domain``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def _subsample(examples: list, rows: int, seed: int) -> list:
     return [examples[i] for i in sorted(keep.tolist())]  # file order kept
 
 
-def _holdout(train: list, fractions: dict[str, float], seed: int, task: str, group: Optional[str] = None) -> dict[str, list]:
+def _holdout(train: list, fractions: dict[str, float], seed: int, task: str, group: str | None = None) -> dict[str, list]:
     """Seeded fractions of ``train`` (of its groups, when ``group`` names an example attribute)."""
     if group is not None and train and not hasattr(train[0], group):
         raise ConfigError(f"task {task!r}: data.split.group: its examples have no attribute {group!r}")
@@ -67,7 +68,7 @@ def _holdout(train: list, fractions: dict[str, float], seed: int, task: str, gro
     return parts
 
 
-def _texts(example: Any, task: str, source: str) -> tuple[str, Optional[str]]:
+def _texts(example: Any, task: str, source: str) -> tuple[str, str | None]:
     if hasattr(example, "text"):
         return example.text, getattr(example, "text_pair", None)
     if hasattr(example, "tokens"):
@@ -147,7 +148,7 @@ def _validation(prepared: PreparedNLP, split: str):
 
 
 def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overwrite: bool = False,
-                  progress: Optional[bool] = None, callbacks: Sequence[Any] = (), encoder: Optional[torch.nn.Module] = None) -> dict:
+                  progress: bool | None = None, callbacks: Sequence[Any] = (), encoder: torch.nn.Module | None = None) -> dict:
     """Train as the config says; return the summary (also written to ``run_dir/summary.json``).
 
     Relative paths of a config built in Python are relative to the working directory (a loaded
@@ -155,8 +156,8 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     """
     from mtlkit.nlp.model import build_nlp_model
     from mtlkit.outputs import check_output_dir
-    from mtlkit.rundir import open_run_dir, removed_on_error
     from mtlkit.run import run_summary
+    from mtlkit.rundir import open_run_dir, removed_on_error
     from mtlkit.sizing import out_of_memory
     from mtlkit.train import Trainer, distributed
     from mtlkit.train.device import resolve_device
@@ -209,7 +210,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     return summary
 
 
-def load_nlp_config(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> NLPRunConfig:
+def load_nlp_config(run_dir: str | Path, task_updates: dict[str, dict[str, Any]] | None = None) -> NLPRunConfig:
     """A trained run's ``config.yaml`` (its tasks already resolved), with ``task_updates`` applied."""
     from mtlkit.config import read_config_file
 
@@ -229,7 +230,6 @@ def load_nlp_config(run_dir: str | Path, task_updates: Optional[dict[str, dict[s
 def load_nlp_model(run_dir: str | Path, config: NLPRunConfig) -> torch.nn.Module:
     """The run's best model (``best.pt``) for ``config``'s tasks, on the CPU, in eval mode; no data is read."""
     from mtlkit.nlp.model import build_nlp_model
-
     from mtlkit.train.checkpoint import load_checkpoint
 
     model = build_nlp_model(config.encoder, config.task_list(), config.mixing)
@@ -238,7 +238,7 @@ def load_nlp_model(run_dir: str | Path, config: NLPRunConfig) -> torch.nn.Module
     return model.eval()
 
 
-def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> tuple[PreparedNLP, torch.nn.Module]:
+def load_nlp_run(run_dir: str | Path, task_updates: dict[str, dict[str, Any]] | None = None) -> tuple[PreparedNLP, torch.nn.Module]:
     """A trained run's data (re-read and featurized) and its best model, in eval mode.
 
     ``task_updates`` changes inference-time options of tasks before featurizing, e.g.
@@ -248,7 +248,7 @@ def load_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str,
     return prepared, load_nlp_model(run_dir, prepared.config)
 
 
-def evaluate_nlp_run(run_dir: str | Path, task_updates: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate_nlp_run(run_dir: str | Path, task_updates: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """``{split: {task: metrics}}`` of a run's best checkpoint on its validation and test splits."""
     prepared, model = load_nlp_run(run_dir, task_updates)
     return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}

@@ -48,7 +48,8 @@ Example:
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Iterator, Literal, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -65,15 +66,15 @@ class SamplingSpec(BaseModel):
     """``sampling:`` of an NLP run; ``strategy`` None picks ``round`` for gradient balancers, else ``proportional``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    strategy: Optional[Strategy] = None
+    strategy: Strategy | None = None
     temperature: float = Field(default=2.0, gt=0.0)
-    cap: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    steps: Optional[int] = Field(default=None, ge=1)
-    main: Optional[list[str]] = None
-    auxiliary_ratio: Optional[float] = Field(default=None, gt=0.0)
+    cap: float | None = Field(default=None, gt=0.0, le=1.0)
+    steps: int | None = Field(default=None, ge=1)
+    main: list[str] | None = None
+    auxiliary_ratio: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
-    def _only_where_used(self) -> "SamplingSpec":
+    def _only_where_used(self) -> SamplingSpec:
         used_by = {"temperature": ("temperature",), "cap": IID, "steps": (*IID, "round"),
                    "main": ("auxiliary_first",), "auxiliary_ratio": ("auxiliary_first",)}
         for key, strategies in used_by.items():
@@ -95,7 +96,7 @@ def step_generator(seed: int, epoch: int, step: int, slot: int = 0) -> torch.Gen
     return torch.Generator().manual_seed(seed_key(seed, 7, epoch, step, slot))
 
 
-def capped(p: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
+def capped(p: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Clip shares at ``cap`` and give the excess to the uncapped tasks in proportion (water-filling)."""
     p = p / p.sum()
     if cap is None:
@@ -138,7 +139,7 @@ class TaskSampler(BatchSource):
     """
 
     def __init__(self, tables: Mapping[str, EncodedTable], batch_size: int, spec: SamplingSpec = SamplingSpec(),
-                 seed: int = 0, epochs: int = 1, transforms: Optional[Mapping[str, Transform]] = None) -> None:
+                 seed: int = 0, epochs: int = 1, transforms: Mapping[str, Transform] | None = None) -> None:
         if not tables:
             raise ValueError("TaskSampler needs at least one task table")
         if batch_size < 1:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Hashable, Iterable, NamedTuple, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
 
 from mtlkit.metrics import METRICS, Metric
 

@@ -1,8 +1,15 @@
-"""Building blocks: MLPs, embedding tables (fused, per-field; a registry for other backends), the tabular input encoder, sequence pooling, expert banks and gates."""
+"""Building blocks: MLPs, embedding tables (fused, per-field; a registry for other backends), the tabular
+input encoder, sequence pooling, expert banks and gates."""
 
 from mtlkit.nn.embedding import TabularEncoder
 from mtlkit.nn.embedding_tables import (
-    EMBEDDING_TABLES, EmbeddingTable, FieldRows, FusedEmbedding, PerFieldEmbedding, embedding_tables, sparse_weights,
+    EMBEDDING_TABLES,
+    EmbeddingTable,
+    FieldRows,
+    FusedEmbedding,
+    PerFieldEmbedding,
+    embedding_tables,
+    sparse_weights,
 )
 from mtlkit.nn.experts import BatchedLinear, ExpertBank
 from mtlkit.nn.gates import Gates

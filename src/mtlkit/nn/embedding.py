@@ -26,7 +26,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +78,7 @@ class TabularEncoder(nn.Module):
         self.output_dim = (len(cardinalities) + len(self.sequences)) * embedding_dim + numeric_dim
 
     @classmethod
-    def from_schema(cls, schema: "FittedSchema", embedding_dim: int, table: str = "fused") -> "TabularEncoder":
+    def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused") -> TabularEncoder:
         """The encoder for a fitted schema: categoricals, numerics and its sequence features."""
         index = {f.name: i for i, f in enumerate(schema.categorical)}
         fields = [

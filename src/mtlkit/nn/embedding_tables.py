@@ -68,7 +68,8 @@ Example:
 from __future__ import annotations
 
 import itertools
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn

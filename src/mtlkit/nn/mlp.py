@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -40,5 +40,5 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.output_dim = width
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - nn.Sequential semantics
+    def forward(self, x: Tensor) -> Tensor:  # nn.Sequential semantics
         return super().forward(x)

@@ -26,8 +26,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +86,7 @@ class SequenceField:
     key: str
     pooling: Pooling = "mean"
     cardinality: int = 0
-    shared_field: Optional[int] = None
-    target: Optional[int] = None
+    shared_field: int | None = None
+    target: int | None = None
     normalize: bool = False
     attention_hidden: tuple[int, ...] = (36,)

@@ -5,9 +5,11 @@ model's parameters into tables and dense parameters, and sparse-aware gradient c
 one registry line add one (import it here).
 """
 
-from mtlkit.optim import lazy_adam  # noqa: F401  (register table optimisers)
-from mtlkit.optim import rowwise_adagrad  # noqa: F401
-from mtlkit.optim import sgd  # noqa: F401
+from mtlkit.optim import (
+    lazy_adam,
+    rowwise_adagrad,
+    sgd,
+)
 from mtlkit.optim.base import TABLE_OPTIMIZERS, TableOptimizer, TableOptimizerOptions, touched_rows
 from mtlkit.optim.build import OptimizerSet, SchedulerSet, build_optimizers, build_table_optimizers, table_field_names
 from mtlkit.optim.clip import clip_grad_norm_, grad_norm

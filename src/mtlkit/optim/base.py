@@ -33,7 +33,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -82,7 +83,7 @@ class TableOptimizer(torch.optim.Optimizer):
 
     Options: ClassVar[type[TableOptimizerOptions]] = TableOptimizerOptions
 
-    def __init__(self, params: Iterable[Any], rows: Optional[tuple[int, int]] = None, **options: Any) -> None:
+    def __init__(self, params: Iterable[Any], rows: tuple[int, int] | None = None, **options: Any) -> None:
         defaults = {**self.Options(**options).model_dump(), "rows": tuple(rows) if rows is not None else None}
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -102,7 +103,7 @@ class TableOptimizer(torch.optim.Optimizer):
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -32,7 +32,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def table_field_names(schema: Any) -> list[str]:
 
 
 def build_table_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec,
-                           field_names: Optional[Sequence[str]] = None) -> list[TableOptimizer]:
+                           field_names: Sequence[str] | None = None) -> list[TableOptimizer]:
     """Set the tables' gradient mode from ``spec`` and return their optimisers (none for ``dense``)."""
     tables = embedding_tables(model)
     for table in tables:
@@ -120,7 +121,7 @@ class SchedulerSet:
 class OptimizerSet:
     """The dense optimiser and the table optimisers of one model (see the module docstring)."""
 
-    def __init__(self, dense: Optional[Optimizer], tables: Sequence[TableOptimizer] = ()) -> None:
+    def __init__(self, dense: Optimizer | None, tables: Sequence[TableOptimizer] = ()) -> None:
         self.dense = dense
         self.tables = list(tables)
 
@@ -174,7 +175,7 @@ class OptimizerSet:
 
 
 def build_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec, *, lr: float = 1e-3, weight_decay: float = 0.0,
-                     optimizer: str = "adam", field_names: Optional[Sequence[str]] = None,
+                     optimizer: str = "adam", field_names: Sequence[str] | None = None,
                      extra_parameters: Iterable[nn.Parameter] = ()) -> OptimizerSet:
     """The table optimisers of ``spec`` and a fused Adam/AdamW over every other trainable parameter
     (decay on ≥ 2-D parameters only; ``extra_parameters``, e.g. a balancer's, never decayed)."""

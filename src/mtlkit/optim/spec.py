@@ -30,7 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,8 +46,8 @@ class FieldOptimizerSpec(BaseModel):
     """One field's overrides (``per_field.<name>``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Optional[str] = None
-    lr: Optional[float] = Field(default=None, gt=0)
+    name: str | None = None
+    lr: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -55,12 +56,12 @@ class EmbeddingOptimizerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = "rowwise_adagrad"
-    lr: Optional[float] = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
     per_field: dict[str, FieldOptimizerSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check(self) -> "EmbeddingOptimizerSpec":
+    def _check(self) -> EmbeddingOptimizerSpec:
         choices = ", ".join([*TABLE_OPTIMIZERS.names(), DENSE])
         if self.name == DENSE:
             if self.per_field or self.options or self.lr is not None:
@@ -85,7 +86,7 @@ class EmbeddingOptimizerSpec(BaseModel):
     def _options(self) -> dict[str, Any]:
         return {**self.options, **({"lr": self.lr} if self.lr is not None else {})}
 
-    def resolve(self, field: Optional[str]) -> tuple[str, dict[str, Any]]:
+    def resolve(self, field: str | None) -> tuple[str, dict[str, Any]]:
         """``(optimiser name, options)`` for a field (``None``: the model-level settings)."""
         override = self.per_field.get(field) if field is not None else None
         if override is None:

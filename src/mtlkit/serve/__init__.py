@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mtlkit.errors import ConfigError
 from mtlkit.serve.options import DEFAULT_MAX_BATCH, MAX_BODY_BYTES, ServeOptions
@@ -43,7 +43,7 @@ def _require_serve_extra() -> None:
         raise ConfigError(f"serving needs {', '.join(missing)}: pip install 'mtlkit[serve]'")
 
 
-def configure_threads(threads: Optional[int]) -> None:
+def configure_threads(threads: int | None) -> None:
     """PyTorch's intra-op threads for this process (onnxruntime's are set per session)."""
     if threads is not None:
         import torch
@@ -51,7 +51,7 @@ def configure_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, threads: Optional[int] = 1, **options: Any) -> Any:
+def create_app(directory: str | Path, max_batch: int = DEFAULT_MAX_BATCH, threads: int | None = 1, **options: Any) -> Any:
     """The FastAPI application serving the best model of a run directory, or an export directory.
 
     ``options``: the other fields of :class:`~mtlkit.serve.options.ServeOptions` (``batching``,

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -86,7 +86,7 @@ def schema_description(predictor: Predictor, max_batch: int) -> dict[str, Any]:
     }
 
 
-def _json(content: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> Response:
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # ensure_ascii: a lone surrogate can never make the answer itself unencodable.
     return Response(json.dumps(content, allow_nan=False).encode(), status, headers, media_type="application/json")
 

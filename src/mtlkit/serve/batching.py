@@ -37,9 +37,10 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +51,7 @@ from mtlkit.serve.rows import RequestError, RowBlock, to_table
 from mtlkit.tasks import TaskKind
 
 log = logging.getLogger("mtlkit.serve")
-Outcome = Union[bytes, RequestError]  # the 200 body (JSON), or the request's error
+Outcome = bytes | RequestError  # the 200 body (JSON), or the request's error
 ENCODE_ERRORS = (MtlkitError, pa.ArrowException, ValueError, OverflowError, UnicodeError)
 INLINE_ROWS = 1024  # batches up to this many rows run on the event loop (see MicroBatcher)
 
@@ -93,7 +94,7 @@ def _encode(predictor: Model, blocks: list[RowBlock]) -> Inputs:
         return predictor.encode(to_table(blocks), "request")
 
 
-def _encode_group(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_group(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Outcome | None]) -> list[_Encoded]:
     """Encode requests of identical column types in one call; on failure, each alone (its error is its own)."""
     if len(members) == 1:
         return _encode_alone(predictor, blocks, members, results)
@@ -105,7 +106,7 @@ def _encode_group(predictor: Model, blocks: list[RowBlock], members: list[int], 
         return _encode_alone(predictor, blocks, members, results)
 
 
-def _encode_alone(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Optional[Outcome]]) -> list[_Encoded]:
+def _encode_alone(predictor: Model, blocks: list[RowBlock], members: list[int], results: list[Outcome | None]) -> list[_Encoded]:
     out = []
     for i in members:
         try:
@@ -118,7 +119,7 @@ def _encode_alone(predictor: Model, blocks: list[RowBlock], members: list[int], 
     return out
 
 
-def _drop_overflowing(predictor: Model, encoded: _Encoded, results: list[Optional[Outcome]]) -> _Encoded:
+def _drop_overflowing(predictor: Model, encoded: _Encoded, results: list[Outcome | None]) -> _Encoded:
     """Requests whose encoded numeric values are not finite get a 422 naming row and feature, and leave the batch."""
     block = encoded.inputs.get(NUMERIC_INPUT)
     if block is None or np.isfinite(block).all():
@@ -179,7 +180,7 @@ def render(predictor: Model, columns: dict[str, np.ndarray], bounds: list[int]) 
     return [json.dumps({"predictions": rows[start:stop]}, allow_nan=False).encode() for start, stop in zip(bounds, bounds[1:])]
 
 
-def _forward(predictor: Model, encoded: _Encoded, results: list[Optional[Outcome]]) -> None:
+def _forward(predictor: Model, encoded: _Encoded, results: list[Outcome | None]) -> None:
     try:
         columns = predictor.forward(encoded.inputs)
     except Exception:
@@ -198,7 +199,7 @@ def _forward(predictor: Model, encoded: _Encoded, results: list[Optional[Outcome
 
 def run_batch(predictor: Model, blocks: list[RowBlock]) -> list[Outcome]:
     """Each request's JSON answer or error, in order: one encoding per column-type group, one forward pass."""
-    results: list[Optional[Outcome]] = [None] * len(blocks)
+    results: list[Outcome | None] = [None] * len(blocks)
     groups: dict[tuple, list[int]] = {}
     for i, block in enumerate(blocks):
         groups.setdefault(block.signature, []).append(i)
@@ -240,10 +241,10 @@ class MicroBatcher:
         self.batches = 0  # batches run, and requests in them (statistics for tests and benchmarks)
         self.requests = 0
         self._queue: deque[_Job] = deque()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._wakeup: Optional[asyncio.Event] = None
-        self._task: Optional[asyncio.Task] = None
-        self._thread: Optional[ThreadPoolExecutor] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     async def submit(self, block: RowBlock) -> Outcome:
         """The request's outcome once its batch ran; Busy (503) at once when the queue is full."""

@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from mtlkit.serve.rows import RequestError, json_type
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
 
 from mtlkit.errors import ConfigError
 
@@ -37,10 +36,10 @@ class ServeOptions:
     # Inference threads per process, PyTorch's and onnxruntime's (None: the library's, one per core).
     # One: a merged batch of small requests is too small to split, and extra threads spin on the cores
     # the event loop needs (1,200 against 230-480 requests/s on 2 cores); --workers uses more cores.
-    threads: Optional[int] = 1
+    threads: int | None = 1
     show_paths: bool = False  # /health shows the absolute paths of the run and export
 
-    def check(self) -> "ServeOptions":
+    def check(self) -> ServeOptions:
         """``self`` if every value is allowed; ConfigError naming the ``mtlkit serve`` option otherwise."""
         _at_least("--max-batch", self.max_batch, 1)
         _at_least("--max-body-bytes", self.max_body_bytes, 1)
@@ -57,7 +56,7 @@ class ServeOptions:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "ServeOptions":
+    def from_json(cls, text: str) -> ServeOptions:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known}).check()
 

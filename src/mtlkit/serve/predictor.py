@@ -23,10 +23,10 @@ Example (needs a run or an export directory)::
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ class ServedTask:
     name: str
     kind: TaskKind
     output: str
-    n_classes: Optional[int] = None
+    n_classes: int | None = None
 
     def describe(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "kind": self.kind.value, "output": self.output}
@@ -57,7 +57,7 @@ class ServedTask:
         return entry
 
 
-def _regression_output(label_transform: Optional[str]) -> str:
+def _regression_output(label_transform: str | None) -> str:
     return "value" + (" (expm1 of the log1p model)" if label_transform == "log1p" else "")
 
 
@@ -74,12 +74,12 @@ class Predictor:
     directory: Path
     schema: FittedSchema
     tasks: list[ServedTask]
-    fusion: Optional[dict[str, Any]]  # model.fusion: kind, weights, offsets; None without a fused score
+    fusion: dict[str, Any] | None  # model.fusion: kind, weights, offsets; None without a fused score
     backbone: str
     encode: Callable[[pa.Table, str], Inputs] = field(repr=False)
     forward: Callable[[Inputs], dict[str, np.ndarray]] = field(repr=False)
     files: list[Path] = field(default_factory=list)  # what the model was loaded from
-    run_dir: Optional[str] = None  # the run an export was made from
+    run_dir: str | None = None  # the run an export was made from
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -93,7 +93,7 @@ class Predictor:
         """The feature of each column of the numeric input (a value column, then its missing flag if any)."""
         return [f.name for f in self.schema.numeric for _ in range(1 + f.has_missing_flag)]
 
-    def files_problem(self, show_paths: bool = False) -> Optional[str]:
+    def files_problem(self, show_paths: bool = False) -> str | None:
         """Why the files the model was loaded from are no longer what was loaded (gone or replaced), or None."""
         for path, stamp in self.stamps.items():
             name = str(path.resolve()) if show_paths else path.name
@@ -154,7 +154,7 @@ def run_predictor(run_dir: str | Path) -> Predictor:
                      encode, forward, files, str(run_dir.resolve()))
 
 
-def export_predictor(directory: str | Path, threads: Optional[int] = None) -> Predictor:
+def export_predictor(directory: str | Path, threads: int | None = None) -> Predictor:
     """An export directory (``manifest.json``): the artifact in onnxruntime or ``torch.jit``, no model code."""
     from mtlkit.export import load_exported
 
@@ -190,7 +190,7 @@ def _smoke_test(predictor: Predictor) -> None:
         raise ConfigError(f"{predictor.directory}: the model does not run on its schema's inputs ({first[:300]})") from None
 
 
-def load_predictor(directory: str | Path, threads: Optional[int] = None) -> Predictor:
+def load_predictor(directory: str | Path, threads: int | None = None) -> Predictor:
     """An export (has ``manifest.json``) or a run (has ``config.yaml``); ConfigError for anything else.
 
     ``threads`` sets onnxruntime's intra-op threads (PyTorch's are set by the caller).

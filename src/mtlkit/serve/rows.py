@@ -35,9 +35,10 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Sequence, Union
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +48,7 @@ from mtlkit.errors import MtlkitError
 
 _ABSENT = object()
 # A column: built (sequences), or its Arrow type and values that are known to convert (scalars).
-Column = Union[pa.Array, tuple[pa.DataType, list]]
+Column = pa.Array | tuple[pa.DataType, list]
 
 
 class RequestError(MtlkitError):

@@ -25,12 +25,11 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from mtlkit.errors import ConfigError
-
 
 CHECKPOINT_VERSION = 1
 
@@ -42,7 +41,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", recover: Optional[str] = None, keys: tuple[str, ...] = ("model",)) -> dict:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", recover: str | None = None, keys: tuple[str, ...] = ("model",)) -> dict:
     """``torch.load(path, weights_only=True)``, checked to be a mapping holding ``keys``."""
     path = Path(path)
     hint = f"; {recover}" if recover else ""

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,11 +44,11 @@ class CompiledForward:
     def __call__(self, *args: Any) -> Any:
         return self.module(*args)
 
-    def settings(self) -> ContextManager[Any]:
+    def settings(self) -> AbstractContextManager[Any]:
         """Held for the whole training loop while compiled."""
         if not self.compiled:
             return contextlib.nullcontext()
-        import torch._functorch.config as functorch_config  # noqa: PLC0415 (private torch config, only when compiling)
+        import torch._functorch.config as functorch_config  # (private torch config, only when compiling)
 
         # Gradient methods run several backward passes through one forward (retain_graph=True),
         # which a compiled backward that donates its buffers refuses; the flag is read at compile

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from mtlkit.errors import ConfigError
 
@@ -25,7 +26,7 @@ from mtlkit.errors import ConfigError
 def check_tensorboard() -> None:
     """Fail at start-up, not after the first epoch, when the extra is missing."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401, PLC0415 (the optional extra)
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401 (only probing that the optional extra is installed)
     except ImportError:
         raise ConfigError("train.tensorboard: install the extra `mtlkit[tensorboard]`") from None
 
@@ -33,7 +34,7 @@ def check_tensorboard() -> None:
 class MetricsLog:
     """Appends epoch records to ``run_dir`` (nothing without one) and scalars to TensorBoard when asked."""
 
-    def __init__(self, run_dir: Optional[Path], tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path | None, tensorboard: bool) -> None:
         self.run_dir = run_dir
         self.tensorboard = tensorboard and run_dir is not None
         if self.tensorboard:
@@ -58,7 +59,7 @@ class MetricsLog:
         if not self.tensorboard:
             return
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (the optional extra)
+            from torch.utils.tensorboard import SummaryWriter  # (the optional extra)
 
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))  # type: ignore[operator]  # run_dir set
         for key, value in values.items():

@@ -33,7 +33,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,7 +97,7 @@ def check_precision_and_compile(spec: TrainSpec, precision: str, device: torch.d
 class MixedPrecision:
     """The precision of one training run: its autocast context and, for fp16, the gradient scaler."""
 
-    def __init__(self, precision: str, device: torch.device, balancer: Optional[Balancer] = None) -> None:
+    def __init__(self, precision: str, device: torch.device, balancer: Balancer | None = None) -> None:
         self.precision = precision
         self.device = device
         self.dtype = AUTOCAST_DTYPES.get(precision)
@@ -103,7 +105,7 @@ class MixedPrecision:
         # Σ w_k L_k: only the combined loss is scaled (the weights come from the unscaled losses)
         self._loss_level = balancer is not None and type(balancer).backward is LossWeighting.backward
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
@@ -117,7 +119,7 @@ class MixedPrecision:
         else:  # an fp16-safe gradient method: it aggregates S·J into S·d (module docstring)
             balancer.backward({k: self.scaler.scale(v) for k, v in losses.items()}, model)
 
-    def backward_penalty(self, penalty: Optional[Tensor]) -> None:
+    def backward_penalty(self, penalty: Tensor | None) -> None:
         """A parameter penalty (SNR's L0): not a task loss, so outside the balancer; a parameter-only graph."""
         if penalty is not None:
             (penalty if self.scaler is None else self.scaler.scale(penalty)).backward()
@@ -138,10 +140,10 @@ class MixedPrecision:
             self.scaler.step(optimizer)
         self.scaler.update()
 
-    def state_dict(self) -> Optional[dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         return self.scaler.state_dict() if self.scaler is not None else None
 
-    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if self.scaler is not None and state:  # the loss scale reached, for an exact resume
             self.scaler.load_state_dict(state)
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -84,7 +84,7 @@ def onednn_bf16() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` ("cpu", "cuda", …) runs bf16 natively; probed once per process."""
     if device_type == "cuda":
@@ -97,7 +97,7 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_fp16(device_type: str) -> bool:
     """Whether ``device_type`` runs fp16 matmuls natively: every CUDA GPU torch supports; a CPU with AVX512-FP16/AMX-FP16."""
     if device_type == "cuda":

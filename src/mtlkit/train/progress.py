@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 
 class EpochProgress:
     """The progress display of one epoch; this base shows nothing (``train.progress: false``)."""
 
-    def __enter__(self) -> "EpochProgress":
+    def __enter__(self) -> EpochProgress:
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -51,7 +52,7 @@ class EpochProgress:
 class RichBar(EpochProgress):
     """rich's progress bar: steps, elapsed, remaining, running losses (redrawn every ``log_every`` steps)."""
 
-    def __init__(self, description: str, total: int, completed: int, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, description: str, total: int, completed: int, stream: TextIO | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -62,7 +63,7 @@ class RichBar(EpochProgress):
         )
         self.task = self.progress.add_task(description, total=total, completed=completed, losses="")
 
-    def __enter__(self) -> "RichBar":
+    def __enter__(self) -> RichBar:
         self.progress.__enter__()
         return self
 
@@ -76,7 +77,7 @@ class RichBar(EpochProgress):
 class LogLines(EpochProgress):
     """A plain line every ``every_seconds`` and at the epoch's end, flushed (a redirected stdout is block-buffered)."""
 
-    def __init__(self, epoch: int, epochs: int, total: int, start: int, every_seconds: float, stream: Optional[TextIO] = None,
+    def __init__(self, epoch: int, epochs: int, total: int, start: int, every_seconds: float, stream: TextIO | None = None,
                  clock=time.monotonic) -> None:
         self.epoch, self.epochs, self.total, self.start = epoch, epochs, total, start
         self.every, self.stream, self.clock = every_seconds, stream, clock
@@ -105,7 +106,7 @@ class LogLines(EpochProgress):
         stream.flush()
 
 
-def on_terminal(stream: Optional[TextIO] = None) -> bool:
+def on_terminal(stream: TextIO | None = None) -> bool:
     """Whether a live bar can be drawn on ``stream`` (stdout by default): a terminal, or Jupyter."""
     from rich.console import Console
 
@@ -114,7 +115,7 @@ def on_terminal(stream: Optional[TextIO] = None) -> bool:
 
 
 def epoch_progress(enabled: bool, epoch: int, epochs: int, total: int, start: int, every_seconds: float,
-                   stream: Optional[TextIO] = None) -> EpochProgress:
+                   stream: TextIO | None = None) -> EpochProgress:
     """The display for one epoch: nothing, the rich bar (terminal) or plain lines (anything else)."""
     if not enabled:
         return EpochProgress()
@@ -143,7 +144,7 @@ def format_seconds(seconds: float) -> str:
 
 def print_epoch(record: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]) -> None:
     """One line per epoch: every task's validation metrics, and whether the epoch is the best so far."""
-    from rich.console import Console  # noqa: PLC0415 (rich only when progress is shown)
+    from rich.console import Console  # (rich only when progress is shown)
 
     parts = []
     for task, metrics in results.items():

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from mtlkit.errors import ConfigError
 from mtlkit.metrics import METRICS

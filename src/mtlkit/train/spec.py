@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,20 +35,20 @@ class TrainSpec(BaseModel):
     lr: float = Field(default=1e-3, gt=0)
     # Learning rate of the task heads (``model.head_parameters()``), e.g. PURE's 5e-4 next to 1e-5 for
     # a pre-trained encoder: a fresh head on a slow encoder learns too slowly at the encoder's rate.
-    head_lr: Optional[float] = Field(default=None, gt=0)
+    head_lr: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
-    grad_clip: Optional[float] = Field(default=None, gt=0)
+    grad_clip: float | None = Field(default=None, gt=0)
     monitor: str = "loss"
-    patience: Optional[int] = Field(default=3, ge=1)
+    patience: int | None = Field(default=3, ge=1)
     log_every: int = Field(default=50, ge=1)  # steps between loss read-backs (progress bar, TensorBoard)
     # Off a terminal (a file, CI, nohup): one progress line this often and at every epoch end.
     log_every_seconds: float = Field(default=30.0, gt=0)
-    checkpoint_every: Optional[int] = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1)
     tensorboard: bool = False
-    grad_diagnostics_every: Optional[int] = Field(default=None, ge=1)  # per-task gradient norms/cosines → gradients.csv/.png
-    threads: Optional[int] = Field(default=None, ge=1)
+    grad_diagnostics_every: int | None = Field(default=None, ge=1)  # per-task gradient norms/cosines → gradients.csv/.png
+    threads: int | None = Field(default=None, ge=1)
     device: str = "cpu"
     progress: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -57,7 +57,7 @@ class TrainSpec(BaseModel):
     _device_name = field_validator("device")(check_device_name)  # availability: resolve_device, at training
 
     @model_validator(mode="after")
-    def _check_precision(self) -> "TrainSpec":
+    def _check_precision(self) -> TrainSpec:
         # "auto" resolves to a device only in the trainer, which checks it again there.
         if self.precision in ("bf16", "fp16") and self.device.split(":")[0] not in ("cpu", "cuda", "auto"):
             raise ValueError(f"precision {self.precision!r} trains on cpu or cuda (device is {self.device!r}): use fp32")

@@ -57,9 +57,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -163,11 +164,11 @@ class Trainer:
         model.keep_shared_features = self._keep_features
         self.amp = MixedPrecision(self.precision, self.device, balancer)
         self.forward = CompiledForward(model, spec.compile)
-        self._resumed_sums: Optional[list[Tensor]] = None  # a mid-epoch checkpoint's sums, for the next epoch
+        self._resumed_sums: list[Tensor] | None = None  # a mid-epoch checkpoint's sums, for the next epoch
         self._epoch_losses: dict[str, float] = {}
 
     @property
-    def scaler(self) -> Optional[torch.amp.GradScaler]:
+    def scaler(self) -> torch.amp.GradScaler | None:
         """fp16's gradient scaler (None in other precisions)."""
         return self.amp.scaler
 
@@ -380,7 +381,7 @@ class Trainer:
         return next(t for t in self.tasks if t.name == name)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint(self, scheduler: Any, pos: _Position, sums: Optional[_EpochSums] = None, collective: bool = True) -> None:
+    def _checkpoint(self, scheduler: Any, pos: _Position, sums: _EpochSums | None = None, collective: bool = True) -> None:
         for callback in self.callbacks:
             callback.on_checkpoint(self)  # e.g. gradient rows up to here on disk; a resumed run recomputes the rest
         saved = [sums.loss.detach().clone(), sums.rows.detach().clone()] if sums is not None else None

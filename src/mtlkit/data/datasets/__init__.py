@@ -22,9 +22,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -52,9 +52,9 @@ def source_files(
     dataset: str,
     root: str | Path | None,
     names: Sequence[str],
-    alternates: Optional[Mapping[str, Sequence[str]]] = None,
-    base_url: Optional[str] = None,
-    sha256: Optional[Mapping[str, str]] = None,
+    alternates: Mapping[str, Sequence[str]] | None = None,
+    base_url: str | None = None,
+    sha256: Mapping[str, str] | None = None,
     no_source: str = "it has no public download",
 ) -> dict[str, Path]:
     """Path of each file in ``names``: under ``root`` (or one of its ``alternates``), else downloaded.
@@ -89,7 +89,7 @@ def source_files(
     return paths
 
 
-def read_csv(path: Path, required: Sequence[str] = (), types: Optional[Mapping[str, pa.DataType]] = None) -> pa.Table:
+def read_csv(path: Path, required: Sequence[str] = (), types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
     """A CSV with a header row; ``required`` columns must be there, ``types`` fixes some column types."""
     try:
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=dict(types or {})))

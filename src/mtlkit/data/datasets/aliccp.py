@@ -32,8 +32,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -71,9 +71,9 @@ def read_aliccp_file(path: Path) -> pa.Table:
 
 def load_aliccp(
     root: str | Path | None = None,
-    sample: Optional[bool] = None,
-    base_url: Optional[str] = None,
-    sha256: Optional[Mapping[str, str]] = None,
+    sample: bool | None = None,
+    base_url: str | None = None,
+    sha256: Mapping[str, str] | None = None,
 ) -> DatasetSplits:
     """Train / validation / test of the preprocessed Ali-CCP (see the module docstring).
 

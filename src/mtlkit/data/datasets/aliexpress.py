@@ -28,8 +28,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -78,11 +78,11 @@ def hold_out_searches(table: pa.Table, fraction: float, seed: int) -> tuple[pa.T
 def load_aliexpress(
     root: str | Path | None = None,
     country: str = "NL",
-    sample: Optional[bool] = None,
+    sample: bool | None = None,
     validation: float = 0.1,
     seed: int = SPLIT_SEED,
-    base_url: Optional[str] = None,
-    sha256: Optional[Mapping[str, str]] = None,
+    base_url: str | None = None,
+    sha256: Mapping[str, str] | None = None,
 ) -> DatasetSplits:
     """Train / validation / test of one country (see the module docstring for the layout)."""
     country = str(country).upper()

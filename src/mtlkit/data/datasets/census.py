@@ -60,6 +60,7 @@ FILES = {  # file name -> sha256 of the uncompressed content
     "census-income.test.gz": "98402b1ab879573d0a7f38a699a40258080e25e33d3401e7bf9c96d3fa0fab8c",
 }
 GROUPS = {1: ("income", "income_50k"), 2: ("education", "education")}
+LOG_SCALED = {"wage_per_hour", "capital_gains", "capital_losses", "stock_dividends"}  # heavy-tailed amounts
 
 
 @dataclass
@@ -121,7 +122,7 @@ def census_schema(group: int = 1) -> SchemaSpec:
     return SchemaSpec(
         categorical=[CategoricalFeature(name=c) for c in categorical],
         # Heavy-tailed money columns get log1p before standardising.
-        numeric=[NumericFeature(name=c, transform="log1p" if c in {"wage_per_hour", "capital_gains", "capital_losses", "stock_dividends"} else "standard") for c in NUMERIC],
+        numeric=[NumericFeature(name=c, transform="log1p" if c in LOG_SCALED else "standard") for c in NUMERIC],
     )
 
 

@@ -44,8 +44,8 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -90,7 +90,7 @@ def kuairand_tasks(names: Sequence[str] = TASKS) -> list[Task]:
     return tasks
 
 
-def kuairand_schema(columns: Optional[Sequence[str]] = None) -> SchemaSpec:
+def kuairand_schema(columns: Sequence[str] | None = None) -> SchemaSpec:
     """The feature spec, restricted to ``columns`` when given (a file may lack some features)."""
     present = set(columns) if columns is not None else None
     keep = lambda name: present is None or name in present  # noqa: E731
@@ -116,7 +116,7 @@ def _left_join(table: pa.Table, other: pa.Table, key: str) -> pa.Table:
     return indexed.join(other, keys=key, join_type="left outer").sort_by("__row").drop_columns(["__row"])
 
 
-def _data_dir(root: Path, version: str) -> Optional[Path]:
+def _data_dir(root: Path, version: str) -> Path | None:
     first_log = f"log_standard_4_08_to_4_21_{version}.csv"
     for folder in (root, root / "data", root / f"KuaiRand-{VERSIONS[version]}" / "data"):
         if (folder / first_log).is_file():
@@ -182,10 +182,10 @@ def _unpack(archive: Path, version: str) -> Path:
 def load_kuairand(
     root: str | Path | None = None,
     version: str = "pure",
-    tasks: Optional[Sequence[str]] = None,
+    tasks: Sequence[str] | None = None,
     seed: int = SPLIT_SEED,
-    base_url: Optional[str] = BASE_URL,
-    sha256: Optional[Mapping[str, str]] = None,
+    base_url: str | None = BASE_URL,
+    sha256: Mapping[str, str] | None = None,
 ) -> DatasetSplits:
     """Train / validation / test, tasks and features (see the module docstring).
 
@@ -202,7 +202,8 @@ def load_kuairand(
     folder = _data_dir(root, version) if root.is_dir() else None
     joined = root / JOINED
     if folder is None and not joined.is_file():
-        raise DataError(f"{root / f'log_standard_4_08_to_4_21_{version}.csv'}: no such file (kuairand root must hold the KuaiRand-{VERSIONS[version]} data files or {JOINED})")
+        raise DataError(f"{root / f'log_standard_4_08_to_4_21_{version}.csv'}: no such file "
+                        f"(kuairand root must hold the KuaiRand-{VERSIONS[version]} data files or {JOINED})")
     header = _header(folder / f"log_standard_4_08_to_4_21_{version}.csv" if folder is not None else joined)
     names = list(tasks) if tasks is not None else [t for t in TASKS if t in header or t in ("long_view", "play_time")]
     task_list = kuairand_tasks(names)

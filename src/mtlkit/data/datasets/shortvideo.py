@@ -59,9 +59,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -90,8 +90,8 @@ class ShortVideoSpec:
     """Generator options; sizes default to a universe that grows with the number of rows."""
 
     items_per_request: int = 10
-    n_users: Optional[int] = None
-    n_items: Optional[int] = None
+    n_users: int | None = None
+    n_items: int | None = None
     n_categories: int = 20
     factor_dim: int = 16
     zipf_exponent: float = 0.8
@@ -403,7 +403,7 @@ def generate_shortvideo(path: str | Path, rows: int, seed: int = 0, chunk_rows: 
         bar = Progress()
         task = bar.add_task(f"shortvideo → {path.name}", total=generator.rows)
         bar.start()
-    writer: Optional[pq.ParquetWriter] = None
+    writer: pq.ParquetWriter | None = None
     try:
         for chunk in generator.chunks(chunk_rows):
             if writer is None:
@@ -424,7 +424,7 @@ def generate_shortvideo(path: str | Path, rows: int, seed: int = 0, chunk_rows: 
     return path
 
 
-def shortvideo_tasks(names: Sequence[str] = DEFAULT_TASKS, group_column: Optional[str] = "request_id") -> list[Task]:
+def shortvideo_tasks(names: Sequence[str] = DEFAULT_TASKS, group_column: str | None = "request_id") -> list[Task]:
     """Binary tasks over all impressions (AUC, GAUC per request, logloss); watch time in seconds,
     learned as log1p and only on clicked rows."""
     unknown = [n for n in names if n not in TASKS]
@@ -440,7 +440,7 @@ def shortvideo_tasks(names: Sequence[str] = DEFAULT_TASKS, group_column: Optiona
     return tasks
 
 
-def shortvideo_schema(history: bool = True, max_history: int = 20, hash_buckets: Optional[int] = None,
+def shortvideo_schema(history: bool = True, max_history: int = 20, hash_buckets: int | None = None,
                       bias: Sequence[str] = ("position", "device")) -> SchemaSpec:
     """Main features, without ``position``; ``position`` and ``device`` are ``bias`` features.
 

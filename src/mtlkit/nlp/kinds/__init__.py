@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import mtlkit.nlp.metrics  # noqa: F401  (register metric names before any task names them)
+import mtlkit.nlp.metrics
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -20,13 +20,14 @@ Example (a task definition; featurize needs a tokenizer, see tests/test_nlp_core
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
@@ -44,8 +45,8 @@ class ClassificationTask(NLPTask):
 
     pooled_head: ClassVar[bool] = True
 
-    labels: Optional[list[str]] = None
-    positive_label: Optional[str] = None
+    labels: list[str] | None = None
+    positive_label: str | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -66,7 +67,7 @@ class ClassificationTask(NLPTask):
         """The raw label of an example (the domain kind reads ``example.domain`` instead)."""
         return example.label
 
-    def resolve(self, train_examples: Sequence[Any]) -> "ClassificationTask":
+    def resolve(self, train_examples: Sequence[Any]) -> ClassificationTask:
         labels = self.labels or sorted({str(v) for v in map(self.label_of, train_examples) if v is not None})
         if len(labels) < 2:
             raise DataError(f"task {self.name!r}: its training data holds fewer than two labels ({labels}); set `labels`")
@@ -107,7 +108,7 @@ class ClassificationTask(NLPTask):
         return results
 
     @property
-    def prediction_width(self) -> Optional[int]:
+    def prediction_width(self) -> int | None:
         return len(self.labels) if self.labels else None
 
     def prediction_features(self, outputs: Tensor) -> Tensor:

@@ -29,13 +29,14 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from mtlkit.nlp.base import HeadOptions, NLPHead, NLP_KINDS
+from mtlkit.nlp.base import NLP_KINDS, HeadOptions, NLPHead
 from mtlkit.nlp.heads import PooledHead
 from mtlkit.nlp.kinds.classification import ClassificationTask
 

@@ -37,7 +37,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ from torch import Tensor, nn
 from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
 from mtlkit.nlp.featurize import tokenize
 
 IGNORE = -100  # label of positions that are not predicted
@@ -102,7 +103,7 @@ class MaskedLMTask(NLPTask):
     _vocabulary: tuple[int, int] | None = PrivateAttr(default=None)  # (mask token id, vocabulary size)
 
     @model_validator(mode="after")
-    def _shares(self) -> "MaskedLMTask":
+    def _shares(self) -> MaskedLMTask:
         if self.mask_share + self.random_share > 1.0:
             raise ValueError("mask_share + random_share must be at most 1 (the rest stay unchanged)")
         return self

@@ -20,17 +20,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics import METRICS
-from mtlkit.nlp.base import HeadOptions, NLPHead, NLPTask, NLP_KINDS
+from mtlkit.nlp.base import NLP_KINDS, HeadOptions, NLPHead, NLPTask
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nlp.heads import PAD_LOGIT, PooledHead, masked_mean, safe_targets
 
@@ -54,10 +55,10 @@ class RankingTask(NLPTask):
     default_metrics: ClassVar[list[str]] = ["accuracy@1", "mrr"]
     supported_metrics: ClassVar[list[str]] = ["accuracy@1", "mrr"]
 
-    candidates: Optional[int] = Field(default=None, ge=2)
+    candidates: int | None = Field(default=None, ge=2)
     gamma: float = Field(default=1.0, gt=0.0)
 
-    def resolve(self, train_examples: Sequence[Any]) -> "RankingTask":
+    def resolve(self, train_examples: Sequence[Any]) -> RankingTask:
         if self.candidates is not None:
             return self
         most = max((len(e.candidates) for e in train_examples), default=0)

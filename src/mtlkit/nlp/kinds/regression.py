@@ -16,10 +16,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
@@ -37,7 +38,7 @@ class RegressionTask(NLPTask):
     pooled_head: ClassVar[bool] = True
 
     @property
-    def prediction_width(self) -> Optional[int]:
+    def prediction_width(self) -> int | None:
         return 1
 
     def prediction_features(self, outputs: Tensor) -> Tensor:

@@ -39,17 +39,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
 from mtlkit.nlp.kinds._common import head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import IESentence, Span
 
@@ -71,11 +72,11 @@ def mark_pair(words: Sequence[str], subject: Span, object: Span, subject_type: s
     starts: dict[str, int] = {}
     for k, word in enumerate(words):
         # Opening: the outer (longer) span first; closing: the inner one first — nesting stays well formed.
-        for role, span, kind in sorted((a for a in args if a[1][0] == k), key=lambda a: -a[1][1]):
+        for role, _, kind in sorted((a for a in args if a[1][0] == k), key=lambda a: -a[1][1]):
             starts[role] = len(out)
             out.extend(_marker_words(role, kind, style)[0])
         out.append(word)
-        for role, span, kind in sorted((a for a in args if a[1][1] == k), key=lambda a: -a[1][0]):
+        for role, _, kind in sorted((a for a in args if a[1][1] == k), key=lambda a: -a[1][0]):
             out.extend(_marker_words(role, kind, style)[1])
     return out, starts["S"], starts["O"]
 
@@ -115,19 +116,19 @@ class RelationTask(NLPTask):
     supported_metrics: ClassVar[list[str]] = default_metrics
     token_level: ClassVar[bool] = True
 
-    labels: Optional[list[str]] = None  # relation types, no_relation excluded (it is class 0); default: from the data
+    labels: list[str] | None = None  # relation types, no_relation excluded (it is class 0); default: from the data
     entity_types: list[str] = Field(default_factory=list)  # for markers: tokens; default: from the data
     markers: Literal["punct", "tokens"] = "punct"
     context_window: int = Field(default=0, ge=0)
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, labels: Optional[list[str]]) -> Optional[list[str]]:
+    def _labels(cls, labels: list[str] | None) -> list[str] | None:
         if labels is not None and (NO_RELATION in labels or len(set(labels)) != len(labels) or not labels):
             raise ValueError(f"labels: each relation type once, without {NO_RELATION!r} (it is class 0)")
         return labels
 
-    def resolve(self, train_examples: Sequence[IESentence]) -> "RelationTask":
+    def resolve(self, train_examples: Sequence[IESentence]) -> RelationTask:
         """The task with relation types (and, for marker tokens, entity types) from the training data."""
         update: dict[str, Any] = {}
         if not self.labels:
@@ -171,7 +172,7 @@ class RelationTask(NLPTask):
             words, offset = ex.context(self.context_window)
             for a, b in entity_pairs(ex):
                 sub, obj = ex.entities[a], ex.entities[b]
-                shift = lambda s: (s[0] + offset, s[1] + offset)  # noqa: E731
+                shift = lambda s, offset=offset: (s[0] + offset, s[1] + offset)  # noqa: E731
                 marked, s_at, o_at = mark_pair(words, shift(sub.span), shift(obj.span), sub.type, obj.type, self.markers)
                 texts.append(marked)
                 starts.append((s_at, o_at))

@@ -22,7 +22,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, field_validator
@@ -31,9 +32,8 @@ from torch import Tensor, nn
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
-from mtlkit.nlp.kinds._common import (IGNORE, head_layers, masked_mean, model_inputs, require_fast, stack_outputs,
-                                      token_cross_entropy)
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.kinds._common import IGNORE, head_layers, masked_mean, model_inputs, require_fast, stack_outputs, token_cross_entropy
 from mtlkit.nlp.kinds.relation import check_spans
 from mtlkit.nlp.records import Entity, IESentence
 
@@ -69,19 +69,19 @@ class SpanNERTask(NLPTask):
     supported_metrics: ClassVar[list[str]] = default_metrics
     token_level: ClassVar[bool] = True
 
-    labels: Optional[list[str]] = None  # entity types, "none" excluded (it is class 0); default: from the data
+    labels: list[str] | None = None  # entity types, "none" excluded (it is class 0); default: from the data
     max_span_width: int = Field(default=8, ge=1)  # words (PURE: 8 on SciERC)
     width_dim: int = Field(default=150, ge=1)  # PURE's width embedding size
     context_window: int = Field(default=0, ge=0)
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, labels: Optional[list[str]]) -> Optional[list[str]]:
+    def _labels(cls, labels: list[str] | None) -> list[str] | None:
         if labels is not None and (NONE in labels or len(set(labels)) != len(labels) or not labels):
             raise ValueError(f"labels: each entity type once, without {NONE!r} (it is class 0)")
         return labels
 
-    def resolve(self, train_examples: Sequence[IESentence]) -> "SpanNERTask":
+    def resolve(self, train_examples: Sequence[IESentence]) -> SpanNERTask:
         """The task with ``labels`` (entity types) taken from the training data when not given."""
         if self.labels:
             return self

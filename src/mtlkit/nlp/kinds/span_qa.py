@@ -45,17 +45,18 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
 from mtlkit.nlp.kinds._common import fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import QAExample
 
@@ -115,10 +116,10 @@ class SpanQATask(NLPTask):
     max_answer_length: int = Field(default=30, ge=1)  # in tokens
     answer_classifier: bool = False
     answer_loss_weight: float = Field(default=0.5, ge=0.0)
-    answer_threshold: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    answer_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _check(self) -> "SpanQATask":
+    def _check(self) -> SpanQATask:
         if self.answer_threshold is not None and not self.answer_classifier:
             raise ValueError("answer_threshold filters windows by the answer classifier: set answer_classifier: true")
         if self.doc_stride >= self.max_length - self.max_question_length - 4:

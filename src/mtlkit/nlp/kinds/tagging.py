@@ -24,18 +24,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
-from mtlkit.nlp.base import NLPHead, NLPTask, NLP_KINDS
-from mtlkit.nlp.kinds._common import (IGNORE, fit_length, head_layers, masked_mean, model_inputs, require_fast,
-                                      stack_outputs, token_cross_entropy, trim)
+from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.kinds._common import IGNORE, fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs, token_cross_entropy, trim
 from mtlkit.nlp.records import TaggedSentence
 
 
@@ -66,11 +66,11 @@ class TaggingTask(NLPTask):
     supported_metrics: ClassVar[list[str]] = ["entity_f1", "entity_precision", "entity_recall"]
     token_level: ClassVar[bool] = True
 
-    labels: Optional[list[str]] = None  # the tag set ("O", B-type, I-type); default: from the training data
+    labels: list[str] | None = None  # the tag set ("O", B-type, I-type); default: from the training data
 
     @field_validator("labels")
     @classmethod
-    def _bio(cls, labels: Optional[list[str]]) -> Optional[list[str]]:
+    def _bio(cls, labels: list[str] | None) -> list[str] | None:
         if labels is None:
             return None
         if len(set(labels)) != len(labels):
@@ -83,7 +83,7 @@ class TaggingTask(NLPTask):
         return labels
 
     # -- data ----------------------------------------------------------------------------
-    def resolve(self, train_examples: Sequence[TaggedSentence]) -> "TaggingTask":
+    def resolve(self, train_examples: Sequence[TaggedSentence]) -> TaggingTask:
         """The task with ``labels`` taken from the training data when not given."""
         if self.labels:
             return self

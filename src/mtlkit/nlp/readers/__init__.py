@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import Registry

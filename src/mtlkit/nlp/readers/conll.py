@@ -18,8 +18,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mtlkit.errors import DataError
 from mtlkit.nlp.records import TaggedSentence

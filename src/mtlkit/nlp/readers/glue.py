@@ -31,8 +31,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Literal
 
 from mtlkit.errors import DataError
 from mtlkit.nlp.examples import TextExample
@@ -43,10 +44,10 @@ TEXT_NAMES = ("sentence", "sentence1", "question", "text", "premise")
 PAIR_NAMES = ("sentence2", "hypothesis")
 
 
-def iter_tsv(path: Path, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[list[str], int, list[str]]]:
+def iter_tsv(path: Path, columns: Sequence[str] | None = None) -> Iterator[tuple[list[str], int, list[str]]]:
     """``(header, line number, fields)`` per non-blank data line; checks the field count."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        header: Optional[list[str]] = list(columns) if columns is not None else None
+        header: list[str] | None = list(columns) if columns is not None else None
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -62,7 +63,7 @@ def iter_tsv(path: Path, columns: Optional[Sequence[str]] = None) -> Iterator[tu
             yield header, number, fields
 
 
-def _column(header: list[str], name: Optional[str], candidates: Sequence[str], path: Path, option: str) -> Optional[int]:
+def _column(header: list[str], name: str | None, candidates: Sequence[str], path: Path, option: str) -> int | None:
     if name is None:
         return None
     if name == AUTO:
@@ -73,11 +74,11 @@ def _column(header: list[str], name: Optional[str], candidates: Sequence[str], p
 
 
 @READERS.register("glue_tsv")
-def read_glue_tsv(path: str | Path, text: str = AUTO, pair: Optional[str] = AUTO, label: Optional[str] = AUTO,
-                  domain: Optional[str] = None, columns: Optional[list[str]] = None) -> list[TextExample]:
+def read_glue_tsv(path: str | Path, text: str = AUTO, pair: str | None = AUTO, label: str | None = AUTO,
+                  domain: str | None = None, columns: list[str] | None = None) -> list[TextExample]:
     path = Path(path)
     examples: list[TextExample] = []
-    index: Optional[dict[str, Optional[int]]] = None
+    index: dict[str, int | None] | None = None
     for header, number, fields in iter_tsv(path, columns):
         if index is None:
             index = {"text": _column(header, text, TEXT_NAMES, path, "text"),
@@ -86,7 +87,7 @@ def read_glue_tsv(path: str | Path, text: str = AUTO, pair: Optional[str] = AUTO
                      "domain": _column(header, domain, (), path, "domain")}
             if index["text"] is None:
                 raise DataError(f"{path}: no text column ({' / '.join(TEXT_NAMES)}); set the option `text`")
-        get = lambda key: None if index[key] is None else fields[index[key]]  # noqa: E731
+        get = lambda key, index=index, fields=fields: None if index[key] is None else fields[index[key]]  # noqa: E731
         examples.append(TextExample(fields[index["text"]], get("pair"), get("label"), get("domain"), f"{path}:{number}"))
     return examples
 
@@ -102,7 +103,7 @@ GENRE_ALIASES = {"main-forum": "main-forums"}
 
 
 @READERS.register("sts")
-def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre", domains: Optional[list[str]] = None) -> list[TextExample]:
+def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre", domains: list[str] | None = None) -> list[TextExample]:
     path = Path(path)
     examples = []
     with open(path, encoding="utf-8-sig", newline="") as f:

@@ -22,8 +22,9 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mtlkit.errors import DataError
 from mtlkit.nlp.records import Entity, IESentence, Relation
@@ -43,7 +44,7 @@ def _sentences(doc: Any, where: str) -> list[IESentence]:
         end = begin + len(tokens)
         source = f"{where} sentence {k}"
 
-        def local(start: Any, stop: Any) -> tuple[int, int]:
+        def local(start: Any, stop: Any, begin: int = begin, end: int = end, source: str = source) -> tuple[int, int]:
             # Document-level inclusive offsets → this sentence's word indices.
             if not (isinstance(start, int) and isinstance(stop, int) and begin <= start <= stop < end):
                 raise DataError(f"{source}: span [{start}, {stop}] is not inside the sentence's words [{begin}, {end - 1}]")
