@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 from rich.console import Console
 
-from mtlkit.data.schema import CategoricalFeature, FittedSchema, SchemaSpec, SequenceFeature, stable_hash
+from mtlkit.data.encoding import stable_hash
+from mtlkit.data.schema import CategoricalFeature, FittedSchema, SchemaSpec, SequenceFeature
 from mtlkit.doctor import Thresholds, diagnose, print_report
 from mtlkit.doctor.hashing import collision_stats
 from mtlkit.tasks import Task

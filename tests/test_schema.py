@@ -4,7 +4,8 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from mtlkit.data.schema import CategoricalFeature, FittedSchema, NumericFeature, SchemaSpec, stable_hash
+from mtlkit.data.encoding import stable_hash
+from mtlkit.data.schema import CategoricalFeature, FittedSchema, NumericFeature, SchemaSpec
 from mtlkit.errors import DataError
 from mtlkit.tasks import Task, TaskMask
 
@@ -102,10 +103,10 @@ def test_bad_labels_and_missing_columns_are_named():
 
 def test_small_batches_against_a_large_vocabulary_encode_like_large_ones():
     """Serving encodes a few rows against the whole catalogue: the O(rows) path gives the same ids."""
-    from mtlkit.data.schema import FittedCategorical, _encode_categorical
+    from mtlkit.data.schema import FittedCategorical, encode_categorical
 
     feature = FittedCategorical("item", [f"i{k}" for k in range(5000)])
     rows = ["i7", "unseen", None, "i4999"]
-    small = _encode_categorical(feature, pa.chunked_array([pa.array(rows)]))  # 64·4 < 5000: dictionary path
-    large = _encode_categorical(feature, pa.chunked_array([pa.array(rows * 2000)]))[:4]  # Arrow index_in path
+    small = encode_categorical(feature, pa.chunked_array([pa.array(rows)]))  # 64·4 < 5000: dictionary path
+    large = encode_categorical(feature, pa.chunked_array([pa.array(rows * 2000)]))[:4]  # Arrow index_in path
     assert small.tolist() == large.tolist() == [8, 0, 0, 5000]

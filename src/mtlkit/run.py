@@ -171,7 +171,7 @@ def _load_ranking_dataset(name: str, options: dict) -> DatasetSplits:
         raise ConfigError(f"data.dataset_options for {name}: {error}") from None
 
 
-def _check_columns(prepared: PreparedData) -> None:
+def check_columns(prepared: PreparedData) -> None:
     """Every column a task needs must exist in every split: fail before any work starts."""
     needed = [*prepared.features.columns(), *(column for task in prepared.tasks for column in task.columns().values())]
     for split, table in (("train", prepared.train), ("validation", prepared.validation), ("test", prepared.test)):
@@ -191,7 +191,7 @@ class EncodedData:
 
 
 def encode_data(prepared: PreparedData) -> EncodedData:
-    _check_columns(prepared)
+    check_columns(prepared)
     stream = prepared.stream
     schema = stream.fit(prepared.features) if stream else prepared.features.fit(prepared.train, prepared.names["train"])
     encode = lambda split, table: schema.encode(table, prepared.tasks, prepared.names[split])  # noqa: E731

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mtlkit.data.schema import _float_column
+from mtlkit.data.encoding import float_column
 from mtlkit.errors import ConfigError, DataError
 
 
@@ -39,7 +39,7 @@ def downsample_negatives(table: pa.Table, label: str, rate: float, seed: int = 0
         raise ConfigError(f"negative sampling rate must be in (0, 1], got {rate!r}")
     if label not in table.column_names:
         raise DataError(f"{source}: missing label column {label!r} (asked to down-sample its negatives)")
-    values = _float_column(table, label, source)  # booleans and numbers as float64, nulls as NaN
+    values = float_column(table, label, source)  # booleans and numbers as float64, nulls as NaN
     bad = ~np.isnan(values) & (values != 0) & (values != 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

@@ -78,18 +78,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from mtlkit.data.batch import Batch, BatchSource
+from mtlkit.data.encoding import as_strings, fit_sequence, float_column, sequence_items, transform_values
+from mtlkit.data.features import FittedCategorical, FittedNumeric
 from mtlkit.data.readers import PARQUET_SUFFIXES, open_parquet, read_row_group
-from mtlkit.data.schema import (
-    FittedCategorical,
-    FittedNumeric,
-    FittedSchema,
-    SchemaSpec,
-    _as_strings,
-    _fit_sequence,
-    _float_column,
-    _sequence_items,
-    _transform,
-)
+from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
 
@@ -477,7 +469,7 @@ class _Counts:
             self.merged = pa.table({"v": combined.column("v"), "c": combined.column("c_sum")})
 
     def vocabulary(self, min_freq: int) -> list[str]:
-        """As :func:`mtlkit.data.schema._fit_categorical`: most frequent first, ties by value."""
+        """As :func:`mtlkit.data.schema.fit_categorical`: most frequent first, ties by value."""
         self._merge()
         if self.merged is None:
             return []
@@ -533,19 +525,19 @@ def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Pa
         if keep is not None and keep < 1.0:
             table = table.filter(pa.array(np.random.default_rng([_seed(seed), number]).random(table.num_rows) < keep))
         for seq in spec.sequences:
-            items = _sequence_items(seq.name, seq.separator, table.column(seq.name), source)[1]
+            items = sequence_items(seq.name, seq.separator, table.column(seq.name), source)[1]
             target = counts.get(shared.get(seq.name, seq.name))
             if target is not None:
                 target.add(items)
         for feature in spec.categorical:
             if feature.name in counts:
-                counts[feature.name].add(_as_strings(table.column(feature.name)))
+                counts[feature.name].add(as_strings(table.column(feature.name)))
         for name, counter in counts_of_bias.items():
-            counter.add(_as_strings(table.column(name)))
+            counter.add(as_strings(table.column(name)))
         for feature in spec.numeric:
-            values = _float_column(table, feature.name, source)
+            values = float_column(table, feature.name, source)
             finite = np.isfinite(values)
-            moments[feature.name].add(_transform(values[finite], feature.transform, feature.clip), bool((~finite).any()))
+            moments[feature.name].add(transform_values(values[finite], feature.transform, feature.clip), bool((~finite).any()))
     numeric = []
     for feature in spec.numeric:
         m = moments[feature.name]
@@ -557,7 +549,7 @@ def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Pa
                    else FittedCategorical(f.name, counts[f.name].vocabulary(f.min_freq), None) for f in spec.categorical]
     sequences = []
     for seq in spec.sequences:
-        fitted = _fit_sequence(seq, pa.array([], pa.string()))  # settings only; the vocabulary comes from the counts
+        fitted = fit_sequence(seq, pa.array([], pa.string()))  # settings only; the vocabulary comes from the counts
         if not seq.share_vocabulary_with and not seq.hash_buckets:
             fitted.vocabulary = counts[seq.name].vocabulary(seq.min_freq)
         sequences.append(fitted)

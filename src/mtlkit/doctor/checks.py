@@ -26,7 +26,7 @@ from mtlkit.data.schema import SchemaSpec
 from mtlkit.doctor.findings import CheckResult, Finding, Severity, Thresholds
 from mtlkit.doctor.frame import SplitTables, first_row, row_hashes, skipped_hash_columns
 from mtlkit.errors import DataError
-from mtlkit.metrics.functions import _average_ranks, auc
+from mtlkit.metrics.functions import auc, average_ranks
 from mtlkit.tasks import Task, TaskKind
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
@@ -260,7 +260,7 @@ def _leak(feature: str, task: Task, kind: str, score: str) -> str:
 def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="mergesort")
     ranks = np.empty(len(x))
-    ranks[order] = _average_ranks(x[order])
+    ranks[order] = average_ranks(x[order])
     return ranks
 
 

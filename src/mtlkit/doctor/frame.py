@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mtlkit.data.schema import _as_strings  # same category semantics as encoding (3.0 == 3)
+from mtlkit.data.encoding import as_strings  # same category semantics as encoding (3.0 == 3)
 
 _PRIME = np.uint64(0x100000001B3)
 
@@ -65,7 +65,7 @@ class SplitTables:
     def strings(self, split: str, column: str) -> pa.Array:
         key = (split, column)
         if key not in self._strings:
-            self._strings[key] = _as_strings(self.tables[split].column(column))
+            self._strings[key] = as_strings(self.tables[split].column(column))
         return self._strings[key]
 
 
@@ -107,7 +107,7 @@ def _codes(arrays: Sequence[pa.Array]) -> list[np.ndarray] | None:
         return None
     else:
         try:
-            joined = pa.concat_arrays([_as_strings(pa.chunked_array([a])) for a in arrays])
+            joined = pa.concat_arrays([as_strings(pa.chunked_array([a])) for a in arrays])
             encoded = pc.dictionary_encode(joined, null_encoding="encode")
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return None

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlkit.data.schema import CategoricalFeature, SchemaSpec, stable_hash
+from mtlkit.data.encoding import stable_hash
+from mtlkit.data.schema import CategoricalFeature, SchemaSpec
 from mtlkit.doctor.findings import CheckResult, Finding, Severity, Thresholds
 from mtlkit.doctor.frame import SplitTables
 

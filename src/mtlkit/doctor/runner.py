@@ -80,10 +80,10 @@ def diagnose_config(
     config: RunConfig, time_column: str | None = None, thresholds: Thresholds = Thresholds()
 ) -> tuple[PreparedData, DoctorReport]:
     """Read the config's splits (as training would) and check them; the data is returned for reuse."""
-    from mtlkit.run import _check_columns, prepare_data
+    from mtlkit.run import check_columns, prepare_data
 
     prepared = prepare_data(config)
-    _check_columns(prepared)  # a missing column is bad input (exit 2), not a finding
+    check_columns(prepared)  # a missing column is bad input (exit 2), not a finding
     extra = [f.name for f in getattr(prepared.features, "bias", [])]
     for split, table in (("train", prepared.train), ("validation", prepared.validation), ("test", prepared.test)):
         missing = [c for c in extra if table is not None and c not in table.column_names]

@@ -26,7 +26,7 @@ from mtlkit.registry import Registry
 _EPS = 1e-15
 
 
-def _average_ranks(sorted_keys: np.ndarray) -> np.ndarray:
+def average_ranks(sorted_keys: np.ndarray) -> np.ndarray:
     """1-based ranks of an already sorted array, ties given their average rank."""
     n = sorted_keys.shape[0]
     if n == 0:
@@ -49,7 +49,7 @@ def auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
-    ranks = _average_ranks(scores[order])
+    ranks = average_ranks(scores[order])
     rank_sum = ranks[labels[order]].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 

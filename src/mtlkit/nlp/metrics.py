@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtlkit.metrics.functions import METRICS, Metric, _average_ranks
+from mtlkit.metrics.functions import METRICS, Metric, average_ranks
 
 
 def _classes(predictions: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def pearson(predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray | No
 def _ranks(values: np.ndarray) -> np.ndarray:
     order = np.argsort(values, kind="mergesort")
     ranks = np.empty(values.shape[0])
-    ranks[order] = _average_ranks(values[order])
+    ranks[order] = average_ranks(values[order])
     return ranks
 
 

@@ -89,6 +89,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,17 @@ def setup() -> DistContext:
     else:
         backend = "gloo"
     dist.init_process_group(backend)
+    # A process group left to the interpreter's shutdown can abort the process ("terminate called
+    # without an active exception": gloo's threads destroyed while joinable), so the group we
+    # opened is closed before exit, after a run or an exception alike.
+    atexit.register(teardown)
     return context()
+
+
+def teardown() -> None:
+    """Close the process group :func:`setup` opened (idempotent; registered to run at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_state(*modules: nn.Module) -> None:
