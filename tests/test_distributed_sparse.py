@@ -5,8 +5,9 @@ rows is split ``rank::2``; each rank's table gradient is a COO tensor over the r
 (some rows touched by both ranks, some by one). The exchange must give every rank the gradient
 of the 1-process run on the whole batch, without a dense tensor of the table's size, for
 equal weighting (all_gather_sparse_grads) and for MGDA with the table in its Jacobian (the
-touched-row columns aligned over ranks before J is averaged); and 3 training steps with row-wise
-AdaGrad must end with the 1-process weights, equal on both ranks.
+touched-row columns aligned over ranks before J is averaged); 3 training steps with row-wise
+AdaGrad must end with the 1-process weights, equal on both ranks; and so must 2 epochs of the
+trainer itself (``model.embedding_optimizer``'s tables, fixed weighting and MGDA).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ WORKER = textwrap.dedent('''
     from test_sparse_tables import TASKS, _batch, _losses, _model
     from mtlkit.balancing import BalancerSpec, GradientBalancer, build_balancer
     from mtlkit.optim import EmbeddingOptimizerSpec, build_optimizers
-    from mtlkit.train import distributed
+    from mtlkit.data.batch import EncodedTable
+    from mtlkit.train import Trainer, TrainSpec, distributed
 
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     ctx = distributed.setup()
+    full_inputs, full_targets = _batch(rows=61, buckets=500, seed=5)  # the trainer's data: it shards batches itself
     inputs, targets = _batch(rows=32, buckets=500, seed=4)
     if ctx.enabled:  # rank r's rows of the global batch, as ShardedBatches cuts them
         inputs = {k: v[ctx.rank::ctx.world] for k, v in inputs.items()}
@@ -71,6 +74,17 @@ WORKER = textwrap.dedent('''
     for _ in range(3):
         step(model, balancer, opt)
     result["trained"] = {k: v.clone() for k, v in model.state_dict().items()}
+    # Through the trainer: row-wise AdaGrad tables, loss weighting (tables exchanged as rows) and
+    # MGDA (tables in the rank-averaged Jacobian); 61 rows: a last global batch of 13 (7 + 6 rows).
+    data = EncodedTable(full_inputs, full_targets, {k: torch.ones(61, dtype=torch.bool) for k in full_targets})
+    for name in ("fixed", "mgda"):
+        model = _model(buckets=500, sparse=False, seed=ctx.rank)  # the trainer broadcasts rank 0's weights
+        torch.manual_seed(7)
+        spec = TrainSpec(epochs=2, batch_size=16, lr=0.02, progress=False, patience=None, threads=1, precision="fp32")
+        trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(name=name), TASKS), spec,
+                          embedding_optimizer=EmbeddingOptimizerSpec(lr=0.1), table_fields=["user", "item", "device"])
+        trainer.fit(data.batches(16, shuffle=True, seed=3), data)
+        result[f"trainer-{name}"] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(result, out / f"w{ctx.world}-r{ctx.rank}.pt")
 ''')
 
@@ -113,6 +127,10 @@ def test_two_processes_exchange_sparse_table_gradients_like_one(tmp_path):
             for rank in ranks:
                 torch.testing.assert_close(rank[name][key], want, rtol=0, atol=ATOL, msg=f"{name}: {key}")
         assert torch.equal(ranks[0][name][table], ranks[1][name][table])  # every rank steps with the same gradient
+    for name in ("trainer-fixed", "trainer-mgda"):  # the whole trainer, 2 epochs
+        for key, want in single[name].items():
+            torch.testing.assert_close(ranks[0][name][key], want, rtol=0, atol=1e-5, msg=f"{name}: {key}")
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key]), f"{name}: {key}"
     for key, want in single["trained"].items():
         torch.testing.assert_close(ranks[0]["trained"][key], want, rtol=0, atol=1e-5, msg=key)
         assert torch.equal(ranks[0]["trained"][key], ranks[1]["trained"][key]), key

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlkit.balancing import BalancerSpec
+from mtlkit.data.datasets import DATASETS
 from mtlkit.data.schema import SchemaSpec
 from mtlkit.data.streaming import StreamingSpec
 from mtlkit.errors import ConfigError, validation_error
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
 # Seeds feed torch and numpy generators, which take unsigned 64-bit values; offsets (epoch, rank) are added.
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
-BUILTIN_DATASETS = ("census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo")
-NO_SOURCE = "give either `train` (a file) or `dataset` (one of: " + ", ".join(BUILTIN_DATASETS) + ")"
+NO_SOURCE = "give either `train` (a file) or `dataset` (one of: " + ", ".join(DATASETS.names()) + ")"
 
 
 class SplitSpec(BaseModel):
@@ -65,7 +65,7 @@ class DataSpec(BaseModel):
     validation: Path | None = None
     test: Path | None = None
     split: SplitSpec | None = None
-    dataset: Literal["census_income", "mmoe_synthetic", "ali_ccp", "aliexpress", "kuairand", "shortvideo"] | None = None
+    dataset: str | None = None  # a name in mtlkit.data.datasets.DATASETS
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     streaming: StreamingSpec | None = None  # stream `train` from Parquet (mtlkit.data.streaming)
     tables: list[Literal["train", "validation", "test"]] | None = None  # splits train_run got in memory
@@ -73,6 +73,13 @@ class DataSpec(BaseModel):
     @property
     def has_source(self) -> bool:
         return self.train is not None or self.dataset is not None or bool(self.tables)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str | None) -> str | None:
+        if name is not None and name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
+        return name
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

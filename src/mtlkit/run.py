@@ -23,7 +23,7 @@ from torch import nn
 from mtlkit.balancing import build_balancer
 from mtlkit.config import NO_SOURCE, RunConfig, SplitSpec, dump_config, load_config, resolve_paths
 from mtlkit.data.batch import EncodedTable
-from mtlkit.data.datasets import DatasetSplits
+from mtlkit.data.datasets import load_dataset
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.data.split import seeded_split
@@ -34,6 +34,7 @@ from mtlkit.diagnostics.gates import GateDiagnostics, GateStats, gate_statistics
 from mtlkit.diagnostics.gradients import gradient_diagnostics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.models import build_model
+from mtlkit.optim import table_field_names
 from mtlkit.outputs import check_output_dir, check_output_file, write_text
 from mtlkit.protocols import TrainableModel
 from mtlkit.rundir import WRITTEN, open_run_dir, removed_on_error
@@ -70,32 +71,9 @@ def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = Non
     if tables is not None and (data.train or data.validation or data.test or data.dataset):
         raise ConfigError("data: in-memory tables replace the config's files and datasets: leave data.train, "
                           "validation, test and dataset out (data.split applies)")
-    if data.dataset == "census_income":
-        from mtlkit.data.datasets.census import load_census
-
-        options = {"root": None, "group": 1, **data.dataset_options}
-        unknown = set(options) - {"root", "group"}
-        if unknown:
-            raise ConfigError(f"data.dataset_options: unknown key {sorted(unknown)[0]!r} for census_income (root, group)")
-        census = load_census(options["root"], int(options["group"]))
-        names = {s: f"census_income/{s}" for s in ("train", "validation", "test")}
-        return PreparedData(census.train, census.validation, census.test, config.tasks or census.tasks,
-                            config.features or census.schema, names)
-    if data.dataset == "mmoe_synthetic":
-        from mtlkit.data.datasets.synthetic import mmoe_synthetic, mmoe_synthetic_schema, mmoe_synthetic_tasks
-
-        options = dict(data.dataset_options)
-        try:
-            table = mmoe_synthetic(**options)
-        except TypeError as error:
-            raise ConfigError(f"data.dataset_options: {error}") from None
-        parts = seeded_split(table, {"validation": 0.1, "test": 0.1}, seed=options.get("seed", 0))
-        names = {s: f"mmoe_synthetic/{s}" for s in parts}
-        return PreparedData(parts["train"], parts["validation"], parts["test"], config.tasks or mmoe_synthetic_tasks(),
-                            config.features or mmoe_synthetic_schema(options.get("d", 100)), names)
-    if data.dataset in RANKING_LOADERS:
-        loaded = _load_ranking_dataset(data.dataset, dict(data.dataset_options))
-        names = {s: f"{data.dataset}/{s}" for s in ("train", "validation", "test")}
+    if data.dataset is not None:  # a built-in dataset: its options validated by its own model
+        loaded = load_dataset(data.dataset, data.dataset_options)
+        names = {s: f"{data.dataset}/{s}" for s in SPLITS}
         return PreparedData(loaded.train, loaded.validation, loaded.test, config.tasks or loaded.tasks,
                             config.features or loaded.schema, names)
     assert config.features is not None and config.tasks is not None
@@ -138,37 +116,6 @@ def _in_memory(tables: Mapping[str, TableLike]) -> dict[str, pa.Table]:
     if empty is not None:
         raise DataError(f"tables[{empty!r}]: has no rows")
     return converted
-
-
-RANKING_LOADERS = {  # dataset name -> (module under mtlkit.data.datasets, loader)
-    "ali_ccp": ("aliccp", "load_aliccp"),
-    "aliexpress": ("aliexpress", "load_aliexpress"),
-    "kuairand": ("kuairand", "load_kuairand"),
-    "shortvideo": ("shortvideo", "load_shortvideo"),
-}
-
-
-def _load_ranking_dataset(name: str, options: dict) -> DatasetSplits:
-    """Call the dataset's loader with ``options``; its keyword arguments are the allowed keys."""
-    import importlib
-    import inspect
-    from dataclasses import fields
-
-    module_name, function = RANKING_LOADERS[name]
-    module = importlib.import_module(f"mtlkit.data.datasets.{module_name}")
-    loader = getattr(module, function)
-    allowed = [p.name for p in inspect.signature(loader).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    if name == "shortvideo":  # generator options pass through **options
-        allowed += [f.name for f in fields(module.ShortVideoSpec)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(f"data.dataset_options: unknown key {unknown[0]!r} for {name} ({', '.join(allowed)})")
-    try:
-        return loader(**options)
-    except ConfigError as error:
-        raise ConfigError(f"data.dataset_options: {error}") from None
-    except (TypeError, ValueError) as error:  # e.g. rows: "many"
-        raise ConfigError(f"data.dataset_options for {name}: {error}") from None
 
 
 def check_columns(prepared: PreparedData) -> None:
@@ -298,7 +245,8 @@ def train_run(
         torch.distributed.broadcast_object_list(decision, src=0)
         resume = bool(decision[0])
     with removed_on_error(run):
-        trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks)
+        trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks,
+                          config.model.embedding_optimizer, table_field_names(encoded.schema))
         if run is not None and not resume:
             encoded.schema.save(path / "schema.json")
         with out_of_memory("training"):

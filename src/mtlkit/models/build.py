@@ -26,6 +26,8 @@ from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
+from mtlkit.optim.build import table_field_names
+from mtlkit.optim.spec import EmbeddingOptimizerSpec, check_fields
 from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
@@ -38,6 +40,8 @@ class ModelSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     embedding_dim: int = Field(default=8, ge=1)
     embedding_table: str = "fused"  # a backend of mtlkit.nn.embedding_tables: fused | per_field | a registered one
+    # how the tables train: row-wise AdaGrad on the rows a batch touched (default), lazy Adam, SGD, or dense
+    embedding_optimizer: EmbeddingOptimizerSpec = Field(default_factory=EmbeddingOptimizerSpec)
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     relations: TaskRelations = Field(default_factory=TaskRelations)
@@ -63,6 +67,7 @@ class ModelSpec(BaseModel):
 def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> None:
     """What the spec says about tasks and features must match them; ConfigError names the key."""
     names = {t.name: t for t in tasks}
+    check_fields(spec.embedding_optimizer, table_field_names(schema))
     try:
         spec.relations.check(tasks)
     except ValueError as error:

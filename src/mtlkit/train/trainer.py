@@ -69,6 +69,7 @@ from mtlkit.balancing import Balancer, GradientBalancer
 from mtlkit.balancing.gradient import split_parameters
 from mtlkit.data.batch import Batch, BatchSource, EncodedTable
 from mtlkit.errors import ConfigError
+from mtlkit.optim import EmbeddingOptimizerSpec, OptimizerSet, build_table_optimizers, clip_grad_norm_
 from mtlkit.protocols import Evaluator, TrainableModel, TrainTask
 from mtlkit.train import distributed
 from mtlkit.train.callbacks import Callback, FitResult
@@ -126,6 +127,8 @@ class Trainer:
         spec: TrainSpec,
         run_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
+        embedding_optimizer: EmbeddingOptimizerSpec | None = None,
+        table_fields: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(model, TrainableModel):
             raise TypeError(f"the trainer trains a mtlkit.protocols.TrainableModel, got {type(model).__name__}")
@@ -153,9 +156,9 @@ class Trainer:
             torch.set_num_threads(spec.threads)
         self.model.to(self.device)
         self.balancer.to(self.device)
-        self._reduce_params = self._data_parallel_setup()
-        self.optimizer = dense_optimizer(parameter_groups(model, spec, extra=balancer.parameters()), spec)
-        self._clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]  # fixed: built once
+        self.optimizers = self._build_optimizers(embedding_optimizer, table_fields)
+        self._reduce_params, self._exchange_tables = self._data_parallel_setup()
+        self._clip_params = self.optimizers.dense_parameters + self.optimizers.table_parameters  # fixed: built once
         self.independent = model.independent_tasks
         # Selection units: one per task for independent networks, else one for the whole model.
         self.units = {t.name: model.task_state_prefix(t.name) for t in tasks} if self.independent else {"model": ""}
@@ -168,27 +171,44 @@ class Trainer:
         self._epoch_losses: dict[str, float] = {}
 
     @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The fused Adam/AdamW of the dense parameters (the tables' own optimisers: ``optimizers.tables``)."""
+        return self.optimizers.dense
+
+    def _build_optimizers(self, embedding_optimizer: EmbeddingOptimizerSpec | None, table_fields: Sequence[str] | None) -> OptimizerSet:
+        """Row-wise optimisers for the embedding tables (``model.embedding_optimizer``; none: dense
+        tables), the fused Adam/AdamW of the trainer for every other parameter and the balancer's."""
+        tables = build_table_optimizers(self.model, embedding_optimizer, table_fields) if embedding_optimizer is not None else []
+        table_params = OptimizerSet(None, tables).table_parameters
+        groups = parameter_groups(self.model, self.spec, extra=self.balancer.parameters(), exclude=table_params)
+        return OptimizerSet(dense_optimizer(groups, self.spec) if groups else None, tables)
+
+    @property
     def scaler(self) -> torch.amp.GradScaler | None:
         """fp16's gradient scaler (None in other precisions)."""
         return self.amp.scaler
 
-    def _data_parallel_setup(self) -> list[nn.Parameter]:
-        """Under torchrun: rank 0's weights everywhere; the parameters whose gradients are averaged over ranks."""
+    def _data_parallel_setup(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Under torchrun: rank 0's weights everywhere; the parameters whose dense gradients are
+        all-reduced, and the sparse tables whose touched rows are all-gathered, after each backward."""
         if not self.dist.enabled:
-            return []
+            return [], []
         distributed.broadcast_state(self.model, self.balancer)
-        shared_ids: set[int] = set()
+        tables = self.optimizers.table_parameters
+        skip = {id(p) for p in tables}  # sparse gradients: exchanged as (row ids, rows), never densified
         if isinstance(self.balancer, GradientBalancer):  # aggregates the rank-averaged Jacobian
             distributed.reduce_gradient_balancer(self.balancer, self.dist.world)
-            shared_ids = {id(p) for p in split_parameters(self.model)[0]}
-        # The shared gradients of a gradient method are equal on every rank already.
-        return [p for p in [*self.model.parameters(), *self.balancer.parameters()] if p.requires_grad and id(p) not in shared_ids]
+            # The shared gradients of a gradient method are equal on every rank already.
+            skip |= {id(p) for p in split_parameters(self.model)[0]}
+        dense = [p for p in [*self.model.parameters(), *self.balancer.parameters()] if p.requires_grad and id(p) not in skip]
+        return dense, distributed.sparse_exchange_parameters(tables, self.balancer)
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, train: BatchSource, validation: EncodedTable | Evaluator, resume: bool = True) -> FitResult:
         train = distributed.shard_source(train, self.dist)  # rank r's rows of each global batch
         steps_per_epoch = len(train)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(self.spec, self.spec.epochs * steps_per_epoch))
+        # one schedule for the dense and the table optimisers (warm-up and decay scale every learning rate)
+        scheduler = self.optimizers.schedulers(lr_schedule(self.spec, self.spec.epochs * steps_per_epoch))
         # a labelled table, or an evaluator of its own (e.g. per-task NLP splits)
         evaluator = TableEvaluator(self.tasks, validation, self.spec.eval_batch_size) if isinstance(validation, EncodedTable) else validation
         pos = _Position()
@@ -325,17 +345,18 @@ class Trainer:
 
     def _update(self, losses: dict[str, Tensor], global_step: int) -> None:
         """Backward through the balancer, average over ranks, clip, step."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizers.zero_grad(set_to_none=True)
         for callback in self.callbacks:
             callback.on_step_losses(self, global_step, losses)
         self.amp.backward(self.balancer, losses, self.model)
         self.amp.backward_penalty(self.model.regularization_loss())
         if self.dist.enabled:  # average over ranks before clipping, unscaling and the step
             distributed.all_reduce_grads(self._reduce_params, self.dist.world)
+            distributed.all_gather_sparse_grads(self._exchange_tables, self.dist.world)
         if self.spec.grad_clip:
-            self.amp.unscale_([self.optimizer])  # the threshold is in true gradient units
-            nn.utils.clip_grad_norm_(self._clip_params, self.spec.grad_clip)
-        self.amp.step([self.optimizer])
+            self.amp.unscale_(self.optimizers.optimizers)  # the threshold is in true gradient units
+            clip_grad_norm_(self._clip_params, self.spec.grad_clip)  # one norm over dense and touched table rows
+        self.amp.step(self.optimizers.optimizers)
 
     def _call_model(self, batch: Batch) -> dict[str, Tensor]:
         # Task-aware models (one head per batch's task, e.g. NLP) are told which tasks it holds.
@@ -393,7 +414,7 @@ class Trainer:
             {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.optimizers.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "balancer": self.balancer.state_dict(),
                 "rng": torch.get_rng_state(),
@@ -412,7 +433,7 @@ class Trainer:
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(f"{run_dir / 'last.pt'}: unsupported checkpoint version {ckpt.get('version')!r}")
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizers.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         self.balancer.load_state_dict(ckpt["balancer"])
         self.amp.load_state_dict(ckpt.get("scaler"))

@@ -113,3 +113,8 @@ def check_binary(table: pa.Table, columns: Sequence[str], source: str | Path) ->
             row = int(np.flatnonzero(bad)[0])
             raise DataError(f"{source}: column {name!r} data row {row + 1}: value {values[row]:g} (expected 0 or 1)")
     return table
+
+
+# Each module registers its dataset (mtlkit.data.datasets.registry.DATASETS): one line adds one.
+from mtlkit.data.datasets import aliccp, aliexpress, census, kuairand, shortvideo, synthetic  # noqa: E402
+from mtlkit.data.datasets.registry import DATASETS, load_dataset  # noqa: E402

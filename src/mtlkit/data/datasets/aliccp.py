@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtlkit.data.datasets import DatasetSplits, check_binary, read_csv, source_files
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.tasks import Task
 
@@ -88,3 +89,13 @@ def load_aliccp(
                          no_source=f"Tianchi ({SOURCE}) needs a login, so there is no default base_url")
     tables = {split: read_aliccp_file(paths[name]) for split, name in names.items()}
     return DatasetSplits(tables["train"], tables["validation"], tables["test"], aliccp_tasks(), aliccp_schema())
+
+
+class AliCCPOptions(DatasetOptions):
+    root: Path | None = None
+    sample: bool | None = None
+    base_url: str | None = None
+    sha256: dict[str, str] | None = None
+
+
+DATASETS.register("ali_ccp")(BuiltinDataset(AliCCPOptions, lambda o: load_aliccp(**o.model_dump())))

@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from mtlkit.data.datasets import DatasetSplits, check_binary, read_csv, source_files
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
@@ -97,3 +99,16 @@ def load_aliexpress(
     train, held_out = hold_out_searches(read_aliexpress_file(paths[names["train"]]), validation, seed)
     test = read_aliexpress_file(paths[names["test"]])
     return DatasetSplits(train, held_out, test, aliexpress_tasks(), aliexpress_schema())
+
+
+class AliExpressOptions(DatasetOptions):
+    root: Path | None = None
+    country: str = "NL"
+    sample: bool | None = None
+    validation: float = Field(default=0.1, gt=0, lt=1)
+    seed: int = Field(default=SPLIT_SEED, ge=0)
+    base_url: str | None = None
+    sha256: dict[str, str] | None = None
+
+
+DATASETS.register("aliexpress")(BuiltinDataset(AliExpressOptions, lambda o: load_aliexpress(**o.model_dump())))

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mtlkit.data.datasets import DatasetSplits
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.download import cache_dir, fetch
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.errors import DataError
@@ -140,3 +143,16 @@ def load_census(root: str | Path | None = None, group: int = 1, base_url: str = 
     validation = holdout.take(np.sort(order[:half]))
     test = holdout.take(np.sort(order[half:]))
     return CensusData(train, validation, test, census_tasks(group), census_schema(group))
+
+
+class CensusOptions(DatasetOptions):
+    root: Path | None = None  # a folder with the census files; None downloads them (SHA-256 verified)
+    group: Literal[1, 2] = 1  # the MMoE paper's task groups: 1 income + marital, 2 education + marital
+
+
+def _load(options: CensusOptions) -> DatasetSplits:
+    census = load_census(options.root, options.group)
+    return DatasetSplits(census.train, census.validation, census.test, census.tasks, census.schema)
+
+
+DATASETS.register("census_income")(BuiltinDataset(CensusOptions, _load))

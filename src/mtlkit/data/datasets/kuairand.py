@@ -50,8 +50,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pydantic import Field
 
 from mtlkit.data.datasets import DatasetSplits, check_binary, read_csv, source_files
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.data.split import seeded_split
 from mtlkit.errors import ConfigError, DataError
@@ -221,3 +223,15 @@ def load_kuairand(
             raise DataError(f"{root}: the {name} split is empty{hint}")
     schema = kuairand_schema(table.column_names)
     return DatasetSplits(splits["train"], splits["validation"], splits["test"], task_list, schema)
+
+
+class KuaiRandOptions(DatasetOptions):
+    root: Path | None = None
+    version: str = "pure"
+    tasks: list[str] | None = None
+    seed: int = Field(default=SPLIT_SEED, ge=0)
+    base_url: str | None = BASE_URL
+    sha256: dict[str, str] | None = None
+
+
+DATASETS.register("kuairand")(BuiltinDataset(KuaiRandOptions, lambda o: load_kuairand(**o.model_dump())))

@@ -62,13 +62,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field, create_model
 
 from mtlkit.data.datasets import DatasetSplits
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec, SequenceFeature
 from mtlkit.errors import ConfigError, DataError
@@ -490,3 +493,20 @@ def load_shortvideo(root: str | Path | None = None, rows: int = 100_000, seed: i
         table = shortvideo_table(rows, seed, **options)
     parts = split_by_request(table, validation, test)
     return DatasetSplits(parts["train"], parts["validation"], parts["test"], shortvideo_tasks(), shortvideo_schema())
+
+
+# The loader's own keys, then the generator's (ShortVideoSpec's fields, with their defaults).
+ShortVideoOptions = create_model(
+    "ShortVideoOptions", __base__=DatasetOptions,
+    root=(Path | None, None), rows=(int, 100_000), seed=(int, Field(default=0, ge=0)),
+    validation=(float, Field(default=0.1, ge=0, lt=1)), test=(float, Field(default=0.1, ge=0, lt=1)),
+    **{f.name: (get_type_hints(ShortVideoSpec)[f.name], f.default) for f in fields(ShortVideoSpec)},
+)
+
+
+def _load(options: DatasetOptions) -> DatasetSplits:
+    given = options.model_dump(exclude_unset=True)  # generator keys only where set: a read log takes none
+    return load_shortvideo(**given)
+
+
+DATASETS.register("shortvideo")(BuiltinDataset(ShortVideoOptions, _load))

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from mtlkit.data.datasets import DatasetSplits
+from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import NumericFeature, SchemaSpec
+from mtlkit.data.split import seeded_split
 from mtlkit.tasks import Task
 
 NOISE_VARIANCE = 0.01
@@ -66,3 +70,20 @@ def mmoe_synthetic_tasks() -> list[Task]:
 def mmoe_synthetic_schema(d: int = 100) -> SchemaSpec:
     # x is already standard normal: no rescaling, so the generator's geometry is kept.
     return SchemaSpec(numeric=[NumericFeature(name=f"x{i}", transform="none") for i in range(d)])
+
+
+class MMoESyntheticOptions(DatasetOptions):
+    n: int = Field(default=10_000, ge=10)
+    d: int = Field(default=100, ge=2)
+    c: float = 1.0
+    m: int = Field(default=10, ge=0)
+    p: float = Field(default=0.5, ge=-1.0, le=1.0)
+    seed: int = Field(default=0, ge=0)
+
+
+def _load(options: MMoESyntheticOptions) -> DatasetSplits:
+    parts = seeded_split(mmoe_synthetic(**options.model_dump()), {"validation": 0.1, "test": 0.1}, seed=options.seed)
+    return DatasetSplits(parts["train"], parts["validation"], parts["test"], mmoe_synthetic_tasks(), mmoe_synthetic_schema(options.d))
+
+
+DATASETS.register("mmoe_synthetic")(BuiltinDataset(MMoESyntheticOptions, _load))
