@@ -92,3 +92,36 @@ def test_download_into_cache(tmp_path, census_root, monkeypatch):
 def test_missing_census_root_is_named(tmp_path):
     with pytest.raises(DataError, match="census-income.data.gz: no such file"):
         load_census(tmp_path)
+
+
+def test_a_registered_dataset_is_a_config_name_with_validated_options():
+    import pyarrow as pa
+    from pydantic import Field
+
+    from mtlkit.config import RunConfig
+    from mtlkit.data.datasets import DATASETS, DatasetSplits
+    from mtlkit.data.datasets.registry import BuiltinDataset, DatasetOptions
+    from mtlkit.data.schema import NumericFeature, SchemaSpec
+    from mtlkit.errors import ConfigError
+    from mtlkit.run import prepare_data
+    from mtlkit.tasks import Task
+
+    class ToyOptions(DatasetOptions):
+        rows: int = Field(default=10, ge=1)
+
+    def load(options: ToyOptions) -> DatasetSplits:
+        table = pa.table({"x": [float(i) for i in range(options.rows)], "y": [i % 2 for i in range(options.rows)]})
+        return DatasetSplits(table, table, table, [Task(name="y", kind="binary")], SchemaSpec(numeric=[NumericFeature(name="x")]))
+
+    with pytest.raises(Exception, match="unknown dataset 'toy_for_test'"):
+        RunConfig.model_validate({"data": {"dataset": "toy_for_test"}})
+    DATASETS.register("toy_for_test")(BuiltinDataset(ToyOptions, load))  # the one line a new dataset adds
+    try:
+        prepared = prepare_data(RunConfig.model_validate({"data": {"dataset": "toy_for_test", "dataset_options": {"rows": 6}}}))
+        assert prepared.train.num_rows == 6 and prepared.names["test"] == "toy_for_test/test"
+        with pytest.raises(ConfigError, match=r"^data.dataset_options: unknown key 'size' for toy_for_test \(rows\)$"):
+            prepare_data(RunConfig.model_validate({"data": {"dataset": "toy_for_test", "dataset_options": {"size": 6}}}))
+        with pytest.raises(ConfigError, match=r"^data.dataset_options for toy_for_test: key 'rows'"):
+            prepare_data(RunConfig.model_validate({"data": {"dataset": "toy_for_test", "dataset_options": {"rows": 0}}}))
+    finally:
+        DATASETS.unregister("toy_for_test")

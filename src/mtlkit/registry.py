@@ -45,6 +45,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}"
             ) from None
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (a plug-in unloaded, a test's temporary entry) and return what it held."""
+        return self._items.pop(name)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
