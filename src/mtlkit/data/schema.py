@@ -125,9 +125,14 @@ class SchemaSpec(BaseModel):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The categorical, numeric and sequence features' columns, in that order."""
+        return [f.name for f in self.categorical] + [f.name for f in self.numeric] + [s.name for s in self.sequences]
+
     @model_validator(mode="after")
     def _check_references(self) -> SchemaSpec:
-        names = [f.name for f in [*self.categorical, *self.numeric, *self.sequences]]
+        names = self.feature_names
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate is not None:
             raise ValueError(f"feature {duplicate!r} is listed twice")
@@ -144,7 +149,7 @@ class SchemaSpec(BaseModel):
 
     def fit(self, train: TableLike, source: str = "training data") -> FittedSchema:
         train = as_arrow(train, source)  # a pandas DataFrame too
-        require_columns(train, [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]], source)
+        require_columns(train, [*self.feature_names, *(f.name for f in self.bias)], source)
         if not self.categorical and not self.numeric and not self.sequences:
             raise DataError("the schema has no features: list categorical, numeric and/or sequence columns")
         items = {s.name: sequence_items(s.name, s.separator, train.column(s.name), source)[1] for s in self.sequences}
@@ -184,7 +189,7 @@ class FittedSchema:
     @property
     def feature_columns(self) -> list[str]:
         """Columns every split must have (bias columns are optional at serving)."""
-        return [f.name for f in [*self.categorical, *self.numeric, *self.sequences]]
+        return [f.name for f in self.categorical] + [f.name for f in self.numeric] + [s.name for s in self.sequences]
 
     def encode(
         self,
