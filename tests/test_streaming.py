@@ -195,7 +195,8 @@ model: {{backbone: shared_bottom, options: {{hidden: [8]}}}}
 train: {{epochs: 1, batch_size: 256, progress: false}}
 """
     summary = train_run(load_config_text(text, "run.yaml"), tmp_path / "run")
-    assert summary["epochs_run"] == 1 and 0 < summary["validation"]["click"]["auc"] <= 1
+    assert summary["epochs_run"] == 1
+    assert summary["validation"]["click"]["auc"] > 0.6, summary["validation"]  # it learned from the stream (a constant: 0.5)
     assert (tmp_path / "run" / "schema.json").exists()
 
 
