@@ -54,8 +54,7 @@ def _train_one(backbone: str, p: float, seed: int, n: int, epochs: int) -> dict[
     parts = seeded_split(mmoe_synthetic(n=n, d=100, p=p, seed=seed), {"validation": 0.1, "test": 0.1}, seed=seed)
     tasks = mmoe_synthetic_tasks()
     schema = mmoe_synthetic_schema(100).fit(parts["train"])
-    encode = lambda t: schema.encode(t, tasks)  # noqa: E731
-    train, validation, test = encode(parts["train"]), encode(parts["validation"]), encode(parts["test"])
+    train, validation, test = (schema.encode(parts[split], tasks) for split in ("train", "validation", "test"))
     torch.manual_seed(seed)
     spec = ModelSpec(backbone=backbone, options=DEMO_OPTIONS.get(backbone, {}), tower=[8])
     model = build_model(spec, schema, tasks)

@@ -141,7 +141,9 @@ def encode_data(prepared: PreparedData) -> EncodedData:
     check_columns(prepared)
     stream = prepared.stream
     schema = stream.fit(prepared.features) if stream else prepared.features.fit(prepared.train, prepared.names["train"])
-    encode = lambda split, table: schema.encode(table, prepared.tasks, prepared.names[split])  # noqa: E731
+    def encode(split: str, table: pa.Table) -> EncodedTable:
+        return schema.encode(table, prepared.tasks, prepared.names[split])
+
     test = encode("test", prepared.test) if prepared.test is not None else None
     return EncodedData(schema, encode("train", prepared.train), encode("validation", prepared.validation), test)
 

@@ -55,7 +55,9 @@ class Batch:
         return next(iter(self.inputs.values())).shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
-        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        def move(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(device, non_blocking=True) for k, v in d.items()}
+
         return Batch(move(self.inputs), move(self.targets), move(self.masks), move(self.weights))
 
 

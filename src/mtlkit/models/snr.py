@@ -85,7 +85,9 @@ class SNR(Backbone):
     def __init__(self, input_dim: int, task_names: Sequence[str], options: SNROptions) -> None:
         super().__init__(input_dim, task_names, options)
         n, widths = options.subnetworks, options.hidden
-        bank = lambda d_in, d_out: ExpertBank(n, d_in, [d_out], options.activation, options.dropout)  # noqa: E731
+        def bank(d_in: int, d_out: int) -> ExpertBank:
+            return ExpertBank(n, d_in, [d_out], options.activation, options.dropout)
+
         self.subnetworks = nn.ModuleList([bank(input_dim, widths[0])] + [bank(a, b) for a, b in zip(widths[:-1], widths[1:])])
         # routes[l] feeds level l+1 from level l; the last one feeds the tasks.
         targets = [n] * (len(widths) - 1) + [len(self.task_names)]

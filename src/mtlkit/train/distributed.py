@@ -359,7 +359,9 @@ def sparse_exchange_parameters(table_params: Sequence[Tensor], balancer: nn.Modu
 
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
-    cut = lambda d: {k: v[rank::world] for k, v in d.items()}  # noqa: E731
+    def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v[rank::world] for k, v in d.items()}
+
     return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights))
 
 

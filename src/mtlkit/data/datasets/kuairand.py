@@ -95,7 +95,9 @@ def kuairand_tasks(names: Sequence[str] = TASKS) -> list[Task]:
 def kuairand_schema(columns: Sequence[str] | None = None) -> SchemaSpec:
     """The feature spec, restricted to ``columns`` when given (a file may lack some features)."""
     present = set(columns) if columns is not None else None
-    keep = lambda name: present is None or name in present  # noqa: E731
+    def keep(name: str) -> bool:
+        return present is None or name in present
+
     return SchemaSpec(
         categorical=[CategoricalFeature(name=c) for c in CATEGORICAL if keep(c)],
         numeric=[NumericFeature(name=c, transform=t) for c, t in NUMERIC.items() if keep(c)],

@@ -172,8 +172,9 @@ class RelationTask(NLPTask):
             words, offset = ex.context(self.context_window)
             for a, b in entity_pairs(ex):
                 sub, obj = ex.entities[a], ex.entities[b]
-                shift = lambda s, offset=offset: (s[0] + offset, s[1] + offset)  # noqa: E731
-                marked, s_at, o_at = mark_pair(words, shift(sub.span), shift(obj.span), sub.type, obj.type, self.markers)
+                sub_span = (sub.span[0] + offset, sub.span[1] + offset)
+                obj_span = (obj.span[0] + offset, obj.span[1] + offset)
+                marked, s_at, o_at = mark_pair(words, sub_span, obj_span, sub.type, obj.type, self.markers)
                 texts.append(marked)
                 starts.append((s_at, o_at))
                 rows.append((e, a, b, index[gold.get((sub.span, obj.span), NO_RELATION)]))

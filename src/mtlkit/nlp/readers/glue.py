@@ -87,8 +87,8 @@ def read_glue_tsv(path: str | Path, text: str = AUTO, pair: str | None = AUTO, l
                      "domain": _column(header, domain, (), path, "domain")}
             if index["text"] is None:
                 raise DataError(f"{path}: no text column ({' / '.join(TEXT_NAMES)}); set the option `text`")
-        get = lambda key, index=index, fields=fields: None if index[key] is None else fields[index[key]]  # noqa: E731
-        examples.append(TextExample(fields[index["text"]], get("pair"), get("label"), get("domain"), f"{path}:{number}"))
+        pair, label, domain = (None if index[key] is None else fields[index[key]] for key in ("pair", "label", "domain"))
+        examples.append(TextExample(fields[index["text"]], pair, label, domain, f"{path}:{number}"))
     return examples
 
 
