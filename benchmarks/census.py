@@ -35,6 +35,7 @@ from rich.table import Table
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
 from mtlkit.models import ModelSpec, build_model
+from mtlkit.optim import EmbeddingOptimizerSpec, table_field_names
 from mtlkit.train import Trainer, TrainSpec, evaluate
 
 # MMoE paper (Ma et al., KDD 2018), Table 1 (group 1): test AUC as (best, mean) over its repeated
@@ -73,9 +74,11 @@ def run_one(backbone: str, options: dict, balancer: str, seed: int, data, schema
     train_spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, monitor="auc",
                            patience=args.patience, progress=False)
     balancing = build_balancer(BalancerSpec(name=balancer, options=BALANCER_OPTIONS.get(balancer, {})), data.tasks)
-    trainer = Trainer(model, data.tasks, balancing, train_spec)
+    tables = EmbeddingOptimizerSpec(name=args.embedding_optimizer)  # what `mtlkit train` uses: model.embedding_optimizer
+    trainer = Trainer(model, data.tasks, balancing, train_spec, embedding_optimizer=tables,
+                      table_fields=table_field_names(schema))
     result = trainer.fit(encoded["train"].batches(args.batch_size, shuffle=True, seed=seed), encoded["validation"])
-    row = {"backbone": backbone, "balancer": balancer, "options": json.dumps(options, separators=(",", ":")),
+    row = {"backbone": backbone, "balancer": balancer, "embedding_optimizer": args.embedding_optimizer, "options": json.dumps(options, separators=(",", ":")),
            "seed": seed, "tuning": False, "epochs": len(result.history), "best_epoch": json.dumps(result.best_epoch),
            "train_seconds": round(result.train_seconds, 1)}
     for task in data.tasks:
@@ -106,6 +109,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embedding-dim", type=int, default=8)
+    parser.add_argument("--embedding-optimizer", default="dense",
+                        help="the tables' optimiser: dense (train.lr Adam, the protocol of the published table) or "
+                             "a model.embedding_optimizer name (rowwise_adagrad: mtlkit train's default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))

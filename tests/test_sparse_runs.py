@@ -24,13 +24,13 @@ from test_sparse_tables import TASKS, _batch, _model
 
 from conftest import InterruptAfter, click_table
 
-BUCKETS = 20_000  # hashed item ids: 30 distinct items touch at most 30 of these rows
+BUCKETS = 60_000  # hashed item ids (over `auto`'s 50,000 rows): 30 distinct items touch at most 30 of these rows
 
 
-def _config(**model) -> RunConfig:
+def _config(buckets: int = BUCKETS, **model) -> RunConfig:
     return RunConfig.model_validate({
         "seed": 0,
-        "features": {"categorical": ["user", {"name": "item", "hash_buckets": BUCKETS}], "numeric": [{"name": "price", "transform": "log1p"}]},
+        "features": {"categorical": ["user", {"name": "item", "hash_buckets": buckets}], "numeric": [{"name": "price", "transform": "log1p"}]},
         "tasks": [{"name": "click", "kind": "binary"}, {"name": "buy", "kind": "binary", "mask": {"column": "click", "equals": 1}}],
         "model": {"backbone": "shared_bottom", "options": {"hidden": [8]}, "embedding_dim": 4, "tower": [4], **model},
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "optimizer": "adamw", "weight_decay": 0.01, "monitor": "auc",
@@ -47,10 +47,10 @@ class TableAtStart(Callback):
             self.before = trainer.model.encoder.embedding.table.weight.detach().clone()
 
 
-def _train(tmp_path, **model) -> tuple[dict, TableAtStart]:
+def _train(tmp_path, buckets: int = BUCKETS, **model) -> tuple[dict, TableAtStart]:
     probe = TableAtStart()
     tables = {"train": click_table(600, 0), "validation": click_table(300, 1)}
-    summary = train_run(_config(**model), tmp_path / "run", callbacks=[probe], tables=tables)
+    summary = train_run(_config(buckets, **model), tmp_path / "run", callbacks=[probe], tables=tables)
     return summary, probe
 
 
@@ -76,6 +76,13 @@ def test_dense_option_keeps_the_tables_in_the_dense_optimizer(tmp_path):
     assert any(table is p for g in trainer.optimizer.param_groups for p in g["params"])
     moved = (table.detach() != probe.before).any(dim=1)
     assert int(moved.sum()) > BUCKETS // 2  # AdamW's decay reaches every row, touched or not
+
+
+def test_auto_trains_small_tables_dense_and_a_named_optimizer_applies_at_any_size(tmp_path):
+    _, probe = _train(tmp_path / "auto", buckets=1_000)  # 1,000 + 21 rows: under auto's 50,000
+    assert probe.trainer.optimizers.tables == []
+    _, probe = _train(tmp_path / "named", buckets=1_000, embedding_optimizer={"name": "sgd", "lr": 0.1})
+    assert [type(o).__name__ for o in probe.trainer.optimizers.tables] == ["RowSGD"]
 
 
 def _trainer(run_dir, spec: EmbeddingOptimizerSpec) -> tuple[Trainer, object, EncodedTable]:

@@ -253,7 +253,7 @@ def test_optimizer_set_state_dict_round_trip():
 
 
 def test_spec_rejects_bad_names_options_and_fields():
-    with pytest.raises(ValidationError, match="unknown embedding optimizer 'adagrad'; choose one of: lazy_adam, rowwise_adagrad, sgd, dense"):
+    with pytest.raises(ValidationError, match="unknown embedding optimizer 'adagrad'; choose one of: auto, lazy_adam, rowwise_adagrad, sgd, dense"):
         EmbeddingOptimizerSpec(name="adagrad")
     with pytest.raises(ValidationError, match="per_field.user_id.name: unknown embedding optimizer 'ftrl'"):
         EmbeddingOptimizerSpec(per_field={"user_id": {"name": "ftrl"}})

@@ -27,7 +27,7 @@ from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
 from mtlkit.optim.build import table_field_names
-from mtlkit.optim.spec import EmbeddingOptimizerSpec, check_fields
+from mtlkit.optim.spec import AUTO, EmbeddingOptimizerSpec, check_fields
 from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
@@ -40,8 +40,9 @@ class ModelSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     embedding_dim: int = Field(default=8, ge=1)
     embedding_table: str = "fused"  # a backend of mtlkit.nn.embedding_tables: fused | per_field | a registered one
-    # how the tables train: row-wise AdaGrad on the rows a batch touched (default), lazy Adam, SGD, or dense
-    embedding_optimizer: EmbeddingOptimizerSpec = Field(default_factory=EmbeddingOptimizerSpec)
+    # how the tables train: auto (row-wise AdaGrad on the rows a batch touched for tables over 50k rows,
+    # else dense), rowwise_adagrad, lazy_adam, sgd or dense (mtlkit.optim.spec)
+    embedding_optimizer: EmbeddingOptimizerSpec = Field(default_factory=lambda: EmbeddingOptimizerSpec(name=AUTO))
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     relations: TaskRelations = Field(default_factory=TaskRelations)

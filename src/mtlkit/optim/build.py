@@ -55,8 +55,11 @@ def table_field_names(schema: Any) -> list[str]:
 
 def build_table_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec,
                            field_names: Sequence[str] | None = None) -> list[TableOptimizer]:
-    """Set the tables' gradient mode from ``spec`` and return their optimisers (none for ``dense``)."""
+    """Set the tables' gradient mode from ``spec`` and return their optimisers (none for ``dense``;
+    ``auto`` resolved by the tables' total row count)."""
     tables = embedding_tables(model)
+    weights = {id(r.weight): r.weight for table in tables for r in table.field_rows()}
+    spec = spec.for_rows(sum(w.shape[0] for w in weights.values()))
     for table in tables:
         table.set_sparse_gradients(not spec.dense)
     if spec.dense:
