@@ -12,6 +12,7 @@ from mtlkit.models import (
     shared_bottom,
     single_task,
     snr,
+    star,
     stem,
     youtube_mmoe,
 )

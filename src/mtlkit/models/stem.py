@@ -14,6 +14,8 @@ shared by every copy. At each level:
   task ``t``'s loss trains only its own experts, the shared ones and its own embedding (and the shared one);
 * at non-final levels a shared gate on ``x^s`` mixes all experts (no stop-gradient) into the next
   level's shared input; task ``t``'s output is its next input (the authors' multi-layer STEM).
+  So from level 2 on, task ``t``'s loss reaches other tasks' lower experts through the shared
+  input, as in the authors' code; with one level (the default) it never does.
 
 Example:
     >>> import torch
