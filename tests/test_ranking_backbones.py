@@ -423,3 +423,61 @@ def test_batch_norm_in_experts_and_towers(data):
     assert model.backbone.experts.norms[0].num_batches_tracked == 1
     plain = build_model(ModelSpec(backbone="mmoe"), schema, MODEL_TASKS)
     assert plain.backbone.experts.norms is None and not any(isinstance(m, BatchNorm) for m in plain.modules())
+
+
+# -- end to end: a scenario column through train, evaluate and the CLI -------------------------
+
+
+def scenario_config(**model) -> dict:
+    return {
+        "seed": 0,
+        "features": {"categorical": ["user", "item", "country"], "numeric": ["x0", "x1"]},
+        "tasks": [{"name": "click", "kind": "binary"}, {"name": "watch", "kind": "regression"}],
+        "model": {"backbone": "star", "options": {"hidden": [8]}, "embedding_dim": 3, "scenario": "country", **model},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "progress": False},
+    }
+
+
+def test_evaluate_reports_metrics_per_scenario_and_unseen_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from mtlkit.cli import app
+    from mtlkit.config import RunConfig
+    from mtlkit.run import evaluate_run, train_run
+
+    train, valid = table(600, 0), table(300, 1)
+    train_run(RunConfig.model_validate(scenario_config()), tmp_path / "run", tables={"train": train, "validation": valid})
+    test = table(300, 2)
+    country = np.array(test.column("country").to_pylist(), dtype=object)
+    country[:50] = "never-seen"
+    test = test.set_column(test.schema.get_field_index("country"), "country", pa.array(country.tolist()))
+    evaluation = evaluate_run(tmp_path / "run", test)
+    by = evaluation.scenarios["data"]
+    assert set(by) == {"(unseen)", "c0", "c1", "c2", "c3"}
+    assert by["(unseen)"]["click"]["rows"] == 50 and sum(s["click"]["rows"] for s in by.values()) == 300
+    assert all(0.0 <= s["click"]["auc"] <= 1.0 for name, s in by.items() if name != "(unseen)")
+    path = tmp_path / "test.csv"
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(test, path)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--data", str(path), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "per scenario" in result.output and "(unseen)" in result.output
+    import json
+
+    assert set(json.loads((tmp_path / "m.json").read_text())["scenarios"][str(path)]) == set(by)
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"scenario": "device"}, r"model.scenario: 'device' is not a categorical feature"),
+    ({"scenario": None}, r"model.scenario: backbone star needs a scenario column"),
+    ({"options": {"hidden": [8], "aux": [4]}}, r"aux"),
+])
+def test_bad_scenario_configs_fail_before_the_run_directory_is_written(tmp_path, model, message):
+    from mtlkit.config import RunConfig
+    from mtlkit.run import train_run
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        config = RunConfig.model_validate(scenario_config(**model))
+        train_run(config, tmp_path / "run", tables={"train": table(200, 0), "validation": table(100, 1)})
+    assert not (tmp_path / "run").exists()
