@@ -35,6 +35,8 @@ class Backbone(nn.Module):
     Options: ClassVar[type[BackboneOptions]] = BackboneOptions
     #: True when every task gets its own copy of the whole network, inputs included.
     independent_tasks: ClassVar[bool] = False
+    #: True when the backbone needs ``model.scenario`` (STAR): data without a scenario column cannot train it.
+    needs_scenario: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: BackboneOptions) -> None:
         super().__init__()

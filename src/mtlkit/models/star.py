@@ -122,6 +122,7 @@ class StarLinear(nn.Module):
 @BACKBONES.register("star")
 class STAR(Backbone):
     Options = STAROptions
+    needs_scenario = True
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: STAROptions, layout: InputLayout | None = None) -> None:
         super().__init__(input_dim, task_names, options)
