@@ -15,6 +15,7 @@ backbone with each loss balancer (issue: MMoE × every balancer).
     python benchmarks/census.py --group 2 --seeds 5 --options-from benchmark-results/census_group1_summary.json \
         --backbones single_task shared_bottom omoe mmoe cgc ple
     python benchmarks/census.py --group 1 --seeds 3 --backbones mmoe --balancers fixed uncertainty dwa mgda
+    python benchmarks/census.py --group 1 --seeds 5 --backbones mmoe adatt home home_nofix pepnet dbmtl stem mmoe_bn
 
 Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
 ``census_group<G>[_<tag>]_summary.json`` to --out.
@@ -62,14 +63,27 @@ GRID = {
             {"experts_per_task": 2, "shared_experts": 2, "expert_hidden": [64]}],
     "ple": [{"experts_per_task": 1, "shared_experts": 1, "levels": 2, "expert_hidden": [64]},
             {"experts_per_task": 2, "shared_experts": 2, "levels": 2, "expert_hidden": [64]}],
+    # 2022–2024 backbones (issue 18): defaults sized like MMoE/PLE above (64-unit experts or towers).
+    "adatt": [{"levels": 2, "experts_per_task": 1, "shared_experts": 1, "expert_hidden": [64]},
+              {"levels": 2, "experts_per_task": 2, "shared_experts": 0, "expert_hidden": [64]}],
+    "home": [{"expert_hidden": [64], "shared_experts": 2, "experts_per_task": 1, "group_experts": 1}],
+    "home_nofix": [{"expert_hidden": [64], "shared_experts": 2, "experts_per_task": 1, "group_experts": 1,
+                    "expert_norm": False, "hierarchy_mask": False, "feature_gates": False, "self_gates": False}],
+    "pepnet": [{"hidden": [64], "domain_features": ["sex"], "prior_features": ["major_occ_code", "major_ind_code", "class_worker"],
+                "gate_hidden": 64}],
+    "dbmtl": [{"bottom": [128], "tower": [64], "relation": [32]}],
+    "stem": [{"experts_per_task": 1, "shared_experts": 1, "expert_hidden": [64]}],
+    "mmoe_bn": [{"experts": 4, "expert_hidden": [64], "batch_norm": True}],
 }
+# Table rows that are a registered backbone under another name (an ablation or an option set).
+ALIASES = {"home_nofix": "home", "mmoe_bn": "mmoe"}
 # Balancer options that differ from the defaults (none needed so far).
 BALANCER_OPTIONS: dict[str, dict] = {}
 
 
 def run_one(backbone: str, options: dict, balancer: str, seed: int, data, schema, encoded, args) -> dict:
     torch.manual_seed(seed)
-    spec = ModelSpec(backbone=backbone, options=options, embedding_dim=args.embedding_dim, tower=[32])
+    spec = ModelSpec(backbone=ALIASES.get(backbone, backbone), options=options, embedding_dim=args.embedding_dim, tower=[32])
     model = build_model(spec, schema, data.tasks)
     train_spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, monitor="auc",
                            patience=args.patience, progress=False)
@@ -111,7 +125,9 @@ def main() -> None:
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--embedding-optimizer", default="dense",
                         help="the tables' optimiser: dense (train.lr Adam, the protocol of the published table) or "
-                             "a model.embedding_optimizer name (rowwise_adagrad: mtlkit train's default)")
+                             "a model.embedding_optimizer name (auto: mtlkit train's default)")
+    parser.add_argument("--train-rows", type=int, default=None,
+                        help="reduced scale: a seeded random subset of this many training rows (validation and test stay whole)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
@@ -120,6 +136,9 @@ def main() -> None:
     console = Console(width=160)
 
     data = load_census(args.root, group=args.group)
+    if args.train_rows is not None and args.train_rows < data.train.num_rows:
+        keep = np.sort(np.random.default_rng(0).permutation(data.train.num_rows)[: args.train_rows])
+        data.train = data.train.take(keep)
     schema = data.schema.fit(data.train)
     encoded = {s: schema.encode(getattr(data, s), data.tasks, s) for s in ("train", "validation", "test")}
     names = [t.name for t in data.tasks]

@@ -6,21 +6,37 @@ same process so the ratios are comparable.
 
     python benchmarks/throughput.py --root ../shared/data/census_income_kdd
     python benchmarks/throughput.py --backbones shared_bottom single_task --epochs 2
+    python benchmarks/throughput.py --backbones mmoe adatt home home_nofix pepnet dbmtl stem --train-rows 50000
+
+Each backbone runs with the first setting of its ``GRID`` entry in ``benchmarks/census.py`` (the
+census protocol's default; ``home_nofix`` is HoME with its four fixes off).
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import resource
 import time
 
 import torch
+from census import ALIASES, GRID  # the census protocol's settings (benchmarks/census.py)
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.run import count_parameters
 from mtlkit.train import Trainer, TrainSpec
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def peak_rss_mib() -> float:
@@ -34,22 +50,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-rows", type=int, default=None, help="time on the first N training rows only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     data = load_census(args.root, group=1)
     schema = data.schema.fit(data.train)
-    train = schema.encode(data.train, data.tasks)
+    train = schema.encode(data.train if args.train_rows is None else data.train.slice(0, args.train_rows), data.tasks)
     validation = schema.encode(data.validation.slice(0, 1000), data.tasks)
+    print(f"CPU: {platform.processor() or platform.machine()} ({cpu_model()})")
     print(f"census group 1: {len(train)} training rows, batch {args.batch_size}, {args.threads} threads, "
           f"torch {torch.__version__}; peak RSS after loading data: {peak_rss_mib():.0f} MiB")
     print(f"{'backbone':<16}{'params':>10}{'samples/s':>12}{'ms/step':>10}{'peak RSS MiB':>14}")
     baseline = None
     for backbone in args.backbones:
         torch.manual_seed(0)
-        model = build_model(ModelSpec(backbone=backbone, embedding_dim=8, tower=[32]), schema, data.tasks)
-        spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, progress=False, patience=None)
-        trainer = Trainer(model, data.tasks, build_balancer(BalancerSpec(), data.tasks), spec)
+        options = GRID[backbone][0] if backbone in GRID else {}
+        spec = ModelSpec(backbone=ALIASES.get(backbone, backbone), options=options, embedding_dim=8, tower=[32])
+        model = build_model(spec, schema, data.tasks)
+        train_spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, progress=False, patience=None)
+        trainer = Trainer(model, data.tasks, build_balancer(BalancerSpec(), data.tasks), train_spec)
         # One warm-up epoch on a slice so allocation and first-call costs are not timed.
         trainer.fit(train.subset(torch.arange(20 * args.batch_size)).batches(args.batch_size, shuffle=True), validation)
         start = time.perf_counter()

@@ -33,12 +33,17 @@ def toy_table(n: int, seed: int) -> pa.Table:
 SPEC = SchemaSpec(categorical=[CategoricalFeature(name="cat")], numeric=[NumericFeature(name="x0"), NumericFeature(name="x1")])
 
 
+def scenario_of(backbone: str) -> dict:
+    """STAR needs a scenario column (model.scenario): the categorical feature here."""
+    return {"scenario": "cat"} if backbone == "star" else {}
+
+
 @pytest.mark.parametrize("backbone", BACKBONES.names())
 @pytest.mark.parametrize("batch", [1, 7])
 def test_output_shapes(backbone, batch):
     table = toy_table(50, 0)
     schema = SPEC.fit(table)
-    model = build_model(ModelSpec(backbone=backbone, tower=[4]), schema, TASKS).eval()
+    model = build_model(ModelSpec(backbone=backbone, tower=[4], **scenario_of(backbone)), schema, TASKS).eval()
     encoded = schema.encode(table.slice(0, batch), TASKS)
     out = model(encoded.inputs)
     assert out["a"].shape == (batch,) and out["b"].shape == (batch,) and out["c"].shape == (batch, 3)
@@ -50,7 +55,7 @@ def test_every_backbone_beats_a_constant_predictor(backbone):
     schema = SPEC.fit(train_table)
     train, test = schema.encode(train_table, TASKS), schema.encode(test_table, TASKS)
     torch.manual_seed(0)
-    model = build_model(ModelSpec(backbone=backbone, embedding_dim=4), schema, TASKS)
+    model = build_model(ModelSpec(backbone=backbone, embedding_dim=4, **scenario_of(backbone)), schema, TASKS)
     trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(), TASKS),
                       TrainSpec(epochs=15, batch_size=64, lr=3e-3, progress=False, patience=None))
     trainer.fit(train.batches(64, shuffle=True), test)

@@ -93,9 +93,13 @@ def evaluate(
         print_table(gate_table(evaluation.gates), console)
     if evaluation.fusion:
         print_table(metrics_table("fused ranking score (fused/…) next to each task's own prediction (own/…)", evaluation.fusion), console)
+    if evaluation.scenarios:
+        per_scenario = {f"{split} / {name}": tasks for split, by in evaluation.scenarios.items() for name, tasks in by.items()}
+        print_table(metrics_table("per scenario (model.scenario)", per_scenario), console)
     if json_out:
         gates = {name: asdict(s) for name, s in (evaluation.gates or {}).items()}
-        extra = {**({"gates": gates} if gates else {}), **({"fusion": evaluation.fusion} if evaluation.fusion else {})}
+        extra = {**({"gates": gates} if gates else {}), **({"fusion": evaluation.fusion} if evaluation.fusion else {}),
+                 **({"scenarios": evaluation.scenarios} if evaluation.scenarios else {})}
         try:
             write_text(json_out, json.dumps({**evaluation.metrics, **extra}, indent=1), "--json")
         except MtlkitError as error:

@@ -45,7 +45,8 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def demo_backbones() -> list[str]:
-    return [BASELINE] + [name for name in BACKBONES.names() if name != BASELINE]
+    # Multi-scenario backbones (STAR) need a scenario column the demo's data does not have.
+    return [BASELINE] + [name for name in BACKBONES.names() if name != BASELINE and not BACKBONES.get(name).needs_scenario]
 
 
 def _train_one(backbone: str, p: float, seed: int, n: int, epochs: int) -> dict[str, Any]:

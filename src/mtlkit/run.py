@@ -303,6 +303,7 @@ class Evaluation:
     metrics: dict[str, dict[str, dict[str, float]]]  # split -> task -> metric
     gates: dict[str, GateStats] | None  # on the first split, for gated backbones
     fusion: dict[str, dict[str, dict[str, float]]] | None = None  # split -> task -> own/fused metric
+    scenarios: dict[str, dict[str, dict[str, dict[str, float]]]] | None = None  # split -> scenario -> task -> metric
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None) -> Evaluation:
@@ -324,7 +325,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path | TableLike | None = None
     fusion = None
     if run.model.fusion is not None:
         fusion = {split: fusion_report(run.model, run.tasks, table, batch) for split, table in tables.items()}
-    return Evaluation(metrics, gates, fusion)
+    scenarios = None
+    if run.config.model.scenario is not None:  # model.scenario: metrics per scenario value (mtlkit.scenarios)
+        from mtlkit.scenarios import scenario_metrics
+
+        field = [f.name for f in run.schema.categorical].index(run.config.model.scenario)
+        feature = run.schema.categorical[field]
+        scenarios = {split: scenario_metrics(run.model, run.tasks, table, feature, field, batch) for split, table in tables.items()}
+    return Evaluation(metrics, gates, fusion, scenarios)
 
 
 def predict_table(run: LoadedRun, table: TableLike, source: str = "data") -> dict[str, np.ndarray]:

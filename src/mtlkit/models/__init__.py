@@ -1,13 +1,19 @@
 """Backbones (a registry: one file + one line per architecture) and the assembled model."""
 
 from mtlkit.models import (
+    adatt,
     cross_stitch,
+    dbmtl,
     dselect_k,
+    home,
     mmoe,
+    pepnet,
     ple,
     shared_bottom,
     single_task,
     snr,
+    star,
+    stem,
     youtube_mmoe,
 )
 from mtlkit.models.base import BACKBONES, Backbone, BackboneOptions

@@ -13,13 +13,16 @@ its hyper-parameters, validated before any work starts — and registers under a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from mtlkit.registry import Registry
+
+if TYPE_CHECKING:
+    from mtlkit.models.layout import InputLayout
 
 
 class BackboneOptions(BaseModel):
@@ -32,6 +35,8 @@ class Backbone(nn.Module):
     Options: ClassVar[type[BackboneOptions]] = BackboneOptions
     #: True when every task gets its own copy of the whole network, inputs included.
     independent_tasks: ClassVar[bool] = False
+    #: True when the backbone needs ``model.scenario`` (STAR): data without a scenario column cannot train it.
+    needs_scenario: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: BackboneOptions) -> None:
         super().__init__()
@@ -47,6 +52,26 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``(B, input_dim)`` → ``{task: (B, output_dim)}``."""
         raise NotImplementedError
+
+    # -- construction hooks: what a backbone that looks inside its input needs -------------------
+    @classmethod
+    def create(cls, input_dim: int, task_names: Sequence[str], options: BackboneOptions, layout: InputLayout) -> Backbone:
+        """Build from the model spec; ``layout`` says where each feature sits in ``x`` (PEPNet's prior
+        features, STEM's embedding copies, STAR's scenario field). Default: ignore it."""
+        return cls(input_dim, task_names, options)
+
+    @classmethod
+    def embedding_copies(cls, options: BackboneOptions, n_tasks: int) -> int:
+        """How many embeddings of each categorical field the encoder makes (STEM: one per task + shared)."""
+        return 1
+
+    def run(self, x: Tensor, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The model's call: ``x`` plus the raw batch ``inputs`` (scenario ids) for backbones that read them."""
+        return self(x)
+
+    def gate_weights_on(self, x: Tensor, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`gate_weights` with the raw batch inputs, as :meth:`run` is to ``forward``."""
+        return self.gate_weights(x)
 
     # -- optional hooks: defaults for a backbone without them ------------------------------------
     def regularization_loss(self) -> Tensor | None:

@@ -22,6 +22,7 @@ from mtlkit.data.schema import FittedSchema
 from mtlkit.errors import ConfigError
 from mtlkit.models.base import BACKBONES, BackboneOptions
 from mtlkit.models.fusion import FusionSpec
+from mtlkit.models.layout import InputLayout
 from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
@@ -48,6 +49,12 @@ class ModelSpec(BaseModel):
     relations: TaskRelations = Field(default_factory=TaskRelations)
     shallow_tower: ShallowTowerSpec | None = None
     fusion: FusionSpec | None = None
+    #: A categorical feature naming each row's scenario (country, device): STAR's scenario-specific
+    #: weights read it, and ``mtlkit evaluate`` reports metrics per scenario. Id 0 (a value unseen in
+    #: training) gets the shared weights only.
+    scenario: str | None = None
+    #: BatchNorm after each hidden linear layer of the task towers (torch-rechub's census setting).
+    tower_batch_norm: bool = False
 
     @model_validator(mode="after")
     def _check_backbone(self) -> ModelSpec:
@@ -65,10 +72,21 @@ class ModelSpec(BaseModel):
         return BACKBONES.get(self.backbone).Options(**self.options)
 
 
+def input_layout(spec: ModelSpec, schema: FittedSchema, n_tasks: int) -> InputLayout:
+    """Where each feature sits in the encoder's output for ``spec``'s backbone (see :mod:`mtlkit.models.layout`)."""
+    copies = BACKBONES.get(spec.backbone).embedding_copies(spec.backbone_options(), n_tasks)
+    layout = InputLayout([f.name for f in schema.categorical], schema.cardinalities, spec.embedding_dim,
+                         schema.numeric_dim, len(schema.sequences), copies, spec.scenario)
+    if spec.scenario is not None:
+        layout.index(spec.scenario, "model.scenario")
+    return layout
+
+
 def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> None:
     """What the spec says about tasks and features must match them; ConfigError names the key."""
     names = {t.name: t for t in tasks}
     check_fields(spec.embedding_optimizer, table_field_names(schema))
+    input_layout(spec, schema, len(tasks))
     try:
         spec.relations.check(tasks)
     except ValueError as error:
@@ -98,8 +116,9 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
     default_biased = [t.name for t in tasks if t.kind is TaskKind.BINARY and t.name not in derived]
 
     def assemble(model_tasks: Sequence[Task]) -> MultiTaskModel:
-        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table)
-        backbone = backbone_cls(encoder.output_dim, [t.name for t in model_tasks], options)
+        layout = input_layout(spec, schema, len(model_tasks))
+        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies)
+        backbone = backbone_cls.create(encoder.output_dim, [t.name for t in model_tasks], options, layout)
         shallow = None
         if spec.shallow_tower is not None:
             wanted = spec.shallow_tower.tasks if spec.shallow_tower.tasks is not None else default_biased
@@ -107,7 +126,7 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
             if biased:
                 shallow = ShallowTower(schema.bias_cardinalities, biased, spec.shallow_tower)
         return MultiTaskModel(encoder, backbone, model_tasks, spec.tower, spec.tower_dropout,
-                              spec.relations, shallow, spec.fusion)
+                              spec.relations, shallow, spec.fusion, spec.tower_batch_norm)
 
     if backbone_cls.independent_tasks:
         return IndependentTaskModels({t.name: assemble([t]) for t in tasks}, spec.fusion)

@@ -43,6 +43,7 @@ class ExpertGateOptions(BackboneOptions):
     k: int = Field(default=2, ge=1, description="dselect_k: number of single-expert selectors")
     gamma: float = Field(default=1.0, gt=0.0, description="dselect_k: width of the smooth-step")
     gate_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = Field(default=False, description="BatchNorm after each expert layer (per expert, per unit)")
 
 
 class MoEOptions(ExpertGateOptions):
@@ -62,7 +63,8 @@ class MixtureOfExperts(Backbone):
         super().__init__(input_dim, task_names, options)
         self.bottom, width = self._make_bottom(input_dim, options)
         self.gate_names = self._make_gate_names()
-        self.experts = ExpertBank(options.experts, width, options.expert_hidden, options.activation, options.dropout)
+        self.experts = ExpertBank(options.experts, width, options.expert_hidden, options.activation, options.dropout,
+                                  options.batch_norm)
         self.gates = make_gates(options, width, len(self.gate_names), options.experts)
         self.output_dim = self.experts.output_dim
 

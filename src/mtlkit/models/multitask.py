@@ -39,9 +39,9 @@ from mtlkit.tasks import Task
 class TaskHead(nn.Module):
     """A task's tower MLP followed by the linear output layer."""
 
-    def __init__(self, input_dim: int, task: Task, hidden: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(self, input_dim: int, task: Task, hidden: Sequence[int], dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
-        self.tower = MLP(input_dim, hidden, dropout=dropout)
+        self.tower = MLP(input_dim, hidden, dropout=dropout, batch_norm=batch_norm)
         self.output = nn.Linear(self.tower.output_dim, task.output_dim)
         self.squeeze = task.output_dim == 1
 
@@ -67,6 +67,7 @@ class MultiTaskModel(TrainableModel):
         relations: TaskRelations | None = None,
         shallow_tower: ShallowTower | None = None,
         fusion: FusionSpec | None = None,
+        tower_batch_norm: bool = False,
     ) -> None:
         super().__init__([t.name for t in tasks])
         self.encoder = encoder
@@ -80,7 +81,7 @@ class MultiTaskModel(TrainableModel):
             return backbone.output_dim + sum(self.tasks[p.source].output_dim for p in self.relations.sources(name))
 
         self.heads = nn.ModuleDict(
-            {t.name: TaskHead(input_dim(t.name), t, tower_hidden, tower_dropout) for t in tasks if t.name not in derived}
+            {t.name: TaskHead(input_dim(t.name), t, tower_hidden, tower_dropout, tower_batch_norm) for t in tasks if t.name not in derived}
         )
         aitm = self.relations.aitm
         if aitm is not None:
@@ -104,7 +105,7 @@ class MultiTaskModel(TrainableModel):
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
         encoded = self.encoder(inputs)
-        reps = self.backbone(encoded)
+        reps = self.backbone.run(encoded, inputs)
         if self.keep_shared_features and torch.is_grad_enabled():
             # The backbone's own shared tensor if it names one (e.g. MoE expert outputs), else the
             # one tensor all tasks read (shared-bottom), else the encoder output.
@@ -182,7 +183,7 @@ class MultiTaskModel(TrainableModel):
             yield from self.heads[task].parameters()
 
     def gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return self.backbone.gate_weights(self.encoder(inputs))
+        return self.backbone.gate_weights_on(self.encoder(inputs), inputs)
 
     def gate_experts(self) -> dict[str, list[str]]:
         return self.backbone.gate_experts()

@@ -55,7 +55,8 @@ class ExtractionLevel(nn.Module):
         per_task, shared = options.experts_per_task, options.shared_experts
         n_experts = n_tasks * per_task + shared
         self.n_tasks, self.n_experts = n_tasks, n_experts
-        self.experts = ExpertBank(n_experts, input_dim, options.expert_hidden, options.activation, options.dropout)
+        self.experts = ExpertBank(n_experts, input_dim, options.expert_hidden, options.activation, options.dropout,
+                                  options.batch_norm)
         self.task_gates = make_gates(options, input_dim, n_tasks, per_task + shared)
         self.shared_gate = None if final else make_gates(options, input_dim, 1, n_experts)
         # Which previous output each expert reads: task t's experts read t's, shared ones read K.

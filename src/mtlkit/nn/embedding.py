@@ -48,16 +48,22 @@ class TabularEncoder(nn.Module):
         embedding_dim: int,
         sequences: Sequence[SequenceField] = (),
         table: str = "fused",
+        copies: int = 1,
     ) -> None:
         super().__init__()
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         self.num_categorical = len(cardinalities)
+        self.copies = copies
         own = [s.cardinality for s in sequences if s.shared_field is None]
-        fields = [*cardinalities, *own]
+        # ``copies`` independent embeddings per categorical field (STEM's shared and task-specific
+        # tables): copy c of field f is table field c·F + f, all in the one registered table.
+        fields = [*cardinalities, *(list(cardinalities) * (copies - 1)), *own]
         self.embedding = EMBEDDING_TABLES.get(table)(fields, embedding_dim) if fields else None
         self.numeric_dim = numeric_dim
         self.sequences = list(sequences)
         self._sequence_fields: list[int] = []  # the fused-table field each sequence reads
-        next_own = len(cardinalities)
+        next_own = len(cardinalities) * copies
         attention: dict[str, nn.Module] = {}
         for i, seq in enumerate(self.sequences):
             if (seq.shared_field is None) == (seq.cardinality <= 0):
@@ -75,10 +81,10 @@ class TabularEncoder(nn.Module):
             if seq.pooling == "din":
                 attention[str(i)] = DinAttention(embedding_dim, seq.attention_hidden, normalize=seq.normalize)
         self.attention = nn.ModuleDict(attention)
-        self.output_dim = (len(cardinalities) + len(self.sequences)) * embedding_dim + numeric_dim
+        self.output_dim = (len(cardinalities) * copies + len(self.sequences)) * embedding_dim + numeric_dim
 
     @classmethod
-    def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused") -> TabularEncoder:
+    def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused", copies: int = 1) -> TabularEncoder:
         """The encoder for a fitted schema: categoricals, numerics and its sequence features."""
         index = {f.name: i for i, f in enumerate(schema.categorical)}
         fields = [
@@ -91,15 +97,17 @@ class TabularEncoder(nn.Module):
             )
             for s in schema.sequences
         ]
-        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table)
+        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = []
         categorical = None
         if self.num_categorical:
             assert self.embedding is not None
-            categorical = self.embedding(inputs["categorical"])  # (B, F, D)
-            parts.append(categorical.flatten(1))
+            ids = inputs["categorical"]
+            all_copies = self.embedding(ids.repeat(1, self.copies) if self.copies > 1 else ids)  # (B, copies·F, D)
+            categorical = all_copies[:, : self.num_categorical]  # copy 0: what sequences attend against
+            parts.append(all_copies.flatten(1))
         if self.numeric_dim:
             parts.append(inputs["numeric"])
         for i, (seq, field) in enumerate(zip(self.sequences, self._sequence_fields)):

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.nn.mlp import BatchNorm
+
 # Parameter-free activations only: a learned PReLU would be shared across experts.
 EXPERT_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -67,10 +69,12 @@ class BatchedLinear(nn.Module):
 
 
 class ExpertBank(nn.Module):
-    """``n_experts`` MLPs of identical shape (Linear → activation → dropout per hidden layer).
+    """``n_experts`` MLPs of identical shape (Linear → [BatchNorm] → activation → dropout per hidden layer).
 
     Layer for layer the same computation as ``n_experts`` separate :class:`mtlkit.nn.MLP`s, so
-    a bank and a list of MLPs with copied weights give the same outputs.
+    a bank and a list of MLPs with copied weights give the same outputs. ``batch_norm`` normalises
+    each expert's units over the batch (one ``BatchNorm1d`` over the ``E·out`` columns: per expert,
+    per unit, as a BatchNorm in each separate MLP would).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ExpertBank(nn.Module):
         hidden: Sequence[int],
         activation: str = "relu",
         dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if n_experts < 1 or not hidden:
@@ -88,6 +93,7 @@ class ExpertBank(nn.Module):
             raise ValueError(f"unknown expert activation {activation!r}; choose one of: {', '.join(EXPERT_ACTIVATIONS)}")
         widths = [input_dim, *hidden]
         self.layers = nn.ModuleList(BatchedLinear(n_experts, a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.norms = nn.ModuleList(BatchNorm(n_experts * b) for b in hidden) if batch_norm else None
         self.activation = EXPERT_ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.n_experts = n_experts
@@ -96,8 +102,11 @@ class ExpertBank(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in)`` or ``(B, E, in)`` → ``(B, E, output_dim)``."""
-        for layer in self.layers:
-            x = self.dropout(self.activation(layer(x)))
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x.flatten(1)).view_as(x)
+            x = self.dropout(self.activation(x))
         return x
 
 

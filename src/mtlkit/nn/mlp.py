@@ -14,8 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that normalises a training batch of one row with its running statistics
+    (a one-row batch has no variance: plain BatchNorm raises on it), and the batch statistics otherwise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 class MLP(nn.Sequential):
@@ -32,7 +43,7 @@ class MLP(nn.Sequential):
         for size in hidden:
             layers.append(nn.Linear(width, size))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
+                layers.append(BatchNorm(size))
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
