@@ -22,7 +22,7 @@ from mtlkit.models import BACKBONES, ModelSpec, build_model
 from mtlkit.nlp.base import NLP_KINDS, NLPHead
 from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task
-from test_models import TASKS, toy_table
+from test_models import TASKS, scenario_of, toy_table
 
 importlib.import_module("mtlkit.nlp.kinds")  # registers every NLP kind (kept out of `import mtlkit.nlp.base`)
 
@@ -34,7 +34,7 @@ def test_backbone_models_keep_the_trainable_model_contract(backbone):
     table = toy_table(40, 0)
     schema = SPEC.fit(table)
     torch.manual_seed(0)
-    model = build_model(ModelSpec(backbone=backbone, tower=[4]), schema, TASKS)
+    model = build_model(ModelSpec(backbone=backbone, tower=[4], **scenario_of(backbone)), schema, TASKS)
     assert isinstance(model, TrainableModel)
     assert set(model.loss_task_names) <= set(model.task_names) == {t.name for t in TASKS}
 

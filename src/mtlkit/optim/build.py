@@ -66,6 +66,8 @@ def build_table_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec,
         return []
     if spec.per_field and field_names is None:
         raise ConfigError(f"{KEY}.per_field: the field names of the tables are needed to apply it")
+    if not spec.per_field:  # names only place per-field settings (a table may hold copies of a field: STEM)
+        field_names = None
     # (weight, start, stop, settings) per run of consecutive fields with equal settings.
     segments: list[tuple[nn.Parameter, int, int, tuple[str, TableOptimizerOptions]]] = []
     for table in tables:
