@@ -360,7 +360,7 @@ def sparse_exchange_parameters(table_params: Sequence[Tensor], balancer: nn.Modu
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
     cut = lambda d: {k: v[rank::world] for k, v in d.items()}  # noqa: E731
-    return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights))
+    return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights), cut(batch.groups))
 
 
 class ShardedBatches(BatchSource):

@@ -61,7 +61,8 @@ def evaluate(
         mask = table.masks[task.name]
         weight = table.weights.get(task.name)
         task_logits, target = logits[task.name], table.targets[task.name]
-        result = {"loss": float(task.compute_loss(task_logits, target, weight, mask)), "rows": int(mask.sum())}
+        group = {"group": table.groups[task.name]} if task.name in table.groups else {}
+        result = {"loss": float(task.compute_loss(task_logits, target, weight, mask, **group)), "rows": int(mask.sum())}
         keep = mask.numpy()
         # Calibrated (negative sampling undone), in label units; binary always a probability.
         predictions = task.predict_for_metrics(task_logits).numpy()[keep]

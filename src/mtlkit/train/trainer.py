@@ -319,7 +319,8 @@ class Trainer:
                     weight, mask = batch.weights.get(name), batch.masks[name]
                     # fp32 losses from low-precision logits (a no-op in fp32): loss sums, logged
                     # values and the balancers' Jacobians stay fp32.
-                    losses[name] = by_name[name].compute_loss(logits[name].float(), batch.targets[name], weight, mask)
+                    group = {"group": batch.groups[name]} if name in batch.groups else {}  # ranking losses
+                    losses[name] = by_name[name].compute_loss(logits[name].float(), batch.targets[name], weight, mask, **group)
                     rows[name] = mask.sum()
                 for name, penalty in self.model.task_penalties().items():  # AITM's calibrator: part of its task's objective
                     if name in losses:
