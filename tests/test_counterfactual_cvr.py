@@ -136,3 +136,22 @@ def test_trains_and_learns_cvr_over_the_entire_space(relations, tmp_path):
     assert np.corrcoef(p_cvr, truth)[0, 1] > 0.5   # CVR ranks every impression, clicked or not
     sampled = np.random.default_rng(0).random(truth.shape[0]) < truth
     assert auc(p_cvr, sampled) > 0.65
+
+
+def test_the_generators_selection_bias_changes_conversion_outside_the_clicked_space_only():
+    from mtlkit.data.datasets.shortvideo import shortvideo_table
+
+    plain, default = shortvideo_table(30_000, seed=0, selection_bias=0.0), shortvideo_table(30_000, seed=0)
+    assert plain.equals(default)  # off by default: the original generator, row for row
+    biased = shortvideo_table(30_000, seed=0, selection_bias=3.0)
+    click = biased.column("click").to_numpy() > 0
+    like_rate = biased.column("like").to_numpy().mean()
+    assert abs(like_rate - 0.01) < 0.003  # the like intercept is re-solved
+    relevance = biased.column("true_relevance").to_numpy()
+    p_plain, p_biased = plain.column("true_like_prob").to_numpy(), biased.column("true_like_prob").to_numpy()
+    low = relevance < np.quantile(relevance, 0.2)  # where clicks are rare
+    assert click[low].mean() < 0.5 * click.mean()
+    assert p_biased[low].mean() > 1.5 * p_plain[low].mean()   # conversion rises where relevance is low
+    assert np.corrcoef(p_plain, relevance)[0, 1] > 0.4 > np.corrcoef(p_biased, relevance)[0, 1]
+    with pytest.raises(ConfigError, match="selection_bias"):
+        shortvideo_table(1000, seed=0, selection_bias=-1.0)

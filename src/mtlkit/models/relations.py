@@ -113,12 +113,15 @@ class TaskRelations(BaseModel):
     def check(self, tasks: Sequence[Task]) -> None:
         """Raise ValueError naming the first relation that does not fit the tasks."""
         kinds = {t.name: t.kind for t in tasks}
+        widths = {t.name: t.output_dim for t in tasks}
 
         def known(name: str, where: str, binary: bool = False) -> None:
             if name not in kinds:
                 raise ValueError(f"relations.{where}: unknown task {name!r}; tasks are: {', '.join(kinds)}")
             if binary and kinds[name] is not TaskKind.BINARY:
                 raise ValueError(f"relations.{where}: task {name!r} must be binary")
+            if binary and widths[name] != 1:
+                raise ValueError(f"relations.{where}: task {name!r} must have one logit (its loss gives it {widths[name]})")
 
         for i, r in enumerate(self.esmm):
             for field in ("ctr", "cvr", "ctcvr"):
