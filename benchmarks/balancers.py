@@ -13,6 +13,9 @@ same model and batches when importable. Its package ``__init__`` imports torchvi
 installed, so only ``LibMTL.weighting`` is loaded; each method runs through a small adapter that
 supplies what LibMTL's ``AbsWeighting`` expects from its trainer (parameter-gradient mode). GradDrop
 is left out there: LibMTL implements it only on representation gradients (``rep_grad=True``).
+MoCo, FairGrad, STCH, ExcessMTL, MoDo and SDMGrad (LibMTL 1.1.5) are in the mtlkit column; MoDo
+and SDMGrad reuse the last two steps' Jacobians as their independent batches
+(:mod:`mtlkit.balancing.stale_batches`), so their step costs one Jacobian, not three.
 
     python benchmarks/balancers.py
     python benchmarks/balancers.py --tasks 5 --methods fixed mgda upgrad --steps 20 --rounds 5
@@ -51,6 +54,11 @@ LIBMTL = {
     "cagrad": ("CAGrad", {"calpha": 0.4, "rescale": 1}),
     "imtl_g": ("IMTL", {}),
     "gradvac": ("GradVac", {"beta": 0.5}),
+    # LibMTL 1.1.5's newer methods that run on one batch (MoDo and SDMGrad take three batches per
+    # step there, STCH reads the trainer's epoch: not comparable through this adapter).
+    "moco": ("MoCo", {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0.0}),
+    "fairgrad": ("FairGrad", {"FairGrad_alpha": 1.0}),
+    "excess_mtl": ("ExcessMTL", {"robust_step_size": 1.0}),
 }
 
 

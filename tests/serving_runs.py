@@ -63,6 +63,13 @@ def _config(data: Path, name: str) -> dict:
         tasks = [{"name": "click", "kind": "binary"}, {"name": "watch", "kind": "regression", "label_transform": "log1p"}]
         model = {"backbone": "single_task", "options": {"hidden": [8]}, "embedding_dim": 4,
                  "fusion": {"kind": "weighted_sum", "weights": {"click": 1.0, "watch": 0.01}}}
+    elif name == "counterfactual":  # ESCM²-DR (an imputation tower that serving never runs), JRC, ZILN
+        tasks = [{"name": "click", "kind": "binary"}, {"name": "buy", "kind": "binary", "mask": {"column": "click", "equals": 1}},
+                 {"name": "ctcvr", "kind": "binary", "label": "buy"},
+                 {"name": "rank", "kind": "binary", "label": "click", "loss": "jrc", "group_column": "user"},
+                 {"name": "watch", "kind": "regression", "loss": "ziln"}]
+        model = {"backbone": "mmoe", "options": {"experts": 2, "expert_hidden": [8]}, "embedding_dim": 4, "tower": [8],
+                 "relations": {"escm2": {"ctr": "click", "cvr": "buy", "ctcvr": "ctcvr", "estimator": "dr"}}}
     elif name == "plain_numeric":  # a standardised numeric feature (no log1p): 1e308 overflows its scaling
         features["numeric"] = [{"name": "price"}]
         tasks = [{"name": "click", "kind": "binary"}, {"name": "topic", "kind": "multiclass", "n_classes": 3}]

@@ -22,11 +22,11 @@ from mtlkit.run import load_run, predict_table
 from serving_runs import holdout, shared_run
 
 runner = CliRunner()
-MODELS = ["shared_bottom", "mmoe_sequence", "single_task"]
+MODELS = ["shared_bottom", "mmoe_sequence", "single_task", "counterfactual"]
 # ONNX export takes seconds (torch.export): ONNX for shared-bottom and MMoE with sequence features,
 # TorchScript for all three.
 CASES = [("shared_bottom", "torchscript"), ("shared_bottom", "onnx"), ("mmoe_sequence", "torchscript"),
-         ("mmoe_sequence", "onnx"), ("single_task", "torchscript")]
+         ("mmoe_sequence", "onnx"), ("single_task", "torchscript"), ("counterfactual", "onnx"), ("counterfactual", "torchscript")]
 
 
 @pytest.fixture(scope="module")

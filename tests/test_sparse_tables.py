@@ -88,9 +88,22 @@ def _balancer_grads(name: str, sparse: bool, options: dict | None = None) -> dic
 
 
 RANDOM_PER_COLUMN = ["graddrop"]  # one random draw per column of J: other columns, other draws
+# State per column of J kept across steps (MoCo's tracked gradients, ExcessMTL's squared-gradient
+# sums, MoDo's and SDMGrad's earlier Jacobians): a table's touched rows change every step, so these
+# methods leave sparse tables outside J (sparse_tables: outside is their only setting).
+STATE_PER_COLUMN = ["moco", "excess_mtl", "modo", "sdmgrad"]
 
 
-@pytest.mark.parametrize("name", [n for n in BALANCERS.names() if n not in RANDOM_PER_COLUMN])
+@pytest.mark.parametrize("name", STATE_PER_COLUMN)
+def test_methods_with_per_column_state_train_sparse_tables_outside_the_jacobian(name):
+    with pytest.raises(ValueError, match="sparse_tables"):
+        BalancerSpec(name=name, options={"sparse_tables": "jacobian"})
+    table = "encoder.embedding.table.weight"
+    got, plain = _balancer_grads(name, True), _balancer_grads("fixed", True)   # the table gets Σ_k ∇f_k
+    torch.testing.assert_close(got[table], plain[table], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", [n for n in BALANCERS.names() if n not in RANDOM_PER_COLUMN + STATE_PER_COLUMN])
 def test_every_balancer_gives_the_dense_result_on_touched_rows(name):
     """The Jacobian over the touched rows (and MGDA-UB's, GradNorm's, the loss weightings' own
     backward passes) give the gradients of the dense path: rows outside the batch add only zero

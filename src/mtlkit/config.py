@@ -51,6 +51,20 @@ class SplitSpec(BaseModel):
     seed: Seed = 0
 
 
+class NegativeSamplingSpec(BaseModel):
+    """Keep each negative of ``label`` in the *training* split with probability ``rate`` (all
+    positives stay; :func:`mtlkit.data.sampling.downsample_negatives`, seeded). Binary tasks on that
+    label get ``negative_sampling_rate: rate``, so their predictions are calibrated back
+    (``p / (p + (1 − p)/rate)``); validation and test keep the world's base rate. Rows dropped are
+    gone for every task: tasks inside the label's space (e.g. CVR inside clicks) are unaffected,
+    independent ones see fewer rows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str
+    rate: float = Field(gt=0, le=1)
+    seed: Seed = 0
+
+
 class DataSpec(BaseModel):
     """Either files (``train`` plus optional ``validation``/``test``) or a built-in ``dataset``.
 
@@ -68,6 +82,7 @@ class DataSpec(BaseModel):
     dataset: str | None = None  # a name in mtlkit.data.datasets.DATASETS
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     streaming: StreamingSpec | None = None  # stream `train` from Parquet (mtlkit.data.streaming)
+    negative_sampling: NegativeSamplingSpec | None = None  # down-sample the training split's negatives
     tables: list[Literal["train", "validation", "test"]] | None = None  # splits train_run got in memory
 
     @property
@@ -92,6 +107,8 @@ class DataSpec(BaseModel):
             raise ValueError("a built-in dataset brings its own splits: drop validation/test/split")
         if self.dataset is None and self.dataset_options:
             raise ValueError("dataset_options needs `dataset`")
+        if self.streaming is not None and self.negative_sampling is not None:
+            raise ValueError("negative_sampling needs the training split in memory: it cannot be combined with streaming")
         if self.streaming is not None:
             # A streamed file is never held whole, so it cannot be split in memory.
             if self.train is None or self.train.suffix.lower() not in {".parquet", ".pq", ""}:

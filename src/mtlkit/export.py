@@ -152,9 +152,14 @@ def output_specs(tasks: Sequence[Task], fusion: Any = None) -> list[dict[str, An
                 spec.update(output="odds", postprocess="exp(logit + logit_offset)")
             else:
                 spec.update(output="probability", postprocess="sigmoid(logit + logit_offset)")
+            if task.loss == "jrc":  # two logits per row (JRC): logit = s1 - s0
+                spec.update(shape=["batch", 2], postprocess=spec["postprocess"].replace("logit", "(logits[:, 1] - logits[:, 0])", 1))
         elif task.kind is TaskKind.MULTICLASS:
             spec.update(output="class probabilities", shape=["batch", task.n_classes], postprocess="softmax(logits)",
                         prediction="class = argmax over the last axis")
+        elif task.loss == "ziln":
+            spec.update(output="value", shape=["batch", 3], label_transform="none",
+                        postprocess="sigmoid(logits[:, 0]) * exp(logits[:, 1] + softplus(logits[:, 2]) ** 2 / 2)")
         else:
             log1p = task.label_transform == "log1p"
             spec.update(output="value", postprocess="expm1(logit)" if log1p else "identity",

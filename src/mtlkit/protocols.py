@@ -79,6 +79,12 @@ class TrainableModel(nn.Module):
         """Extra loss terms of the last forward, per task (AITM's calibrator), added to that task's loss."""
         return {}
 
+    def relation_losses(self, logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+                        masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Task losses the model computes itself from the last forward's logits and the batch's labels
+        (ESCM²'s counterfactual risk, DCMT's twin-tower loss); they replace those tasks' own losses."""
+        return {}
+
     def regularization_loss(self) -> Tensor | None:
         """A penalty on the parameters (SNR's λ·E[L0]) added to the training loss outside the balancer."""
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from mtlkit.config import NO_SOURCE, RunConfig, SplitSpec, dump_config, load_con
 from mtlkit.data.batch import EncodedTable
 from mtlkit.data.datasets import load_dataset
 from mtlkit.data.readers import read_table
+from mtlkit.data.sampling import downsample_negatives
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.data.split import seeded_split
 from mtlkit.data.streaming import StreamedTrain
@@ -66,7 +67,28 @@ class PreparedData:
 def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     """Read every split named by the config, or take ``tables`` (in-memory ``train`` and optional
     ``validation`` / ``test``: pyarrow Tables or pandas DataFrames) in place of files; raises
-    DataError naming the file (or table) on any problem."""
+    DataError naming the file (or table) on any problem. ``data.negative_sampling`` then
+    down-samples the training split and marks the tasks on its label for calibration."""
+    prepared = _read_data(config, tables)
+    spec = config.data.negative_sampling
+    if spec is None:
+        return prepared
+    tasks = []
+    for task in prepared.tasks:
+        if task.label == spec.label and task.kind is TaskKind.BINARY:
+            if task.negative_sampling_rate not in (None, spec.rate):
+                raise ConfigError(f"tasks.{task.name}.negative_sampling_rate ({task.negative_sampling_rate}) contradicts "
+                                  f"data.negative_sampling.rate ({spec.rate}): leave it out, data.negative_sampling sets it")
+            task = task.model_copy(update={"negative_sampling_rate": spec.rate})
+        tasks.append(task)
+    if not any(t.label == spec.label for t in tasks):
+        raise ConfigError(f"data.negative_sampling.label: no task has label {spec.label!r}; labels are: "
+                          f"{', '.join(sorted({str(t.label) for t in tasks}))}")
+    train = downsample_negatives(prepared.train, spec.label, spec.rate, spec.seed, prepared.names["train"])
+    return replace(prepared, train=train, tasks=tasks)
+
+
+def _read_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     data = config.data
     if tables is not None and (data.train or data.validation or data.test or data.dataset):
         raise ConfigError("data: in-memory tables replace the config's files and datasets: leave data.train, "

@@ -39,7 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from mtlkit.losses import LOSSES, get_loss, validate_loss_options
+from mtlkit.losses import BATCH_LOSSES, GROUP_LOSSES, LOSS_OUTPUT_DIM, LOSSES, get_loss, validate_loss_options, ziln_expected_value
 from mtlkit.metrics import METRICS
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -64,6 +64,10 @@ LOSS_KINDS = {
     "mse": {TaskKind.REGRESSION},
     "huber": {TaskKind.REGRESSION},
     "cross_entropy": {TaskKind.MULTICLASS},
+    "pairwise": {TaskKind.BINARY, TaskKind.REGRESSION},
+    "listwise": {TaskKind.BINARY, TaskKind.REGRESSION},
+    "jrc": {TaskKind.BINARY},
+    "ziln": {TaskKind.REGRESSION},
 }
 
 
@@ -142,6 +146,14 @@ class Task(BaseModel):
         if loss in LOSS_KINDS and self.kind not in LOSS_KINDS[loss]:
             raise ValueError(f"loss {loss!r} does not fit a {self.kind.value} task")
         loss_options = validate_loss_options(loss, dict(self.loss_options))
+        if loss == "ohem":
+            base = loss_options["base"]
+            if self.kind not in LOSS_KINDS[base]:
+                raise ValueError(f"loss 'ohem' base {base!r} does not fit a {self.kind.value} task")
+        if loss in GROUP_LOSSES and self.group_column is None:
+            raise ValueError(f"loss {loss!r} compares rows within a group: set group_column (e.g. the request or user id column)")
+        if loss in LOSS_OUTPUT_DIM and self.label_transform != "none":
+            raise ValueError(f"loss {loss!r} models the label itself: label_transform must be none")
         if self.kind is not TaskKind.BINARY:
             binary_only = {
                 "negative_weight": self.negative_weight != 1.0,
@@ -186,7 +198,14 @@ class Task(BaseModel):
     @property
     def output_dim(self) -> int:
         """Number of logits the task's head must produce."""
+        if self.loss in LOSS_OUTPUT_DIM:
+            return LOSS_OUTPUT_DIM[self.loss]
         return self.n_classes if self.kind is TaskKind.MULTICLASS else 1  # type: ignore[return-value]
+
+    @property
+    def needs_groups(self) -> bool:
+        """Whether the loss compares rows of one group (the training batches then carry the group ids)."""
+        return self.loss in GROUP_LOSSES
 
     @property
     def target_dtype(self) -> torch.dtype:
@@ -199,14 +218,26 @@ class Task(BaseModel):
         target: Tensor,
         weight: Tensor | None = None,
         mask: Tensor | None = None,
+        group: Tensor | None = None,
     ) -> Tensor:
         """Weighted mean of the per-row loss over the rows that count.
 
         ``target`` is in label units (``label_transform`` is applied here, so a caller never
-        pre-transforms); ``weight`` already holds ``weight_column`` × positive weights.
+        pre-transforms); ``weight`` already holds ``weight_column`` × positive weights; ``group``
+        the group ids of a ranking loss. A batch loss (ranking, OHEM) gets the row weights
+        (× mask) and reduces itself.
         """
         if self.label_transform == "log1p":
             target = torch.log1p(target)
+        if self.loss in BATCH_LOSSES:
+            row_weight = torch.ones_like(target, dtype=logits.dtype) if weight is None else weight.to(logits.dtype)
+            if self.negative_weight != 1.0:
+                row_weight = row_weight * (1.0 + (self.negative_weight - 1.0) * (target == 0).to(logits.dtype))
+            if mask is not None:
+                row_weight = row_weight * mask.to(logits.dtype)
+            if self.needs_groups and group is None:
+                raise ValueError(f"task {self.name!r}: loss {self.loss!r} needs the group ids of column {self.group_column!r}")
+            return get_loss(self.loss)(logits, target, row_weight, group, **self.loss_options)  # type: ignore[arg-type]
         row_loss = get_loss(self.loss)(logits, target, **self.loss_options)  # type: ignore[arg-type]
         row_weight = torch.ones_like(row_loss) if weight is None else weight.to(row_loss.dtype)
         if self.negative_weight != 1.0:
@@ -223,6 +254,8 @@ class Task(BaseModel):
         return (self.negative_sampling_rate or 1.0) * self.negative_weight
 
     def _corrected_logits(self, logits: Tensor) -> Tensor:
+        if self.loss == "jrc":  # two logits (s⁰, s¹): the binary logit is s¹ − s⁰
+            logits = logits[..., 1] - logits[..., 0]
         # odds' = odds·w  ⇔  p' = p / (p + (1 − p)/w)  ⇔  logit' = logit + log w (stable).
         w = self.negative_odds_factor
         return logits if w == 1.0 else logits + math.log(w)
@@ -237,6 +270,8 @@ class Task(BaseModel):
             return self.predict_odds(logits) if self.output == "odds" else torch.sigmoid(self._corrected_logits(logits))
         if self.kind is TaskKind.MULTICLASS:
             return torch.softmax(logits, dim=-1)
+        if self.loss == "ziln":
+            return ziln_expected_value(logits)
         return torch.expm1(logits) if self.label_transform == "log1p" else logits
 
     def predict_odds(self, logits: Tensor) -> Tensor:
@@ -260,6 +295,8 @@ class Task(BaseModel):
         if self.kind is TaskKind.MULTICLASS:
             n = self.n_classes or 0
             return present & ((values != np.round(values)) | (values < 0) | (values >= n)), f"an integer class id in [0, {n - 1}]"
+        if self.loss == "ziln":
+            return present & ((values < 0) | (values > FLOAT32_MAX)), "a finite number >= 0, as the loss is ziln"
         if self.label_transform == "log1p":  # the label is float32 before log1p: beyond its range it is inf
             return present & ((values <= -1) | (values > FLOAT32_MAX)), "a finite number > -1, as label_transform is log1p"
         return present & (np.abs(values) > MAX_REGRESSION_LABEL), (

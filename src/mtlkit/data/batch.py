@@ -45,6 +45,8 @@ class Batch:
     targets: dict[str, Tensor]
     masks: dict[str, Tensor]
     weights: dict[str, Tensor] = field(default_factory=dict)
+    #: Per task whose loss compares rows of a group (pairwise, listwise, JRC): the group ids.
+    groups: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -58,7 +60,7 @@ class Batch:
         def move(d: dict[str, Tensor]) -> dict[str, Tensor]:
             return {k: v.to(device, non_blocking=True) for k, v in d.items()}
 
-        return Batch(move(self.inputs), move(self.targets), move(self.masks), move(self.weights))
+        return Batch(move(self.inputs), move(self.targets), move(self.masks), move(self.weights), move(self.groups))
 
 
 @dataclass
@@ -74,9 +76,10 @@ class EncodedTable:
     masks: dict[str, Tensor]
     weights: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Tensor] = field(default_factory=dict)
+    groups: dict[str, Tensor] = field(default_factory=dict)  # task → group ids, for ranking losses
 
     def __post_init__(self) -> None:
-        lengths = {t.shape[0] for group in (self.inputs, self.targets, self.masks, self.weights) for t in group.values()}
+        lengths = {t.shape[0] for group in (self.inputs, self.targets, self.masks, self.weights, self.groups) for t in group.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of an EncodedTable differ in length: {sorted(lengths)}")
 
@@ -89,13 +92,14 @@ class EncodedTable:
 
     def take(self, index: Tensor | slice) -> Batch:
         """Rows at ``index`` (an index tensor or a slice) as one batch."""
-        return Batch(_take(self.inputs, index), _take(self.targets, index), _take(self.masks, index), _take(self.weights, index))
+        return Batch(_take(self.inputs, index), _take(self.targets, index), _take(self.masks, index), _take(self.weights, index),
+                     _take(self.groups, index))
 
     def subset(self, index: Tensor) -> EncodedTable:
         """A new table of the rows at ``index`` (used for seeded splits)."""
         return EncodedTable(
             _take(self.inputs, index), _take(self.targets, index), _take(self.masks, index),
-            _take(self.weights, index), _take(self.extras, index),
+            _take(self.weights, index), _take(self.extras, index), _take(self.groups, index),
         )
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> TableBatches:

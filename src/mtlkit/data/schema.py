@@ -240,7 +240,8 @@ class FittedSchema:
                 require_columns(table, [task.group_column], source)
                 groups = pc.dictionary_encode(table.column(task.group_column).combine_chunks())
                 extras[task.group_column] = torch.from_numpy(groups.indices.to_numpy(zero_copy_only=False).astype(np.int64))
-        return EncodedTable(inputs=inputs, targets=targets, masks=masks, weights=weights, extras=extras)
+        group_ids = {t.name: extras[t.group_column] for t in tasks if t.needs_groups and t.group_column}  # batches carry them
+        return EncodedTable(inputs=inputs, targets=targets, masks=masks, weights=weights, extras=extras, groups=group_ids)
 
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:

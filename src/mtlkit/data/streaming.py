@@ -289,6 +289,10 @@ class ParquetBatches(BatchSource):
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         self.files = parquet_files(paths)
         self.schema = schema
+        for task in tasks:
+            if task.needs_groups:
+                raise ConfigError(f"task {task.name!r}: loss {task.loss!r} compares rows within a group, which streamed "
+                                  "training does not support; train from an in-memory table")
         # Group ids (GAUC) are evaluation-only extras: leave the column unread.
         self.tasks = [t.model_copy(update={"group_column": None}) for t in tasks]
         self.columns = _needed_columns(schema, self.tasks)

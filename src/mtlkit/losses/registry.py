@@ -34,6 +34,13 @@ RowLoss = Callable[..., Tensor]
 LOSSES: Registry[RowLoss] = Registry("loss")
 # name -> pydantic model of the loss's keyword options; a loss not listed takes none.
 LOSS_OPTIONS: dict[str, type[BaseModel]] = {}
+# Losses that reduce over the batch themselves: ``fn(logits, target, weight, group, **options) -> scalar``
+# with ``weight`` (B,) already holding sample weights × masks (0 = the row does not count).
+BATCH_LOSSES: set[str] = set()
+# Losses that compare rows of one group (request, user): the task needs ``group_column``.
+GROUP_LOSSES: set[str] = set()
+# Logits per row when a loss needs more than its task kind gives (ZILN: 3, JRC: 2).
+LOSS_OUTPUT_DIM: dict[str, int] = {}
 
 
 class FocalOptions(BaseModel):
@@ -125,4 +132,7 @@ def get_loss(name: str) -> RowLoss:
     return LOSSES.get(name)
 
 
-__all__ = ["LOSSES", "LOSS_OPTIONS", "FocalOptions", "HuberOptions", "RowLoss", "get_loss", "validate_loss_options"]
+__all__ = [
+    "BATCH_LOSSES", "GROUP_LOSSES", "LOSSES", "LOSS_OPTIONS", "LOSS_OUTPUT_DIM",
+    "FocalOptions", "HuberOptions", "RowLoss", "get_loss", "validate_loss_options",
+]

@@ -63,8 +63,7 @@ class ModelSpec(BaseModel):
         if self.embedding_table not in EMBEDDING_TABLES:
             raise ValueError(f"unknown embedding_table {self.embedding_table!r}; choose one of: {', '.join(EMBEDDING_TABLES.names())}")
         self.backbone_options()  # raises a ValidationError naming the bad option
-        has_relations = self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs
-        if has_relations and BACKBONES.get(self.backbone).independent_tasks:
+        if self.relations.any() and BACKBONES.get(self.backbone).independent_tasks:
             raise ValueError(f"relations need a shared model; backbone {self.backbone!r} trains every task alone")
         return self
 

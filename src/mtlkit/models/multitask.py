@@ -6,7 +6,7 @@ balancers treat as the shared part; towers are task-specific.
 
 Example:
     >>> import torch
-    >>> from mtlkit.tasks import Task
+    >>> from mtlkit.tasks import Task, TaskKind
     >>> from mtlkit.nn import TabularEncoder
     >>> from mtlkit.models.shared_bottom import SharedBottom
     >>> tasks = [Task(name="click", kind="binary"), Task(name="topic", kind="multiclass", n_classes=3)]
@@ -27,13 +27,15 @@ from torch import Tensor, nn
 
 from mtlkit.models.aitm import TransferChain, calibrator_loss
 from mtlkit.models.base import Backbone
+from mtlkit.models.dcmt import dcmt_risk
+from mtlkit.models.escm2 import dr_risks, ips_risk
 from mtlkit.models.esmm import product_logit
 from mtlkit.models.fusion import FusionSpec
-from mtlkit.models.relations import TaskRelations
+from mtlkit.models.relations import DCMTRelation, ESCM2Relation, TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.nn import MLP
 from mtlkit.protocols import TrainableModel
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 
 class TaskHead(nn.Module):
@@ -89,12 +91,21 @@ class MultiTaskModel(TrainableModel):
             if len(widths) > 1:
                 raise ValueError("relations.aitm: the chained towers must end in the same width")
         self.transfer = TransferChain(aitm.chain, widths.pop()) if aitm is not None else None
+        # ESCM²-DR's imputation tower / DCMT's counterfactual tower: one more head on the CVR task's input.
+        self.auxiliary = nn.ModuleDict()
+        counterfactual = self.relations.counterfactual()
+        needs_second_tower = isinstance(counterfactual, DCMTRelation) or (
+            isinstance(counterfactual, ESCM2Relation) and counterfactual.estimator == "dr")
+        if counterfactual is not None and needs_second_tower:
+            second = Task(name="counterfactual", kind=TaskKind.BINARY)
+            self.auxiliary["counterfactual"] = TaskHead(input_dim(counterfactual.cvr), second, tower_hidden, tower_dropout)
         self.shallow_tower = shallow_tower
         self.fusion = fusion
         self._order = self.relations.order(self.task_names)
         # Without relations every head reads only its representation: the plain, fastest path.
-        self._plain = not (self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs)
+        self._plain = not self.relations.any()
         self._penalties: dict[str, Tensor] = {}
+        self._auxiliary_logits: dict[str, Tensor] = {}
 
     @property
     def loss_task_names(self) -> list[str]:
@@ -130,7 +141,9 @@ class MultiTaskModel(TrainableModel):
     def _related_heads(self, reps: Mapping[str, Tensor], bias: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Heads in dependency order; the bias logit joins before any other task reads a head."""
         out: dict[str, Tensor] = {}
-        products = {r.ctcvr: (r.ctr, r.cvr) for r in self.relations.esmm}
+        products = self.relations.products()
+        counterfactual = self.relations.counterfactual()
+        second = self.auxiliary["counterfactual"] if "counterfactual" in self.auxiliary else None
         chain = self.relations.aitm.chain if self.relations.aitm is not None else []
         fused: dict[str, Tensor] = {}
         for name in self._order:
@@ -156,6 +169,8 @@ class MultiTaskModel(TrainableModel):
             out[name] = self.heads[name].logits(features)
             if name in bias:
                 out[name] = out[name] + bias[name]
+            if second is not None and counterfactual is not None and name == counterfactual.cvr and torch.is_grad_enabled():
+                self._auxiliary_logits = {"counterfactual": second(x)}
         if chain and torch.is_grad_enabled():
             probabilities = torch.stack([torch.sigmoid(out[name]) for name in chain], dim=-1)
             self._penalties = {chain[-1]: calibrator_loss(probabilities, self.relations.aitm.alpha)}  # type: ignore[union-attr]
@@ -165,6 +180,28 @@ class MultiTaskModel(TrainableModel):
         """Extra loss terms of the last forward, per task (AITM's calibrator), added to its loss."""
         penalties, self._penalties = self._penalties, {}
         return penalties
+
+    def relation_losses(self, logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+                        masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """ESCM²'s counterfactual risk or DCMT's twin-tower loss: the CVR task's training loss."""
+        r = self.relations.counterfactual()
+        if r is None or r.ctr not in targets:
+            self._auxiliary_logits = {}
+            return {}
+        rows = masks[r.ctr].to(logits[r.cvr].dtype)  # impressions with a click label: the space D
+        clicked = targets[r.ctr].to(rows) * rows
+        # r is read on clicked rows only; elsewhere (no conversion label) it is 0 by definition.
+        converted = torch.where(clicked > 0, targets[r.cvr].to(rows), torch.zeros_like(rows)).nan_to_num(0.0)
+        propensity = torch.sigmoid(logits[r.ctr].float())
+        cvr_logit = logits[r.cvr].float()
+        auxiliary, self._auxiliary_logits = self._auxiliary_logits, {}
+        if isinstance(r, ESCM2Relation):
+            if r.estimator == "ips":
+                return {r.cvr: r.weight * ips_risk(cvr_logit, converted, clicked, propensity, r.ips_clip, rows)}
+            dr, imputation = dr_risks(cvr_logit, converted, clicked, propensity, auxiliary["counterfactual"].float(), r.ips_clip, rows)
+            return {r.cvr: r.weight * (dr + imputation)}
+        return {r.cvr: r.weight * dcmt_risk(cvr_logit, auxiliary["counterfactual"].float(), converted, clicked, propensity,
+                                            r.constraint, r.ips_clip, rows)}
 
     def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each task's prediction (probability, value or class distribution) from its logits."""
@@ -181,6 +218,9 @@ class MultiTaskModel(TrainableModel):
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         if task in self.heads:
             yield from self.heads[task].parameters()
+        counterfactual = self.relations.counterfactual()
+        if counterfactual is not None and task == counterfactual.cvr:
+            yield from self.auxiliary.parameters()
 
     def gate_weights(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self.backbone.gate_weights_on(self.encoder(inputs), inputs)

@@ -7,6 +7,11 @@ task heads are wired, never the backbone.
   other two (see :mod:`mtlkit.models.esmm`); ``cvr`` is predicted and evaluated but gets no loss.
 - ``aitm``: ``{chain: [click, purchase], alpha: 0.6}``: information transfer along a funnel plus
   the calibrator loss (see :mod:`mtlkit.models.aitm`).
+- ``escm2``: ``{ctr: ctr, cvr: cvr, ctcvr: ctcvr, estimator: ips}``: ESMM's product plus the
+  counterfactual (IPS or doubly robust) risk on the CVR tower (see :mod:`mtlkit.models.escm2`);
+  ``cvr`` is trained by that risk.
+- ``dcmt``: ``{ctr: ctr, cvr: cvr, ctcvr: ctcvr}``: a factual and a counterfactual CVR tower
+  trained over the entire space (see :mod:`mtlkit.models.dcmt`); ``ctcvr`` is optional.
 - ``prediction_inputs``: ``[{task: cvr, source: ctr, stop_gradient: true}]``: ``cvr``'s tower also
   reads ``ctr``'s prediction (probability, value or class distribution). With the default
   stop-gradient, ``cvr``'s loss does not flow back into ``ctr``'s tower; set it to false to let it.
@@ -23,6 +28,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +48,26 @@ class AITMRelation(BaseModel):
     alpha: float = Field(default=0.6, ge=0.0)  # the paper's calibrator strength
 
 
+class ESCM2Relation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ctr: str
+    cvr: str
+    ctcvr: str
+    estimator: Literal["ips", "dr"] = "ips"
+    weight: float = Field(default=0.1, ge=0.0)        # λ_c, the counterfactual risk's weight
+    ips_clip: float = Field(default=15.0, ge=1.0)     # the largest inverse propensity 1/ô
+
+
+class DCMTRelation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ctr: str
+    cvr: str
+    ctcvr: str | None = None
+    weight: float = Field(default=1.0, ge=0.0)        # scales the DCMT CVR loss
+    constraint: float = Field(default=0.1, ge=0.0)    # λ of the counterfactual regulariser |1 − (r̂ + r̂*)|
+    ips_clip: float = Field(default=15.0, ge=1.0)
+
+
 class PredictionInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task: str
@@ -53,6 +79,8 @@ class TaskRelations(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     esmm: list[ESMMRelation] = Field(default_factory=list)
     aitm: AITMRelation | None = None
+    escm2: ESCM2Relation | None = None
+    dcmt: DCMTRelation | None = None
     prediction_inputs: list[PredictionInput] = Field(default_factory=list)
 
     def untrained(self) -> set[str]:
@@ -61,7 +89,23 @@ class TaskRelations(BaseModel):
 
     def derived(self) -> set[str]:
         """Tasks whose output is computed from other tasks' outputs (ESMM's CTCVR): no head."""
-        return {r.ctcvr for r in self.esmm}
+        return {ctcvr for ctcvr, _ in self.products().items()}
+
+    def products(self) -> dict[str, tuple[str, str]]:
+        """``{ctcvr: (ctr, cvr)}``: the tasks predicted as the product of two others."""
+        products = {r.ctcvr: (r.ctr, r.cvr) for r in self.esmm}
+        for r in (self.escm2, self.dcmt):
+            if r is not None and r.ctcvr is not None:
+                products[r.ctcvr] = (r.ctr, r.cvr)
+        return products
+
+    def counterfactual(self) -> ESCM2Relation | DCMTRelation | None:
+        """The entire-space CVR relation whose loss the model computes itself (ESCM² or DCMT)."""
+        return self.escm2 or self.dcmt
+
+    def any(self) -> bool:
+        """Whether any relation is declared (then the model wires its heads in dependency order)."""
+        return bool(self.esmm or self.aitm or self.prediction_inputs or self.escm2 or self.dcmt)
 
     def sources(self, task: str) -> list[PredictionInput]:
         return [p for p in self.prediction_inputs if p.task == task]
@@ -69,20 +113,37 @@ class TaskRelations(BaseModel):
     def check(self, tasks: Sequence[Task]) -> None:
         """Raise ValueError naming the first relation that does not fit the tasks."""
         kinds = {t.name: t.kind for t in tasks}
+        widths = {t.name: t.output_dim for t in tasks}
 
         def known(name: str, where: str, binary: bool = False) -> None:
             if name not in kinds:
                 raise ValueError(f"relations.{where}: unknown task {name!r}; tasks are: {', '.join(kinds)}")
             if binary and kinds[name] is not TaskKind.BINARY:
                 raise ValueError(f"relations.{where}: task {name!r} must be binary")
+            if binary and widths[name] != 1:
+                raise ValueError(f"relations.{where}: task {name!r} must have one logit (its loss gives it {widths[name]})")
 
         for i, r in enumerate(self.esmm):
             for field in ("ctr", "cvr", "ctcvr"):
                 known(getattr(r, field), f"esmm[{i}].{field}", binary=True)
             if len({r.ctr, r.cvr, r.ctcvr}) < 3:
                 raise ValueError(f"relations.esmm[{i}]: ctr, cvr and ctcvr must be three different tasks")
+        if self.escm2 is not None and self.dcmt is not None:
+            raise ValueError("relations: escm2 and dcmt both train the CVR tower; declare one")
+        for key in ("escm2", "dcmt"):
+            r = getattr(self, key)
+            if r is None:
+                continue
+            names = [r.ctr, r.cvr] + ([r.ctcvr] if r.ctcvr is not None else [])
+            for field, name in zip(("ctr", "cvr", "ctcvr"), names):
+                known(name, f"{key}.{field}", binary=True)
+            if len(set(names)) < len(names):
+                raise ValueError(f"relations.{key}: ctr, cvr and ctcvr must be different tasks")
+            if r.cvr in self.untrained() or r.ctcvr in {e.ctcvr for e in self.esmm}:
+                raise ValueError(f"relations.{key}: its tasks are already in an esmm relation")
         derived = self.derived()
-        if len(derived) < len(self.esmm):
+        declared = len(self.esmm) + sum(1 for r in (self.escm2, self.dcmt) if r is not None and r.ctcvr is not None)
+        if len(derived) < declared:
             raise ValueError("relations.esmm: a ctcvr task appears in two relations")
         if self.aitm is not None:
             for name in self.aitm.chain:
@@ -106,8 +167,8 @@ class TaskRelations(BaseModel):
         if self.aitm is not None:
             for previous, task in zip(self.aitm.chain, self.aitm.chain[1:]):
                 after[task].add(previous)
-        for r in self.esmm:
-            after[r.ctcvr] |= {r.ctr, r.cvr}
+        for ctcvr, factors in self.products().items():
+            after[ctcvr] |= set(factors)
         ordered: list[str] = []
         while len(ordered) < len(names):
             ready = [n for n in names if n not in ordered and after[n] <= set(ordered)]
@@ -118,4 +179,4 @@ class TaskRelations(BaseModel):
         return ordered
 
 
-__all__ = ["AITMRelation", "ESMMRelation", "PredictionInput", "TaskRelations"]
+__all__ = ["AITMRelation", "DCMTRelation", "ESCM2Relation", "ESMMRelation", "PredictionInput", "TaskRelations"]

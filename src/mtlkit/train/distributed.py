@@ -362,7 +362,7 @@ def _shard(batch: Batch, rank: int, world: int) -> Batch:
     def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v[rank::world] for k, v in d.items()}
 
-    return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights))
+    return Batch(cut(batch.inputs), cut(batch.targets), cut(batch.masks), cut(batch.weights), cut(batch.groups))
 
 
 class ShardedBatches(BatchSource):

@@ -328,13 +328,19 @@ class Trainer:
                 logits = self._call_model(batch)
                 if self._keep_features:
                     features.append(self.model.last_shared_features)
+                own = self.model.relation_losses(logits, batch.targets, batch.masks)  # ESCM², DCMT: over the whole batch
+                for name, value in own.items():
+                    if name in by_name:
+                        losses[name] = value.float()
+                        rows[name] = torch.full((), batch.size, dtype=torch.long, device=value.device)
                 for name in batch.tasks:
-                    if name not in by_name:
+                    if name not in by_name or name in own:
                         continue
                     weight, mask = batch.weights.get(name), batch.masks[name]
                     # fp32 losses from low-precision logits (a no-op in fp32): loss sums, logged
                     # values and the balancers' Jacobians stay fp32.
-                    losses[name] = by_name[name].compute_loss(logits[name].float(), batch.targets[name], weight, mask)
+                    group = {"group": batch.groups[name]} if name in batch.groups else {}  # ranking losses
+                    losses[name] = by_name[name].compute_loss(logits[name].float(), batch.targets[name], weight, mask, **group)
                     rows[name] = mask.sum()
                 for name, penalty in self.model.task_penalties().items():  # AITM's calibrator: part of its task's objective
                     if name in losses:

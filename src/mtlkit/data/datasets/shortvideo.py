@@ -23,6 +23,13 @@ A request is one user opening the feed; ``items_per_request`` (k) videos are sho
    ``q_i``), follow ``~ σ(b_f + 0.6a + f_author + φ_u)``, and
    ``watch_time = duration · σ(m + 0.8ε)``, ``m = 0.5 + 0.8a + 0.3q_i − 0.3·log(duration/20)``.
    Without a click, like = share = follow = 0 and watch_time = 0.
+6. **Selection bias in the conversion function** (``selection_bias`` s, default 0 = off): the like
+   logit gains ``s · max(0, −0.5 − z)`` with ``z`` the standardised position-free click logit, so
+   where clicks are rare (z < −0.5: about a third of impressions, far fewer of the clicks)
+   conversion *rises* as relevance falls, while in the clicked space it follows the affinity as
+   above. A CVR model that learns from clicked rows sees that region through few samples: the
+   mechanism entire-space and counterfactual CVR models (ESMM, ESCM², DCMT) target. The like
+   intercept is re-solved, so ``like_rate`` holds either way.
 
 The intercepts ``b`` are solved on a pilot sample so that the rates over all impressions are
 ``click_rate`` (10 %), ``like_rate`` (1 %), ``share_rate`` (0.1 %) and ``follow_rate`` (0.2 %).
@@ -104,6 +111,7 @@ class ShortVideoSpec:
     share_rate: float = 0.001
     follow_rate: float = 0.002
     popularity_boost: float = 1.0
+    selection_bias: float = 0.0
 
     def __post_init__(self) -> None:
         positive = {"items_per_request": self.items_per_request, "n_categories": self.n_categories,
@@ -115,6 +123,8 @@ class ShortVideoSpec:
             value = getattr(self, name)
             if value is not None and int(value) < 2:
                 raise ConfigError(f"shortvideo {name} must be at least 2, got {value}")
+        if self.selection_bias < 0:
+            raise ConfigError(f"shortvideo selection_bias must be ≥ 0, got {self.selection_bias}")
         if self.zipf_exponent < 0:
             raise ConfigError(f"shortvideo zipf_exponent must be ≥ 0, got {self.zipf_exponent}")
         if not 0 < self.click_rate < 1:
@@ -254,10 +264,19 @@ def _behaviour_logits(u: _Universe, imp: dict[str, np.ndarray]) -> dict[str, np.
     a, item, user = imp["affinity"], imp["item"], imp["user"]
     return {
         "click": imp["logit"],
-        "like": 0.8 * a + u.like_quality[item] + u.like_propensity[user],
+        "like": 0.8 * a + u.like_quality[item] + u.like_propensity[user] + _outside_click_space(u, imp),
         "share": 0.8 * a + u.share_quality[item] + u.share_propensity[user],
         "follow": 0.6 * a + u.author_appeal[u.author[item]] + u.follow_propensity[user],
     }
+
+
+def _outside_click_space(u: _Universe, imp: dict[str, np.ndarray]) -> np.ndarray | float:
+    """``s · max(0, −0.5 − z)``, z the click logit standardised on the pilot sample (step 6)."""
+    s = u.spec.selection_bias
+    if s == 0:
+        return 0.0
+    z = (imp["logit"] - u.intercepts["logit_mean"]) / u.intercepts["logit_std"]
+    return s * np.maximum(0.0, -0.5 - z)
 
 
 def _examination(u: _Universe, imp: dict[str, np.ndarray]) -> np.ndarray:
@@ -278,6 +297,7 @@ def _solve(rate, target: float, name: str) -> float:
 def _calibrate(u: _Universe, seed: int) -> None:
     """Solve the intercepts on a pilot sample so that each behaviour's rate over impressions is on target."""
     imp = _impressions(u, np.random.default_rng([seed, 1]), PILOT_REQUESTS)
+    u.intercepts["logit_mean"], u.intercepts["logit_std"] = float(imp["logit"].mean()), float(imp["logit"].std())
     logits, exam = _behaviour_logits(u, imp), _examination(u, imp)
     spec = u.spec
     b_click = _solve(lambda b: float(np.mean(exam * _sigmoid(logits["click"] + b))), spec.click_rate, "click_rate")
