@@ -147,8 +147,9 @@ class NLPMultiTaskModel(TrainableModel):
             mixed = {name: self.mix_projection(v) for name, v in mixed.items()}
         return mixed
 
-    def forward(self, inputs: Mapping[str, Tensor], tasks: Sequence[str] | None = None) -> dict[str, Any]:
-        inputs = trim_padding(inputs)
+    def forward(self, inputs: Mapping[str, Tensor], tasks: Sequence[str] | None = None, trim: bool = True) -> dict[str, Any]:
+        """Each asked task's head output; ``trim=False`` keeps the inputs' padding (a traced graph: no data-dependent length)."""
+        inputs = trim_padding(inputs) if trim else dict(inputs)
         names = [n for n in (tasks if tasks is not None else self.heads.keys()) if n in self.heads]
         groups: dict[str, list[str]] = {}
         for name in names:

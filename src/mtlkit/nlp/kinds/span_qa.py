@@ -57,6 +57,7 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.nlp import span_metrics
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.json_inputs import InputError, json_type, text, token_counts, too_long
 from mtlkit.nlp.kinds._common import fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import QAExample
 
@@ -64,6 +65,7 @@ MASKED = -1e4  # a masked logit: far below any real one, and finite in fp16
 # (N, L): where start/end logits are not masked (context tokens, and 0 for the null answer).
 # The "tok:" prefix makes the model trim it with the text inputs.
 ANSWER_MASK = "tok:answer_mask"
+MAX_WINDOWS = 16  # served contexts: at most this many windows' worth of word pieces
 
 
 def decode_spans(start_logits: Tensor, end_logits: Tensor, allowed: Tensor,
@@ -181,6 +183,30 @@ class SpanQATask(NLPTask):
         while stop >= first and spans[stop][0] >= end:  # last token starting before the answer's end
             stop -= 1
         return (start, stop, 1) if start <= stop else (0, 0, 0)
+
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> QAExample:
+        """``{"question": …, "context": …}`` (optional ``"id"``: echoed in the answer)."""
+        if not isinstance(value, dict):
+            raise InputError(f'an input must be {{"question": ..., "context": ...}}, got {json_type(value)}')
+        unknown = sorted(set(value) - {"id", "question", "context"})
+        if unknown:
+            raise InputError(f'unknown field(s) {", ".join(map(repr, unknown))}: send {{"question": ..., "context": ..., "id": ...}}')
+        ident = value.get("id", "")
+        if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+            raise InputError(f'"id" must be a string or an integer, got {json_type(ident)}')
+        return QAExample(str(ident), text(value.get("question"), '"question"'), text(value.get("context"), '"context"'), ())
+
+    def input_problems(self, examples: Sequence[QAExample], tokenizer: Any) -> dict[int, str]:
+        """A question longer than ``max_question_length``, or a context of more than MAX_WINDOWS windows."""
+        problems = too_long(token_counts(tokenizer, [ex.question for ex in examples]), self.max_question_length + 2, self.name,
+                            "max_question_length (+2 special tokens)")
+        limit = MAX_WINDOWS * (self.max_length - self.max_question_length - 3)
+        for i, n in enumerate(token_counts(tokenizer, [ex.context for ex in examples])):
+            if i not in problems and n - 2 > limit:
+                problems[i] = (f"the context's {n - 2} word pieces exceed the {limit} of {MAX_WINDOWS} windows of task "
+                               f"{self.name!r} (max_length {self.max_length}): split the context")
+        return problems
 
     # -- model ---------------------------------------------------------------------------
     def build_head(self, hidden_size: int) -> NLPHead:
