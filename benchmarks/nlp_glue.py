@@ -65,6 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
     parser.add_argument("--encoder", default="minilm", help="minilm, a local save_pretrained folder, or a cached hub id")
+    parser.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"],
+                        help="auto (default): the encoder's own pooling, mean for MiniLM; cls: the figures before mean pooling became the default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(METRICS), choices=list(METRICS))
     parser.add_argument("--rows", type=int, nargs=4, default=[3000, 1000, 1000, 1500], metavar=("SST2", "RTE", "MRPC", "STSB"),
@@ -89,7 +91,7 @@ def main() -> None:
 
     def config(seed: int, tasks: list[str], epochs: int, monitor: str, **extra) -> dict:
         steps = epochs * sum(-(-rows_of[t] // args.batch_size) for t in tasks)  # (MRPC's is a slight overestimate)
-        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": "cls"}, "balancer": {"name": "fixed"},
+        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": args.pooling}, "balancer": {"name": "fixed"},
                 "sampling": {"strategy": "proportional"},
                 "train": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": steps // 10,
                           "monitor": monitor, "patience": None, "threads": args.threads, "precision": args.precision},

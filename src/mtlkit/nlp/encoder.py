@@ -16,12 +16,18 @@ NAACL 2021, §3) found separate entity and relation encoders better than a share
 sharing is a switch, not an assumption.
 
 The pooled vector is the first token's state (``pooling: cls``, BERT's [CLS]) or the
-mask-weighted mean of the token states (``pooling: mean``, what MiniLM was trained with).
+mask-weighted mean of the token states (``pooling: mean``). The default, ``pooling: auto``, is
+what the encoder was trained with (:func:`trained_pooling`): ``mean`` for sentence-transformers
+encoders — MiniLM (all-MiniLM-L6-v2 was trained on mean-pooled sentence embeddings, Reimers &
+Gurevych 2019) or any local/cached model whose ``1_Pooling/config.json`` says
+``pooling_mode_mean_tokens`` — else ``cls``. A run's ``config.yaml`` records the resolved value.
 
 Example:
-    >>> spec = EncoderSpec(name="minilm", pooling="mean")
-    >>> spec.tokenizer_name
-    'minilm'
+    >>> spec = EncoderSpec(name="minilm")
+    >>> spec.tokenizer_name, spec.pooling, spec.resolved().pooling
+    ('minilm', 'auto', 'mean')
+    >>> EncoderSpec(name="/no/such/bert").resolved().pooling, EncoderSpec(name="minilm", pooling="cls").resolved().pooling
+    ('cls', 'cls')
     >>> import torch
     >>> states = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]])
     >>> pool(states, torch.tensor([[1, 1, 0]]), "mean").tolist()   # the padding row is left out
@@ -53,11 +59,38 @@ class EncoderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = MINILM
     tokenizer: str | None = None  # defaults to `name`
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: what the encoder was trained with (trained_pooling)
 
     @property
     def tokenizer_name(self) -> str:
         return self.tokenizer or self.name
+
+    def resolved(self) -> EncoderSpec:
+        """The spec with ``pooling: auto`` replaced by the encoder's own pooling."""
+        return self if self.pooling != "auto" else self.model_copy(update={"pooling": trained_pooling(self.name)})
+
+
+def trained_pooling(name: str) -> str:
+    """``"mean"`` for an encoder trained with mean pooling (MiniLM, sentence-transformers folders), else ``"cls"``."""
+    import json
+
+    if name == MINILM:
+        return "mean"
+    path = Path(name).expanduser()
+    config: Path | None = path / "1_Pooling" / "config.json" if path.is_dir() else None
+    if config is None and not name.startswith(("/", "./", "../", "~")):
+        try:  # a hub id already in the local cache (nothing is downloaded)
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "1_Pooling/config.json")
+            config = Path(cached) if isinstance(cached, str) else None
+        except Exception:
+            config = None
+    try:
+        settings = json.loads(config.read_text()) if config is not None and config.is_file() else {}
+    except (OSError, ValueError):
+        settings = {}
+    return "mean" if isinstance(settings, dict) and settings.get("pooling_mode_mean_tokens") else "cls"
 
 
 def minilm_path() -> Path:
@@ -151,4 +184,5 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-__all__ = ["EncoderSpec", "MINILM", "accepts_token_types", "hidden_size", "load_encoder", "load_tokenizer", "minilm_path", "pool", "resolve_name"]
+__all__ = ["EncoderSpec", "MINILM", "accepts_token_types", "hidden_size", "load_encoder", "load_tokenizer", "minilm_path", "pool", "resolve_name",
+           "trained_pooling"]

@@ -107,6 +107,8 @@ class NLPMultiTaskModel(TrainableModel):
     def __init__(self, encoders: Mapping[str, nn.Module], tasks: Sequence[NLPTask], pooling: str = "cls",
                  mixing: MixingSpec | None = None) -> None:
         super().__init__([t.name for t in tasks])
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean' (resolve 'auto' with EncoderSpec.resolved()), got {pooling!r}")
         self.tasks = {t.name: t for t in tasks}
         self.encoder_of = {t.name: encoder_key(t) for t in tasks}
         missing = sorted(set(self.encoder_of.values()) - set(encoders))
@@ -236,7 +238,7 @@ def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: MixingS
     base = encoder if encoder is not None else load_encoder(spec)
     keys = sorted({encoder_key(t) for t in tasks})
     encoders = {key: base if i == 0 else copy.deepcopy(base) for i, key in enumerate(keys)}
-    return NLPMultiTaskModel(encoders, tasks, spec.pooling, mixing)
+    return NLPMultiTaskModel(encoders, tasks, spec.resolved().pooling, mixing)
 
 
 __all__ = ["MixingSpec", "NLPMultiTaskModel", "SHARED", "build_nlp_model", "encoder_key", "trim_padding"]
