@@ -91,6 +91,19 @@ def test_span_qa_answers_are_spans_of_their_context(client):
         assert record["answer"] in context
 
 
+def test_span_qa_questions_without_ids_keep_their_own_answers(client):
+    """Served questions often carry no id: answers are matched by position, not by (repeated) id."""
+    contexts = ["Alice founded the company in Paris in 1990.", "Bob Marley sang reggae songs in Jamaica.", "Zebras live in Africa."]
+    response = client.post("/predict", json={"task": "qa", "inputs": [{"question": "Who?", "context": c} for c in contexts]})
+    assert response.status_code == 200, response.text
+    records = response.json()["predictions"]
+    assert [r["id"] for r in records] == ["", "", ""]
+    assert all(r["answer"] in c for r, c in zip(records, contexts))
+    alone = [client.post("/predict", json={"task": "qa", "inputs": [{"question": "Who?", "context": c}]}).json()["predictions"][0]["answer"]
+             for c in contexts]
+    assert [r["answer"] for r in records] == alone
+
+
 def test_all_single_text_tasks_share_one_encoder_pass(run_dir):
     app = create_app(run_dir, batching=False)
     calls = _counting(app)

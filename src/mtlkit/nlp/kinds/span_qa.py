@@ -232,10 +232,12 @@ class SpanQATask(NLPTask):
     def predict_answers(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> dict[str, str]:
         """The answer text per question id, best span over the question's (kept) windows."""
-        return self._predict(outputs, table, examples)[0]
+        texts, _ = self._predict(outputs, table, examples)
+        return {examples[i].id: text for i, text in texts.items()}
 
     def _predict(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
-                 examples: Sequence[QAExample]) -> tuple[dict[str, str], Tensor]:
+                 examples: Sequence[QAExample]) -> tuple[dict[int, str], Tensor]:
+        """The answer text per example index (ids may repeat: served questions often have none), and p(answer) per window."""
         start, end, score, p_answer = self._window_scores(outputs, table)
         offsets, example_index = table.extras["offsets"], table.extras["example_index"].tolist()
         kept = torch.ones_like(score, dtype=torch.bool)
@@ -244,22 +246,21 @@ class SpanQATask(NLPTask):
         windows: dict[int, list[int]] = {}
         for w, ex in enumerate(example_index):
             windows.setdefault(ex, []).append(w)
-        answers: dict[str, str] = {}
+        answers: dict[int, str] = {}
         for ex, ws in windows.items():
             candidates = [w for w in ws if kept[w]] or [max(ws, key=lambda w: float(p_answer[w]))]
             best = max(candidates, key=lambda w: float(score[w]))
             if score[best] == -math.inf:  # no window had context tokens
-                answers[examples[ex].id] = ""
+                answers[ex] = ""
                 continue
             begin, stop = int(offsets[best, start[best], 0]), int(offsets[best, end[best], 1])
-            answers[examples[ex].id] = examples[ex].context[begin:stop]
+            answers[ex] = examples[ex].context[begin:stop]
         return answers, p_answer
 
     def evaluate(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                  examples: Sequence[QAExample]) -> dict[str, float]:
         predicted, p_answer = self._predict(outputs, table, examples)
-        by_id = {ex.id: ex for ex in examples}
-        pairs = [(text, [a.text for a in by_id[i].answers]) for i, text in predicted.items()]
+        pairs = [(text, [a.text for a in examples[i].answers]) for i, text in predicted.items()]
         values = {
             "squad_em": sum(span_metrics.squad_exact_match(p, g) for p, g in pairs) / len(pairs),
             "squad_f1": sum(span_metrics.squad_f1(p, g) for p, g in pairs) / len(pairs),
@@ -273,8 +274,8 @@ class SpanQATask(NLPTask):
     def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> list[dict[str, Any]]:
         """``{"id", "answer"}`` per question, in ``examples`` order."""
-        answers = self.predict_answers(outputs, table, examples)
-        return [{"id": ex.id, "answer": answers.get(ex.id, "")} for ex in examples]
+        answers, _ = self._predict(outputs, table, examples)
+        return [{"id": ex.id, "answer": answers.get(i, "")} for i, ex in enumerate(examples)]
 
 
 __all__ = ["SpanQAHead", "SpanQATask", "decode_spans"]
