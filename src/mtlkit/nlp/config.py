@@ -186,6 +186,15 @@ class NLPRunConfig(BaseModel):
         from mtlkit.balancing.base import BALANCERS
         from mtlkit.balancing.gradient import GradientBalancer
 
+        if self.encoder.adapters is not None:
+            own = [e.task.name for e in self.tasks if e.task.encoder != "shared"]
+            if own:
+                raise ValueError(f"encoder.adapters: task {own[0]!r} has `encoder: own`; adapters sit on the one shared encoder")
+            if self.mixing is not None:
+                raise ValueError("encoder.adapters: mixing reads one shared pooled vector, but with adapters every task has its own")
+            if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer):
+                raise ValueError(f"encoder.adapters: balancer {self.balancer.name!r} compares gradients of shared parameters; "
+                                 "with adapters the shared encoder is frozen (use a loss-weighting balancer)")
         if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer) and self.sampling.strategy not in (None, "round"):
             raise ValueError(f"sampling.strategy: balancer {self.balancer.name!r} compares the tasks' gradients within a step, "
                              f"which needs strategy `round` (one batch of every task per step), not {self.sampling.strategy!r}")

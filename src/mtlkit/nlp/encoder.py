@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -60,6 +60,29 @@ class EncoderSpec(BaseModel):
     name: str = MINILM
     tokenizer: str | None = None  # defaults to `name`
     pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: what the encoder was trained with (trained_pooling)
+    # Per-task LoRA adapters on the frozen encoder (mtlkit.nlp.adapters): adapters: lora, r, alpha, ...
+    adapters: Literal["lora"] | None = None
+    r: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0)
+    adapter_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _adapter_keys(self) -> EncoderSpec:
+        given = [k for k in ("r", "alpha", "adapter_dropout", "target_modules") if getattr(self, k) is not None]
+        if given and self.adapters is None:
+            raise ValueError(f"{given[0]} configures adapters: set adapters: lora")
+        return self
+
+    @property
+    def adapter_spec(self) -> Any:
+        """The :class:`~mtlkit.nlp.adapters.AdapterSpec` of ``adapters: lora``, or None."""
+        if self.adapters is None:
+            return None
+        from mtlkit.nlp.adapters import AdapterSpec
+
+        values = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules}
+        return AdapterSpec(**{k: v for k, v in values.items() if v is not None})
 
     @property
     def tokenizer_name(self) -> str:
