@@ -116,3 +116,34 @@ def test_an_encoder_peft_cannot_wrap_is_a_config_error(trained, tmp_path):
     with pytest.raises(ConfigError, match="encoder.adapters: PEFT cannot wrap encoder BertModel"):
         train_nlp_run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_adapter_run_resumes_exactly(trained, tmp_path, monkeypatch):
+    """last.pt holds adapters, heads and optimizer state; the frozen base is reloaded: the resumed run matches."""
+    import json
+
+    import mtlkit.nlp.run as nlp_run
+    from mtlkit.nlp.run import train_nlp_run
+
+    directory, _ = trained
+    raw = _raw(directory / "bert")
+    raw["train"].update(checkpoint_every=2)
+    config = parse_nlp_config(raw)
+    whole = train_nlp_run(config, tmp_path / "whole")
+    original, seen = nlp_run.TaskSampler.epoch, [0]
+
+    def interrupted(self, epoch=0, start_step=0):
+        for step in original(self, epoch, start_step):
+            seen[0] += 1
+            if seen[0] == 7:  # mid-epoch 2, one step after a checkpoint
+                raise KeyboardInterrupt
+            yield step
+
+    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_nlp_run(config, tmp_path / "resumed")
+    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", original)
+    resumed = train_nlp_run(config, tmp_path / "resumed")
+    assert resumed["validation"] == whole["validation"]
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k.startswith("val/")} for line in path.read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "resumed" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
