@@ -19,6 +19,9 @@ Arms, per seed (subsamples depend on the seed, and are the same in every arm):
   figures are reported too (the multi-task model without fine-tuning).
 * ``mtdnn``: the ``mtl`` model fine-tuned on each task alone for ``F`` epochs (``init_from``);
   best epoch on the task's validation metric.
+* ``lora`` (``--arms ... lora``): ``mtl``'s set-up for all ``E`` epochs, but the encoder frozen and
+  one LoRA adapter per task (``encoder: {adapters: lora, r: --lora-r, alpha: 2r}``, learning rate
+  ``--lora-lr``); reported next to ``mtl`` with trained parameters, checkpoint size and wall time.
 
 Same budget: every arm passes over each task's training rows ``E`` times (single: E; mtdnn: E - F
 multi-task + F alone), at the same batch size, learning rate and schedule.
@@ -29,6 +32,7 @@ multi-task + F alone), at the same batch size, learning rate and schedule.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -65,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/nlp"))
     parser.add_argument("--encoder", default="minilm", help="minilm, a local save_pretrained folder, or a cached hub id")
+    parser.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"],
+                        help="auto (default): the encoder's own pooling, mean for MiniLM; cls: the figures before mean pooling became the default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(METRICS), choices=list(METRICS))
     parser.add_argument("--rows", type=int, nargs=4, default=[3000, 1000, 1000, 1500], metavar=("SST2", "RTE", "MRPC", "STSB"),
@@ -76,7 +82,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="train.precision (auto: bf16 where the CPU/GPU runs it natively, else fp32)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--arms", nargs="+", default=["single", "mtdnn"], choices=["single", "mtdnn"])
+    parser.add_argument("--arms", nargs="+", default=["single", "mtdnn"], choices=["single", "mtdnn", "lora"])
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-lr", type=float, default=5e-4, help="adapters train at a higher rate than full fine-tuning")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results/nlp_glue"))
     args = parser.parse_args()
     if not 0 < args.finetune_epochs < args.epochs:
@@ -89,7 +97,7 @@ def main() -> None:
 
     def config(seed: int, tasks: list[str], epochs: int, monitor: str, **extra) -> dict:
         steps = epochs * sum(-(-rows_of[t] // args.batch_size) for t in tasks)  # (MRPC's is a slight overestimate)
-        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": "cls"}, "balancer": {"name": "fixed"},
+        return {"seed": seed, "encoder": {"name": args.encoder, "pooling": args.pooling}, "balancer": {"name": "fixed"},
                 "sampling": {"strategy": "proportional"},
                 "train": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": steps // 10,
                           "monitor": monitor, "patience": None, "threads": args.threads, "precision": args.precision},
@@ -113,9 +121,23 @@ def main() -> None:
                                args.out / f"seed{seed}" / f"mtdnn_{task}", Path.cwd())
                 records += [{"seed": seed, "arm": "mtdnn", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
                 walls["mtdnn"] += s.get("wall_seconds", 0.0)
+        if "lora" in args.arms:
+            lora_dir = args.out / f"seed{seed}" / "lora"
+            raw = config(seed, args.tasks, args.epochs, "loss")
+            raw["encoder"].update(adapters="lora", r=args.lora_r, alpha=2 * args.lora_r)
+            raw["train"]["lr"] = args.lora_lr
+            s = run_config(raw, lora_dir, Path.cwd())
+            records += [{"seed": seed, "arm": "lora", "task": t, "metric": m, "value": s["test"][t][m]} for t in args.tasks for m in METRICS[t]]
+            walls["lora"] = walls.get("lora", 0.0) + s.get("wall_seconds", 0.0)
+            mtl_summary = args.out / f"seed{seed}" / "mtl" / "summary.json"
+            for arm, directory in (("lora", lora_dir), ("mtl", mtl_summary.parent)):
+                if (directory / "best.pt").exists():
+                    summary = json.loads((directory / "summary.json").read_text())
+                    print(f"  {arm}: trained parameters {summary.get('trained_parameters', summary['parameters']):,} of {summary['parameters']:,}; "
+                          f"best.pt {(directory / 'best.pt').stat().st_size / 2**20:.1f} MiB; {summary.get('wall_seconds', 0):.0f} s", flush=True)
         write_csv(args.out / "nlp_glue.csv", records)
 
-    arms = [a for a in ("single", "mtl", "mtdnn") if any(r["arm"] == a for r in records)]
+    arms = [a for a in ("single", "mtl", "mtdnn", "lora") if any(r["arm"] == a for r in records)]
     rows = []
     for task in args.tasks:
         for metric in METRICS[task]:

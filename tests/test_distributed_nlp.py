@@ -5,7 +5,9 @@ split over ranks, so with dropout the runs are equal only in distribution — tr
 (SST-2 classification, STS-B regression) with MT-DNN's proportional sampler for 2 epochs. The
 global batches are the sampler's (a function of seed, epoch and step), each rank keeps its half
 of every batch, gradients are averaged: the best checkpoint of the 2-process run equals the
-1-process one's to ATOL (float summation order), and only rank 0 writes files.
+1-process one's to ATOL (float summation order), and only rank 0 writes files. The same holds with
+per-task LoRA adapters on the frozen encoder (``encoder: {adapters: lora}``): the frozen weights have
+no gradient on any rank, the adapters' are averaged.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ NLP = SHARED_DATA / "nlp"
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp_nlp")
+@pytest.fixture(scope="module", params=["full", "lora"])
+def runs(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"ddp_nlp_{request.param}")
     save_tiny_bert(tmp / "bert", [(NLP / "sst2" / "train.tsv", 40), (NLP / "stsb" / "sts-train.tsv", 40)], dropout=0.0, max_positions=64)
     rows = {"train": 40, "validation": 16}
     config = {
-        "seed": 0, "encoder": {"name": str(tmp / "bert")}, "sampling": {"strategy": "proportional"},
+        "seed": 0, "encoder": {"name": str(tmp / "bert"), **({"adapters": "lora", "r": 4, "alpha": 8} if request.param == "lora" else {})},
+        "sampling": {"strategy": "proportional"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "threads": 1, "monitor": "loss",
                   "precision": "fp32"},  # an fp32 comparison, whatever "auto" picks here
         "tasks": [

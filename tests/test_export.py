@@ -116,7 +116,7 @@ def test_cli_export_errors(runs, tmp_path):
     assert result.exit_code == 2 and "not a trained mtlkit run" in result.output
     (tmp_path / "config.yaml").write_text("encoder: {name: minilm}\n")
     result = runner.invoke(app, ["export", str(tmp_path), "--format", "onnx"])
-    assert result.exit_code == 2 and "an NLP run cannot be exported yet" in result.output
+    assert result.exit_code == 2 and "not a trained mtlkit run (no best.pt)" in result.output  # NLP runs export: tests/test_export_nlp.py
 
 
 def test_unexportable_model_names_why(runs, tmp_path, monkeypatch):

@@ -177,7 +177,7 @@ def doctor(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `mtlkit train`."),
-    format: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
+    format: str = typer.Option(..., "--format", "-f", help="torchscript or onnx (NLP runs: onnx)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/export/<format>)."),
     verify: bool = typer.Option(True, help="Load the export back and compare it with PyTorch (ONNX: needs onnxruntime)."),
 ) -> None:
@@ -193,6 +193,16 @@ def export(
     except MtlkitError as error:
         _fail(error)
     manifest = result.manifest
+    if manifest.get("run_kind") == "nlp":
+        console.print(f"wrote {result.artifact} (+ tokenizer/, manifest.json)", soft_wrap=True)
+        console.print("inputs:  " + ", ".join(f"{s['name']} {s['dtype']}{s['axes']}" for s in manifest["inputs"]), highlight=False, soft_wrap=True)
+        console.print("outputs: " + ", ".join(f"{s['name']} ({s['kind']})" for s in manifest["outputs"]), highlight=False, soft_wrap=True)
+        check = manifest["verification"]
+        if check["checked"]:
+            kinds = ", ".join(f"{k} {v:.2g}" for k, v in check["max_abs_diff_by_kind"].items())
+            console.print(f"verified against PyTorch on each task's data: max |diff| by kind: {kinds} "
+                          f"(allowed {check['atol']:g} + {check['rtol']:g}·|value|)", soft_wrap=True)
+        return
     console.print(f"wrote {result.artifact} (+ schema.json, manifest.json)", soft_wrap=True)
     console.print("inputs:  " + ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in manifest["inputs"]), highlight=False, soft_wrap=True)
     console.print("outputs: " + ", ".join(f"{s['name']} ({s['postprocess']})" if s["name"] != "fused_score" else "fused_score"

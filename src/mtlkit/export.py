@@ -327,7 +327,12 @@ def export_run(
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    refuse_text_runs(run_dir, "exported")
+    from mtlkit.config import is_nlp_run
+
+    if is_nlp_run(run_dir):  # texts in: the encoder and every head in one ONNX graph
+        from mtlkit.nlp.export import export_nlp_run
+
+        return export_nlp_run(run_dir, format, out, verify, opset)
     run = load_run(run_dir)
     _check_exportable(run.model, run.schema, run_dir)
     out = Path(out) if out is not None else run_dir / "export" / format

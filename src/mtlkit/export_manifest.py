@@ -50,6 +50,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: must be a JSON object, got {type(manifest).__name__}")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         raise ConfigError(f"{path}: unsupported manifest version {manifest.get('manifest_version')!r}")
+    if manifest.get("run_kind", "tabular") == "nlp":
+        return _text_manifest(directory, manifest, path)
     if _get(manifest, "format", str, path) not in FORMATS:
         raise ConfigError(f"{path}: 'format' must be one of {', '.join(FORMATS)}, got {manifest['format']!r}")
     for key in ("artifact", "schema"):
@@ -67,6 +69,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'outputs' is empty")
     for i, spec in enumerate(outputs):
         _output(spec, f"outputs[{i}]", path)
+    return manifest
+
+
+def _text_manifest(directory: Path, manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """An NLP export's manifest (:mod:`mtlkit.nlp.export`): ONNX, a tokenizer folder, inputs, outputs and task definitions."""
+    if _get(manifest, "format", str, path) != "onnx":
+        raise ConfigError(f"{path}: 'format' of an NLP export must be 'onnx', got {manifest['format']!r}")
+    _inside(directory, _get(manifest, "artifact", str, path), "artifact", path)
+    tokenizer = _get(manifest, "tokenizer", str, path)
+    escapes = not tokenizer or PurePosixPath(tokenizer).is_absolute() or ".." in PurePosixPath(tokenizer.replace("\\", "/")).parts
+    if escapes or not (directory / tokenizer).resolve().is_relative_to(directory.resolve()) or not (directory / tokenizer).is_dir():
+        raise ConfigError(f"{path}: 'tokenizer' must name a folder inside the export directory, got {tokenizer!r}")
+    for key in ("run_dir", "backbone", "encoder"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise ConfigError(f"{path}: {key!r} must be a string, got {type(manifest[key]).__name__}")
+    for key, fields in (("inputs", {"name": str, "key": str, "dtype": str, "axes": list}), ("outputs", {"name": str, "kind": str}),
+                        ("tasks", {"kind": str, "definition": dict})):
+        entries = _get(manifest, key, list, path)
+        if not entries:
+            raise ConfigError(f"{path}: {key!r} is empty")
+        for i, spec in enumerate(entries):
+            _entry(spec, f"{key}[{i}]", fields, path)
     return manifest
 
 

@@ -42,6 +42,10 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
 - ``predict_records(outputs, table, examples)``: one JSON-able dict per example from the
   gathered outputs, for ``mtlkit predict`` (:mod:`mtlkit.nlp.predict`); ``auxiliary`` marks a
   kind with nothing to predict (masked-LM), skipped when ``predict`` picks a run's task.
+- ``example_from_json(value)``, ``single_text`` and ``input_problems(examples, tokenizer)``: what
+  ``mtlkit serve`` needs (:mod:`mtlkit.serve.text`): one JSON input → the kind's example
+  (:class:`~mtlkit.nlp.json_inputs.InputError` for anything else), whether one plain string is
+  a whole input (such tasks answer together), and the inputs too long to take without truncation.
 
 Padding: the model trims every batch to its longest row, so token-level outputs have a
 sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token targets to
@@ -130,6 +134,21 @@ class NLPTask(BaseModel):
     def predict_records(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
         """One JSON-able record per example, in ``examples`` order (``outputs``: :func:`~mtlkit.nlp.evaluation.predict_task`'s)."""
         raise NotImplementedError(f"task kind {self.kind!r} does not write predictions")
+
+    def example_from_json(self, value: Any) -> Any:
+        """The example a served JSON input stands for; :class:`~mtlkit.nlp.json_inputs.InputError` if it is not one."""
+        from mtlkit.nlp.json_inputs import InputError
+
+        raise InputError(f"task kind {self.kind!r} cannot be served")
+
+    @property
+    def single_text(self) -> bool:
+        """Whether one plain string is a complete input (a request without ``task`` asks every such task)."""
+        return False
+
+    def input_problems(self, examples: Sequence[Any], tokenizer: Any) -> dict[int, str]:
+        """``{index: why}`` for served examples too long to predict without truncation (none by default)."""
+        return {}
 
     @property
     def prediction_width(self) -> int | None:

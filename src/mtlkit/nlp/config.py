@@ -8,7 +8,7 @@ mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, 
 ``prediction_inputs: [other tasks]`` (:mod:`mtlkit.nlp.prediction_inputs`), …) and ``data``::
 
     seed: 0
-    encoder: {name: minilm, pooling: cls}      # or a local dir (save_pretrained), or a cached hub id
+    encoder: {name: minilm, pooling: auto}     # or a local dir (save_pretrained), or a cached hub id; auto: MiniLM mean, BERT cls
     mixing: {backbone: mmoe, options: {experts: 4, expert_hidden: [384]}}   # optional
     sampling: {strategy: temperature, temperature: 2, cap: 0.5}             # see mtlkit.nlp.sampling
     balancer: {name: fixed}
@@ -186,6 +186,15 @@ class NLPRunConfig(BaseModel):
         from mtlkit.balancing.base import BALANCERS
         from mtlkit.balancing.gradient import GradientBalancer
 
+        if self.encoder.adapters is not None:
+            own = [e.task.name for e in self.tasks if e.task.encoder != "shared"]
+            if own:
+                raise ValueError(f"encoder.adapters: task {own[0]!r} has `encoder: own`; adapters sit on the one shared encoder")
+            if self.mixing is not None:
+                raise ValueError("encoder.adapters: mixing reads one shared pooled vector, but with adapters every task has its own")
+            if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer):
+                raise ValueError(f"encoder.adapters: balancer {self.balancer.name!r} compares gradients of shared parameters; "
+                                 "with adapters the shared encoder is frozen (use a loss-weighting balancer)")
         if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer) and self.sampling.strategy not in (None, "round"):
             raise ValueError(f"sampling.strategy: balancer {self.balancer.name!r} compares the tasks' gradients within a step, "
                              f"which needs strategy `round` (one batch of every task per step), not {self.sampling.strategy!r}")
@@ -214,7 +223,7 @@ class NLPRunConfig(BaseModel):
         encoder = {k: str((base / v).resolve()) for k in ("name", "tokenizer")
                    if (v := getattr(self.encoder, k)) and not Path(v).is_absolute() and (base / v).exists()}
         init = {"init_from": (base / self.init_from).resolve()} if self.init_from and not self.init_from.is_absolute() else {}
-        return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder), **init})
+        return self.model_copy(update={"tasks": entries, "encoder": self.encoder.model_copy(update=encoder).resolved(), **init})
 
 
 def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:

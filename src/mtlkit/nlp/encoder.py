@@ -16,12 +16,18 @@ NAACL 2021, §3) found separate entity and relation encoders better than a share
 sharing is a switch, not an assumption.
 
 The pooled vector is the first token's state (``pooling: cls``, BERT's [CLS]) or the
-mask-weighted mean of the token states (``pooling: mean``, what MiniLM was trained with).
+mask-weighted mean of the token states (``pooling: mean``). The default, ``pooling: auto``, is
+what the encoder was trained with (:func:`trained_pooling`): ``mean`` for sentence-transformers
+encoders — MiniLM (all-MiniLM-L6-v2 was trained on mean-pooled sentence embeddings, Reimers &
+Gurevych 2019) or any local/cached model whose ``1_Pooling/config.json`` says
+``pooling_mode_mean_tokens`` — else ``cls``. A run's ``config.yaml`` records the resolved value.
 
 Example:
-    >>> spec = EncoderSpec(name="minilm", pooling="mean")
-    >>> spec.tokenizer_name
-    'minilm'
+    >>> spec = EncoderSpec(name="minilm")
+    >>> spec.tokenizer_name, spec.pooling, spec.resolved().pooling
+    ('minilm', 'auto', 'mean')
+    >>> EncoderSpec(name="/no/such/bert").resolved().pooling, EncoderSpec(name="minilm", pooling="cls").resolved().pooling
+    ('cls', 'cls')
     >>> import torch
     >>> states = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]])
     >>> pool(states, torch.tensor([[1, 1, 0]]), "mean").tolist()   # the padding row is left out
@@ -36,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -53,11 +59,61 @@ class EncoderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = MINILM
     tokenizer: str | None = None  # defaults to `name`
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: what the encoder was trained with (trained_pooling)
+    # Per-task LoRA adapters on the frozen encoder (mtlkit.nlp.adapters): adapters: lora, r, alpha, ...
+    adapters: Literal["lora"] | None = None
+    r: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0)
+    adapter_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _adapter_keys(self) -> EncoderSpec:
+        given = [k for k in ("r", "alpha", "adapter_dropout", "target_modules") if getattr(self, k) is not None]
+        if given and self.adapters is None:
+            raise ValueError(f"{given[0]} configures adapters: set adapters: lora")
+        return self
+
+    @property
+    def adapter_spec(self) -> Any:
+        """The :class:`~mtlkit.nlp.adapters.AdapterSpec` of ``adapters: lora``, or None."""
+        if self.adapters is None:
+            return None
+        from mtlkit.nlp.adapters import AdapterSpec
+
+        values = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules}
+        return AdapterSpec(**{k: v for k, v in values.items() if v is not None})
 
     @property
     def tokenizer_name(self) -> str:
         return self.tokenizer or self.name
+
+    def resolved(self) -> EncoderSpec:
+        """The spec with ``pooling: auto`` replaced by the encoder's own pooling."""
+        return self if self.pooling != "auto" else self.model_copy(update={"pooling": trained_pooling(self.name)})
+
+
+def trained_pooling(name: str) -> str:
+    """``"mean"`` for an encoder trained with mean pooling (MiniLM, sentence-transformers folders), else ``"cls"``."""
+    import json
+
+    if name == MINILM:
+        return "mean"
+    path = Path(name).expanduser()
+    config: Path | None = path / "1_Pooling" / "config.json" if path.is_dir() else None
+    if config is None and not name.startswith(("/", "./", "../", "~")):
+        try:  # a hub id already in the local cache (nothing is downloaded)
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "1_Pooling/config.json")
+            config = Path(cached) if isinstance(cached, str) else None
+        except Exception:
+            config = None
+    try:
+        settings = json.loads(config.read_text()) if config is not None and config.is_file() else {}
+    except (OSError, ValueError):
+        settings = {}
+    return "mean" if isinstance(settings, dict) and settings.get("pooling_mode_mean_tokens") else "cls"
 
 
 def minilm_path() -> Path:
@@ -151,4 +207,5 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-__all__ = ["EncoderSpec", "MINILM", "accepts_token_types", "hidden_size", "load_encoder", "load_tokenizer", "minilm_path", "pool", "resolve_name"]
+__all__ = ["EncoderSpec", "MINILM", "accepts_token_types", "hidden_size", "load_encoder", "load_tokenizer", "minilm_path", "pool", "resolve_name",
+           "trained_pooling"]

@@ -66,6 +66,7 @@ from mtlkit.nlp.prediction_inputs import check_prediction_inputs, extra_width
 from mtlkit.protocols import TrainableModel
 
 SHARED = "shared"
+ADAPTER = "adapter:"  # a task's encoder key with per-task adapters: the shared encoder with its adapter active
 
 
 class MixingSpec(BaseModel):
@@ -105,8 +106,10 @@ class NLPMultiTaskModel(TrainableModel):
     task_aware = True
 
     def __init__(self, encoders: Mapping[str, nn.Module], tasks: Sequence[NLPTask], pooling: str = "cls",
-                 mixing: MixingSpec | None = None) -> None:
+                 mixing: MixingSpec | None = None, adapters: Any = None) -> None:
         super().__init__([t.name for t in tasks])
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean' (resolve 'auto' with EncoderSpec.resolved()), got {pooling!r}")
         self.tasks = {t.name: t for t in tasks}
         self.encoder_of = {t.name: encoder_key(t) for t in tasks}
         missing = sorted(set(self.encoder_of.values()) - set(encoders))
@@ -120,6 +123,18 @@ class NLPMultiTaskModel(TrainableModel):
         self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
         for name, head in self.heads.items():
             head.bind_encoder(self.encoders[self.encoder_of[name]])
+        # Per-task LoRA adapters (mtlkit.nlp.adapters): each task's key names its adapter on the one frozen encoder.
+        self.adapter_of: dict[str, str] = {}
+        if adapters is not None:
+            if set(self.encoder_of.values()) != {SHARED}:
+                raise ValueError("encoder.adapters: every task must use the shared encoder (no `encoder: own`)")
+            if mixing is not None:
+                raise ValueError("encoder.adapters: mixing reads one shared pooled vector; with adapters each task has its own")
+            from mtlkit.nlp.adapters import wrap
+
+            self.encoders[SHARED] = wrap(self.encoders[SHARED], adapters, [t.name for t in tasks])
+            self.encoder_of = {t.name: f"{ADAPTER}{t.name}" for t in tasks}
+            self.adapter_of = {f"{ADAPTER}{t.name}": t.name for t in tasks}
         self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
         self.mixing: nn.Module | None = None
         self.mix_projection: nn.Module | None = None
@@ -133,10 +148,15 @@ class NLPMultiTaskModel(TrainableModel):
     def encode(self, key: str, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(sequence, pooled)`` of encoder ``key``; ``(B, k, L)`` inputs are flattened to ``B·k`` rows."""
         kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        if self._token_types[key] and "token_type_ids" in inputs:
+        module = SHARED if key in self.adapter_of else key
+        if self._token_types[module] and "token_type_ids" in inputs:
             kwargs["token_type_ids"] = inputs["token_type_ids"]
         kwargs = {k: v.reshape(-1, v.shape[-1]) for k, v in kwargs.items()}
-        sequence = self.encoders[key](**kwargs)[0]  # last_hidden_state of any transformers encoder
+        if key in self.adapter_of:
+            from mtlkit.nlp.adapters import activate
+
+            activate(self.encoders[SHARED], self.adapter_of[key])
+        sequence = self.encoders[module](**kwargs)[0]  # last_hidden_state of any transformers encoder
         return sequence, pool(sequence, kwargs["attention_mask"], self.pooling)
 
     def mix(self, pooled: Tensor) -> dict[str, Tensor]:
@@ -147,8 +167,9 @@ class NLPMultiTaskModel(TrainableModel):
             mixed = {name: self.mix_projection(v) for name, v in mixed.items()}
         return mixed
 
-    def forward(self, inputs: Mapping[str, Tensor], tasks: Sequence[str] | None = None) -> dict[str, Any]:
-        inputs = trim_padding(inputs)
+    def forward(self, inputs: Mapping[str, Tensor], tasks: Sequence[str] | None = None, trim: bool = True) -> dict[str, Any]:
+        """Each asked task's head output; ``trim=False`` keeps the inputs' padding (a traced graph: no data-dependent length)."""
+        inputs = trim_padding(inputs) if trim else dict(inputs)
         names = [n for n in (tasks if tasks is not None else self.heads.keys()) if n in self.heads]
         groups: dict[str, list[str]] = {}
         for name in names:
@@ -225,8 +246,32 @@ class NLPMultiTaskModel(TrainableModel):
         if task in self.heads:
             yield from self.heads[task].parameters()
         key = self.encoder_of.get(task)
-        if key is not None and key != SHARED:
+        if key in self.adapter_of:  # the task's own adapter
+            yield from (p for n, p in self.encoders[SHARED].named_parameters() if f".{task}." in n and "lora_" in n)
+        elif key is not None and key != SHARED:
             yield from self.encoders[key].parameters()
+
+    # -- checkpoints: with adapters, only what trains (adapters, heads) ------------------------
+    def _frozen_key(self, key: str) -> bool:
+        return bool(self.adapter_of) and key.startswith(f"encoders.{SHARED}.") and "lora_" not in key
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Without adapters, the whole model; with them, the adapters and heads only (the base encoder is ``encoder.name``'s)."""
+        state = super().state_dict(*args, **kwargs)
+        if not self.adapter_of:
+            return state
+        for key in [k for k in state if self._frozen_key(k)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if not self.adapter_of:
+            return super().load_state_dict(state_dict, strict, assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not self._frozen_key(k)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict: missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+        return result
 
 
 def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: MixingSpec | None = None,
@@ -235,7 +280,7 @@ def build_nlp_model(spec: EncoderSpec, tasks: Sequence[NLPTask], mixing: MixingS
     base = encoder if encoder is not None else load_encoder(spec)
     keys = sorted({encoder_key(t) for t in tasks})
     encoders = {key: base if i == 0 else copy.deepcopy(base) for i, key in enumerate(keys)}
-    return NLPMultiTaskModel(encoders, tasks, spec.pooling, mixing)
+    return NLPMultiTaskModel(encoders, tasks, spec.resolved().pooling, mixing, spec.adapter_spec)
 
 
 __all__ = ["MixingSpec", "NLPMultiTaskModel", "SHARED", "build_nlp_model", "encoder_key", "trim_padding"]

@@ -199,6 +199,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
         kinds={t.name: t.kind for t in tasks},
         rows={t.name: {s: len(x) for s, x in prepared.examples[t.name].items()} for t in tasks},
         processes=ctx.world,
+        trained_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         **({"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}),
     )
     if path is not None and ctx.is_main:

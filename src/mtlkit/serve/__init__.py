@@ -9,6 +9,10 @@ builds the same application for tests or for another ASGI server. Endpoints (see
 - ``GET /health`` → ``{"status": "ok", "backend": "pytorch" | "onnx" | "torchscript", ...}``, or 503 with the reason
 - ``GET /schema`` → the features a row needs (names, types, vocabulary sizes), the tasks, the fused score
 
+An NLP run (or its ONNX export) is served with texts in instead of rows (:mod:`mtlkit.serve.text`,
+:mod:`mtlkit.serve.text_app`): ``POST /predict`` ``{"task": name, "inputs": [text, ...]}`` →
+``{"predictions": [record, ...]}``, the records of ``mtlkit predict``.
+
 Concurrent requests are merged into shared forward passes (:mod:`mtlkit.serve.batching`); the
 options of :class:`~mtlkit.serve.options.ServeOptions` set the limits, the batching and the
 threads. Importing this package does not import FastAPI; the functions below do, and say which

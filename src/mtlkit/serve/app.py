@@ -115,9 +115,18 @@ def _identity(predictor: Predictor, directory: Path, options: ServeOptions) -> d
 
 
 def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
-    """The service for a run's best model or an export (loaded once, here); a MtlkitError for a bad directory or option."""
+    """The service for a run's best model or an export (loaded once, here); a MtlkitError for a bad directory or option.
+
+    An NLP run or its export is served by :func:`mtlkit.serve.text_app.create_text_app` (texts in).
+    """
     options.check()
     directory = Path(directory)
+    from mtlkit.serve.text import is_text_directory
+
+    if is_text_directory(directory):
+        from mtlkit.serve.text_app import create_text_app
+
+        return create_text_app(directory, options)
     predictor = load_predictor(directory, options.threads)
     description = schema_description(predictor, options.max_batch)
     what = "run" if predictor.backend == "pytorch" else f"{predictor.backend} export"

@@ -33,8 +33,10 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics import METRICS
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.examples import TextExample
 from mtlkit.nlp.featurize import label_indices, tokenize
 from mtlkit.nlp.heads import PooledHead, masked_mean, safe_targets
+from mtlkit.nlp.json_inputs import pairs_of, text_example, token_counts, too_long
 
 
 @NLP_KINDS.register("classification")
@@ -47,6 +49,7 @@ class ClassificationTask(NLPTask):
 
     labels: list[str] | None = None
     positive_label: str | None = None
+    pairs: bool | None = None  # rows are text pairs (true) or single texts (false); default: from the training data
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -74,7 +77,8 @@ class ClassificationTask(NLPTask):
         positive = self.positive_label or labels[-1]
         if positive not in labels:
             raise ConfigError(f"tasks.{self.name}.positive_label: {positive!r} is not one of {labels}")
-        return self.model_copy(update={"labels": labels, "positive_label": positive})
+        pairs = self.pairs if self.pairs is not None or self.mixed_texts else pairs_of(train_examples)
+        return self.model_copy(update={"labels": labels, "positive_label": positive, "pairs": pairs})
 
     def _labels(self) -> list[str]:
         if not self.labels:
@@ -106,6 +110,18 @@ class ClassificationTask(NLPTask):
             else:
                 results[name] = METRICS.get(name)(scores, labels)
         return results
+
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> TextExample:
+        return text_example(value, None if self.mixed_texts else self.pairs, self.name)
+
+    @property
+    def single_text(self) -> bool:
+        return self.pairs is not True
+
+    def input_problems(self, examples: Sequence[Any], tokenizer: Any) -> dict[int, str]:
+        counts = token_counts(tokenizer, [e.text for e in examples], [e.text_pair for e in examples])
+        return too_long(counts, self.max_length, self.name)
 
     @property
     def prediction_width(self) -> int | None:

@@ -32,8 +32,10 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics import METRICS
 from mtlkit.nlp.base import NLP_KINDS, HeadOptions, NLPHead, NLPTask
+from mtlkit.nlp.examples import RankingExample
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nlp.heads import PAD_LOGIT, PooledHead, masked_mean, safe_targets
+from mtlkit.nlp.json_inputs import InputError, text, token_counts
 
 
 class RankingHead(NLPHead):
@@ -102,6 +104,25 @@ class RankingTask(NLPTask):
         keep = table.masks[self.name].numpy()
         scores, labels = outputs.float().numpy()[keep], table.targets[self.name].numpy()[keep]
         return {name: METRICS.get(name)(scores, labels) for name in self.metrics or self.default_metrics}
+
+    def example_from_json(self, value: Any) -> RankingExample:
+        """``{"query": …, "candidates": [text, …]}`` (at most ``candidates`` of them)."""
+        if not isinstance(value, dict) or set(value) != {"query", "candidates"}:
+            raise InputError('an input must be {"query": ..., "candidates": [text, ...]}')
+        candidates = value["candidates"]
+        if not isinstance(candidates, list) or not candidates:
+            raise InputError('"candidates" must be a non-empty list of texts')
+        if self.candidates is not None and len(candidates) > self.candidates:
+            raise InputError(f"{len(candidates)} candidates, more than task {self.name!r}'s {self.candidates}")
+        return RankingExample(text(value["query"], '"query"'), tuple(text(c, f"candidates[{i}]") for i, c in enumerate(candidates)))
+
+    def input_problems(self, examples: Sequence[Any], tokenizer: Any) -> dict[int, str]:
+        problems: dict[int, str] = {}
+        for i, ex in enumerate(examples):
+            worst = max(token_counts(tokenizer, [ex.query] * len(ex.candidates), list(ex.candidates)))
+            if worst > self.max_length:
+                problems[i] = f"{worst} word pieces (query and a candidate) exceed task {self.name!r}'s max_length of {self.max_length}"
+        return problems
 
     def predict_records(self, outputs: Tensor, table: EncodedTable, examples: Sequence[Any]) -> list[dict[str, Any]]:
         """``{"best": index, "scores": [...]}`` per query: the relevance score of each of its own candidates."""

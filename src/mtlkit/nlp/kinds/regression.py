@@ -26,8 +26,10 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.metrics import METRICS
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.examples import TextExample
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nlp.heads import PooledHead, masked_mean
+from mtlkit.nlp.json_inputs import pairs_of, text_example, token_counts, too_long
 
 
 @NLP_KINDS.register("regression")
@@ -36,6 +38,23 @@ class RegressionTask(NLPTask):
     default_metrics: ClassVar[list[str]] = ["pearson", "spearman"]
     supported_metrics: ClassVar[list[str]] = ["pearson", "spearman", "rmse", "mae"]
     pooled_head: ClassVar[bool] = True
+
+    pairs: bool | None = None  # rows are text pairs (true) or single texts (false); default: from the training data
+
+    def resolve(self, train_examples: Sequence[Any]) -> RegressionTask:
+        return self if self.pairs is not None else self.model_copy(update={"pairs": pairs_of(train_examples)})
+
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> TextExample:
+        return text_example(value, self.pairs, self.name)
+
+    @property
+    def single_text(self) -> bool:
+        return self.pairs is not True
+
+    def input_problems(self, examples: Sequence[Any], tokenizer: Any) -> dict[int, str]:
+        counts = token_counts(tokenizer, [e.text for e in examples], [e.text_pair for e in examples])
+        return too_long(counts, self.max_length, self.name)
 
     @property
     def prediction_width(self) -> int | None:

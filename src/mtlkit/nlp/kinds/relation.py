@@ -51,8 +51,9 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.json_inputs import InputError, json_type, text, words
 from mtlkit.nlp.kinds._common import head_layers, masked_mean, model_inputs, require_fast, stack_outputs
-from mtlkit.nlp.records import IESentence, Span
+from mtlkit.nlp.records import Entity, IESentence, Span
 
 NO_RELATION = "no_relation"
 
@@ -238,6 +239,24 @@ class RelationTask(NLPTask):
         values = {"relation_precision": loose.precision, "relation_recall": loose.recall, "relation_f1": loose.f1,
                   "relation_strict_f1": span_metrics.prf(strict, gold_strict).f1}
         return {k: v for k, v in values.items() if self.metrics is None or k in self.metrics}
+
+    def example_from_json(self, value: Any) -> IESentence:
+        """``{"tokens": [...], "entities": [{"start", "end", "type"}, ...]}``: the candidate arguments (inclusive word spans)."""
+        if not isinstance(value, dict) or "entities" not in value:
+            raise InputError('an input must be {"tokens": [word, ...], "entities": [{"start": i, "end": j, "type": t}, ...]}')
+        tokens = words({"tokens": value.get("tokens")})
+        entities = value["entities"]
+        if not isinstance(entities, list):
+            raise InputError(f'"entities" must be a list, got {json_type(entities)}')
+        found = []
+        for k, e in enumerate(entities):
+            if not isinstance(e, dict) or set(e) != {"start", "end", "type"}:
+                raise InputError(f'entities[{k}] must be {{"start": i, "end": j, "type": t}}')
+            start, end = e["start"], e["end"]
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)) or not 0 <= start <= end < len(tokens):
+                raise InputError(f"entities[{k}]: start and end must be word indices with 0 <= start <= end < {len(tokens)}")
+            found.append(Entity(start, end, text(e["type"], f"entities[{k}].type")))
+        return IESentence(tokens=tokens, entities=tuple(found))
 
     def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[IESentence]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.json_inputs import token_counts, too_long, words
 from mtlkit.nlp.kinds._common import IGNORE, head_layers, masked_mean, model_inputs, require_fast, stack_outputs, token_cross_entropy
 from mtlkit.nlp.kinds.relation import check_spans
 from mtlkit.nlp.records import Entity, IESentence
@@ -148,6 +149,17 @@ class SpanNERTask(NLPTask):
     def compute_loss(self, outputs: Tensor, target: Tensor, weight: Tensor | None = None,
                      mask: Tensor | None = None) -> Tensor:
         return masked_mean(token_cross_entropy(outputs, target), target != IGNORE, weight, mask)
+
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> IESentence:
+        return IESentence(tokens=words(value))
+
+    @property
+    def single_text(self) -> bool:
+        return True
+
+    def input_problems(self, examples: Sequence[IESentence], tokenizer: Any) -> dict[int, str]:
+        return too_long(token_counts(tokenizer, [list(ex.tokens) for ex in examples], split_into_words=True), self.max_length, self.name)
 
     # -- evaluation ----------------------------------------------------------------------
     def _predicted(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable) -> list[tuple[int, int, int, str]]:

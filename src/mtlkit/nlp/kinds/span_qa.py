@@ -57,6 +57,7 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import DataError
 from mtlkit.nlp import span_metrics
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.json_inputs import InputError, json_type, text, token_counts, too_long
 from mtlkit.nlp.kinds._common import fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs
 from mtlkit.nlp.records import QAExample
 
@@ -64,6 +65,7 @@ MASKED = -1e4  # a masked logit: far below any real one, and finite in fp16
 # (N, L): where start/end logits are not masked (context tokens, and 0 for the null answer).
 # The "tok:" prefix makes the model trim it with the text inputs.
 ANSWER_MASK = "tok:answer_mask"
+MAX_WINDOWS = 16  # served contexts: at most this many windows' worth of word pieces
 
 
 def decode_spans(start_logits: Tensor, end_logits: Tensor, allowed: Tensor,
@@ -182,6 +184,30 @@ class SpanQATask(NLPTask):
             stop -= 1
         return (start, stop, 1) if start <= stop else (0, 0, 0)
 
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> QAExample:
+        """``{"question": …, "context": …}`` (optional ``"id"``: echoed in the answer)."""
+        if not isinstance(value, dict):
+            raise InputError(f'an input must be {{"question": ..., "context": ...}}, got {json_type(value)}')
+        unknown = sorted(set(value) - {"id", "question", "context"})
+        if unknown:
+            raise InputError(f'unknown field(s) {", ".join(map(repr, unknown))}: send {{"question": ..., "context": ..., "id": ...}}')
+        ident = value.get("id", "")
+        if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+            raise InputError(f'"id" must be a string or an integer, got {json_type(ident)}')
+        return QAExample(str(ident), text(value.get("question"), '"question"'), text(value.get("context"), '"context"'), ())
+
+    def input_problems(self, examples: Sequence[QAExample], tokenizer: Any) -> dict[int, str]:
+        """A question longer than ``max_question_length``, or a context of more than MAX_WINDOWS windows."""
+        problems = too_long(token_counts(tokenizer, [ex.question for ex in examples]), self.max_question_length + 2, self.name,
+                            "max_question_length (+2 special tokens)")
+        limit = MAX_WINDOWS * (self.max_length - self.max_question_length - 3)
+        for i, n in enumerate(token_counts(tokenizer, [ex.context for ex in examples])):
+            if i not in problems and n - 2 > limit:
+                problems[i] = (f"the context's {n - 2} word pieces exceed the {limit} of {MAX_WINDOWS} windows of task "
+                               f"{self.name!r} (max_length {self.max_length}): split the context")
+        return problems
+
     # -- model ---------------------------------------------------------------------------
     def build_head(self, hidden_size: int) -> NLPHead:
         return SpanQAHead(hidden_size, self.head.hidden, self.head.dropout, self.answer_classifier)
@@ -206,10 +232,12 @@ class SpanQATask(NLPTask):
     def predict_answers(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> dict[str, str]:
         """The answer text per question id, best span over the question's (kept) windows."""
-        return self._predict(outputs, table, examples)[0]
+        texts, _ = self._predict(outputs, table, examples)
+        return {examples[i].id: text for i, text in texts.items()}
 
     def _predict(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
-                 examples: Sequence[QAExample]) -> tuple[dict[str, str], Tensor]:
+                 examples: Sequence[QAExample]) -> tuple[dict[int, str], Tensor]:
+        """The answer text per example index (ids may repeat: served questions often have none), and p(answer) per window."""
         start, end, score, p_answer = self._window_scores(outputs, table)
         offsets, example_index = table.extras["offsets"], table.extras["example_index"].tolist()
         kept = torch.ones_like(score, dtype=torch.bool)
@@ -218,22 +246,21 @@ class SpanQATask(NLPTask):
         windows: dict[int, list[int]] = {}
         for w, ex in enumerate(example_index):
             windows.setdefault(ex, []).append(w)
-        answers: dict[str, str] = {}
+        answers: dict[int, str] = {}
         for ex, ws in windows.items():
             candidates = [w for w in ws if kept[w]] or [max(ws, key=lambda w: float(p_answer[w]))]
             best = max(candidates, key=lambda w: float(score[w]))
             if score[best] == -math.inf:  # no window had context tokens
-                answers[examples[ex].id] = ""
+                answers[ex] = ""
                 continue
             begin, stop = int(offsets[best, start[best], 0]), int(offsets[best, end[best], 1])
-            answers[examples[ex].id] = examples[ex].context[begin:stop]
+            answers[ex] = examples[ex].context[begin:stop]
         return answers, p_answer
 
     def evaluate(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                  examples: Sequence[QAExample]) -> dict[str, float]:
         predicted, p_answer = self._predict(outputs, table, examples)
-        by_id = {ex.id: ex for ex in examples}
-        pairs = [(text, [a.text for a in by_id[i].answers]) for i, text in predicted.items()]
+        pairs = [(text, [a.text for a in examples[i].answers]) for i, text in predicted.items()]
         values = {
             "squad_em": sum(span_metrics.squad_exact_match(p, g) for p, g in pairs) / len(pairs),
             "squad_f1": sum(span_metrics.squad_f1(p, g) for p, g in pairs) / len(pairs),
@@ -247,8 +274,8 @@ class SpanQATask(NLPTask):
     def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> list[dict[str, Any]]:
         """``{"id", "answer"}`` per question, in ``examples`` order."""
-        answers = self.predict_answers(outputs, table, examples)
-        return [{"id": ex.id, "answer": answers.get(ex.id, "")} for ex in examples]
+        answers, _ = self._predict(outputs, table, examples)
+        return [{"id": ex.id, "answer": answers.get(i, "")} for i, ex in enumerate(examples)]
 
 
 __all__ = ["SpanQAHead", "SpanQATask", "decode_spans"]

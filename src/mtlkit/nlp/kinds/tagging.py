@@ -35,6 +35,8 @@ from mtlkit.data.batch import EncodedTable
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp import span_metrics
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
+from mtlkit.nlp.json_inputs import token_counts, too_long
+from mtlkit.nlp.json_inputs import words as split_words
 from mtlkit.nlp.kinds._common import IGNORE, fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs, token_cross_entropy, trim
 from mtlkit.nlp.records import TaggedSentence
 
@@ -132,6 +134,18 @@ class TaggingTask(NLPTask):
                      mask: Tensor | None = None) -> Tensor:
         target = trim(target, outputs.shape[1])
         return masked_mean(token_cross_entropy(outputs, target), target != IGNORE, weight, mask)
+
+    # -- serving (mtlkit.serve.text) ---------------------------------------------------------
+    def example_from_json(self, value: Any) -> TaggedSentence:
+        tokens = split_words(value)
+        return TaggedSentence(tokens, ("O",) * len(tokens))
+
+    @property
+    def single_text(self) -> bool:
+        return True
+
+    def input_problems(self, examples: Sequence[TaggedSentence], tokenizer: Any) -> dict[int, str]:
+        return too_long(token_counts(tokenizer, [list(ex.tokens) for ex in examples], split_into_words=True), self.max_length, self.name)
 
     # -- evaluation ----------------------------------------------------------------------
     def predict_tags(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable) -> list[list[str]]:

@@ -9,8 +9,8 @@ function ``read_<name>`` (``format: conll`` → :func:`mtlkit.nlp.readers.conll.
 :func:`get_reader` imports every module here first.
 
 Example:
-    >>> sorted(set(names()) & {"glue_tsv", "sts", "mrpc", "ranking_tsv", "conll", "squad"})
-    ['conll', 'glue_tsv', 'mrpc', 'ranking_tsv', 'squad', 'sts']
+    >>> sorted(set(names()) & {"glue_tsv", "sts", "mrpc", "ranking_tsv", "conll", "squad", "hf"})
+    ['conll', 'glue_tsv', 'hf', 'mrpc', 'ranking_tsv', 'squad', 'sts']
 """
 
 from __future__ import annotations
@@ -66,12 +66,14 @@ def read(name: str, path: str | Path, options: dict[str, Any] | None = None) -> 
     from mtlkit.errors import DataError
 
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a {name} file")
+    reader = get_reader(name)
+    if not getattr(reader, "reads_any_path", False):  # format hf also reads folders and hub:<name>
+        if not path.exists():
+            raise DataError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, expected a {name} file")
     try:
-        examples = get_reader(name)(path, **(options or {}))
+        examples = reader(path, **(options or {}))
     except UnicodeDecodeError:  # readers decode as they go: find the first bad byte in the whole file
         data = path.read_bytes()
         try:
