@@ -157,7 +157,7 @@ def plot(summary: list[dict[str, Any]], backbones: list[str], path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # matplotlib stub: get_cmap returns Colormap; "tab20" is a ListedColormap
     for ax, task in zip(axes, ("y1", "y2")):
         for i, backbone in enumerate(backbones):
             rows = [r for r in summary if r["backbone"] == backbone]

@@ -22,7 +22,7 @@ from torch import nn
 
 from mtlkit.balancing import build_balancer
 from mtlkit.config import NO_SOURCE, RunConfig, SplitSpec, dump_config, load_config, resolve_paths
-from mtlkit.data.batch import EncodedTable
+from mtlkit.data.batch import BatchSource, EncodedTable
 from mtlkit.data.datasets import load_dataset
 from mtlkit.data.readers import read_table
 from mtlkit.data.sampling import downsample_negatives
@@ -258,6 +258,7 @@ def train_run(
     balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else []),
                  *gradient_diagnostics(resolved.train, model.loss_task_names, path if ctx.is_main else None)]
+    batches: BatchSource
     if prepared.stream is not None:  # checks every file's columns before anything is written
         batches = prepared.stream.batches(encoded.schema, prepared.tasks, config.train.batch_size, config.seed)
     else:
@@ -271,7 +272,7 @@ def train_run(
     with removed_on_error(run):
         trainer = Trainer(model, prepared.tasks, balancer, resolved.train, path, callbacks,
                           config.model.embedding_optimizer, table_field_names(encoded.schema))
-        if run is not None and not resume:
+        if run is not None and path is not None and not resume:  # (a run directory has a path)
             encoded.schema.save(path / "schema.json")
         with out_of_memory("training"):
             result = trainer.fit(batches, encoded.validation, resume=resume)

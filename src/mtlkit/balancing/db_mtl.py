@@ -44,6 +44,8 @@ class DBMTLOptions(GradientOptions):
 @BALANCERS.register("db_mtl")
 class DBMTL(GradientBalancer):
     Options = DBMTLOptions
+    options: DBMTLOptions
+    step: Tensor
 
     def __init__(self, task_names: Sequence[str], options: DBMTLOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

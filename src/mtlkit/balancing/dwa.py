@@ -38,6 +38,11 @@ class DWAOptions(BalancerOptions):
 @BALANCERS.register("dwa")
 class DWA(LossWeighting):
     Options = DWAOptions
+    options: DWAOptions
+    lambdas: Tensor
+    history: Tensor
+    epochs_seen: Tensor
+    weights: Tensor
 
     def __init__(self, task_names: Sequence[str], options: DWAOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

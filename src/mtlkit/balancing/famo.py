@@ -52,6 +52,16 @@ class FAMOOptions(BalancerOptions):
 @BALANCERS.register("famo")
 class FAMO(LossWeighting):
     Options = FAMOOptions
+    options: FAMOOptions
+    lambdas: Tensor
+    floors: Tensor
+    logits: Tensor
+    adam_m: Tensor
+    adam_v: Tensor
+    adam_step: Tensor
+    prev_log: Tensor
+    prev_present: Tensor
+    last_weights: Tensor
 
     def __init__(self, task_names: Sequence[str], options: FAMOOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

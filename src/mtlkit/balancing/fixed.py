@@ -31,6 +31,8 @@ class FixedOptions(BalancerOptions):
 @BALANCERS.register("fixed")
 class FixedWeights(LossWeighting):
     Options = FixedOptions
+    options: FixedOptions
+    weight_vector: Tensor
 
     def __init__(self, task_names: Sequence[str], options: FixedOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, {**(loss_weights or {}), **(options.weights or {})})

@@ -34,6 +34,9 @@ class GLSOptions(BalancerOptions):
 @BALANCERS.register("gls")
 class GLS(LossWeighting):
     Options = GLSOptions
+    options: GLSOptions
+    lambdas: Tensor
+    last_weights: Tensor
 
     def __init__(self, task_names: Sequence[str], options: GLSOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

@@ -81,19 +81,22 @@ def flat_jacobian(outputs: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], 
     whose backward would send zero gradients through every other task's tower too.
     Returns ``None`` when there is nothing to differentiate. The graph is retained.
     """
-    scalars = None if isinstance(outputs, Tensor) else list(outputs)
-    if scalars is not None and (not scalars or not all(o.requires_grad for o in scalars)):
-        return None
-    if scalars is None and not outputs.requires_grad:
-        return None
+    scalars: list[Tensor] | None = None
+    if isinstance(outputs, Tensor):
+        if not outputs.requires_grad:
+            return None
+        first, k = outputs, outputs.shape[0]
+    else:
+        scalars = list(outputs)
+        if not scalars or not all(o.requires_grad for o in scalars):
+            return None
+        first, k = scalars[0], len(scalars)
     if not inputs:
         return None
-    first = scalars[0] if scalars is not None else outputs
-    k = len(scalars) if scalars is not None else outputs.shape[0]
     if mode == "auto":
         mode = "loop" if first.device.type == "cpu" else "batched"
     if mode == "batched" and k > 1:
-        stacked = torch.stack(scalars) if scalars is not None else outputs
+        stacked = torch.stack(scalars) if scalars is not None else first
         eye = torch.eye(k, dtype=stacked.dtype, device=stacked.device)
         grads = torch.autograd.grad(stacked, list(inputs), grad_outputs=eye, is_grads_batched=True,
                                     retain_graph=True, allow_unused=True, materialize_grads=True)
@@ -101,7 +104,7 @@ def flat_jacobian(outputs: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], 
     sizes = [t.numel() for t in inputs]
     jacobian = first.new_empty(k, sum(sizes))  # one copy of each gradient, no cat + stack
     for i in range(k):
-        out = scalars[i] if scalars is not None else outputs[i]
+        out = scalars[i] if scalars is not None else first[i]
         grads = torch.autograd.grad(out, list(inputs), retain_graph=True, allow_unused=True, materialize_grads=True)
         for block, g in zip(torch.split(jacobian[i], sizes), grads):
             block.copy_(g.reshape(-1))
@@ -154,6 +157,10 @@ class GradientBalancer(Balancer):
     """Base of the gradient methods (see the module docstring for the five steps)."""
 
     Options = GradientOptions
+    options: GradientOptions
+    lambdas: Tensor
+    last_weights: Tensor
+    step_objectives: Tensor
 
     def __init__(self, task_names: Sequence[str], options: GradientOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

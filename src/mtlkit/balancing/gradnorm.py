@@ -63,6 +63,9 @@ class GradNormOptions(GradientOptions):
 @BALANCERS.register("gradnorm")
 class GradNorm(GradientBalancer):
     Options = GradNormOptions
+    options: GradNormOptions
+    initial_losses: Tensor
+    seen: Tensor
 
     def __init__(self, task_names: Sequence[str], options: GradNormOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

@@ -137,6 +137,7 @@ def normalizers(gramian: Tensor, objectives: Tensor, present: Tensor, mode: str)
 @BALANCERS.register("mgda")
 class MGDA(GramianBalancer):
     Options = MGDAOptions
+    options: MGDAOptions
 
     def __init__(self, task_names: Sequence[str], options: MGDAOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

@@ -79,6 +79,8 @@ class MGDAUBOptions(MGDAOptions):
 @BALANCERS.register("mgda_ub")
 class MGDAUB(MGDA):
     Options = MGDAUBOptions
+    options: MGDAUBOptions
+    _downstream: dict[tuple[int, ...], set[int]]
     needs_shared_features = True  # for the trainer: ask the model to keep its shared representation
 
     def __init__(self, task_names, options, loss_weights=None) -> None:
@@ -131,7 +133,7 @@ class MGDAUB(MGDA):
         upstream = [p for p in shared if downstream_ids is None or id(p) not in downstream_ids]
         grads = torch.autograd.grad(features, upstream, grad_outputs=[d.view_as(z) for d, z in zip(direction, features)],
                                     retain_graph=downstream_ids is None, allow_unused=True)
-        unused = []
+        unused: list[Tensor] = []
         for p, g in zip(upstream, grads):
             if g is None:
                 unused.append(p)
@@ -146,7 +148,7 @@ class MGDAUB(MGDA):
         weights = w.detach()[index]
         for j, p in enumerate(extra):
             is_shared = j < len(downstream)  # downstream shared: Σ α_k f_k; task-specific: Σ f_k
-            terms = [(g[j] * weights[k]) if is_shared else g[j] for k, g in enumerate(per_task) if g[j] is not None]
+            terms = [(t * weights[k]) if is_shared else t for k, t in enumerate(g[j] for g in per_task) if t is not None]
             if terms:
                 assign_flat_grad([p], torch.stack(terms).sum(0).reshape(-1))
         return (f * w.detach()).sum()

@@ -37,6 +37,9 @@ class RLWOptions(BalancerOptions):
 @BALANCERS.register("rlw")
 class RLW(LossWeighting):
     Options = RLWOptions
+    options: RLWOptions
+    lambdas: Tensor
+    last_weights: Tensor
 
     def __init__(self, task_names: Sequence[str], options: RLWOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

@@ -47,6 +47,10 @@ class ScheduledOptions(BalancerOptions):
 @BALANCERS.register("scheduled")
 class ScheduledWeights(LossWeighting):
     Options = ScheduledOptions
+    options: ScheduledOptions
+    initial: Tensor
+    gammas: Tensor
+    t: Tensor
 
     def __init__(self, task_names: Sequence[str], options: ScheduledOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, {**(loss_weights or {}), **(options.initial or {})})

@@ -94,6 +94,7 @@ class TorchJDBalancer(GramianBalancer):
     """Base of the torchjd-backed methods (see the module docstring)."""
 
     Options = TorchJDOptions
+    _engines: dict[tuple[int, ...], Any]
     consumes: ClassVar[Literal["gramian", "factor", "jacobian"]] = "gramian"
     scale_invariant: ClassVar[bool] = True  # weights unchanged when G is scaled: pass G / trace(G)
     method: ClassVar[str] = ""

@@ -105,8 +105,8 @@ def touched_rows_jacobian(outputs: Sequence[Tensor], dense: Sequence[Tensor],
                                    "look it up through its table in sparse-gradient mode")
             table_grads[j].append(g)
     blocks, rows = [], []
-    for table, grads in zip(tables, table_grads):
-        present = [(i, g) for i, g in enumerate(grads) if g is not None and g._nnz() > 0]
+    for table, task_grads in zip(tables, table_grads):
+        present = [(i, g) for i, g in enumerate(task_grads) if g is not None and g._nnz() > 0]
         width = table[0].numel()
         if not present:
             ids = torch.zeros(0, dtype=torch.long, device=table.device)

@@ -47,6 +47,9 @@ class UncertaintyOptions(BalancerOptions):
 @BALANCERS.register("uncertainty")
 class UncertaintyWeighting(LossWeighting):
     Options = UncertaintyOptions
+    options: UncertaintyOptions
+    scale: Tensor
+    lambdas: Tensor
 
     def __init__(self, task_names: Sequence[str], options: UncertaintyOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

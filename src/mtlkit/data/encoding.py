@@ -67,9 +67,9 @@ def fit_categorical(feature: CategoricalFeature, column: pa.ChunkedArray, extra:
     counts = pc.value_counts(values.drop_null())
     values = counts.field("values").to_pylist()
     freqs = counts.field("counts").to_numpy()
-    kept = [(int(-c), v) for v, c in zip(values, freqs) if c >= feature.min_freq]
-    kept.sort()  # most frequent first, ties by value: deterministic across runs
-    return FittedCategorical(feature.name, [v for _, v in kept], None)
+    ranked = [(int(-c), v) for v, c in zip(values, freqs) if c >= feature.min_freq]
+    ranked.sort()  # most frequent first, ties by value: deterministic across runs
+    return FittedCategorical(feature.name, [v for _, v in ranked], None)
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

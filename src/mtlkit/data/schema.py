@@ -116,7 +116,7 @@ class SchemaSpec(BaseModel):
 
     def columns(self) -> list[str]:
         """Every column the features read: categorical, numeric, sequences, then bias."""
-        return [f.name for f in [*self.categorical, *self.numeric, *self.sequences, *self.bias]]
+        return [*self.feature_names, *(f.name for f in self.bias)]
 
     @field_validator("bias", mode="before")
     @classmethod

@@ -79,7 +79,7 @@ from torch import Tensor
 
 from mtlkit.data.batch import Batch, BatchSource
 from mtlkit.data.encoding import as_strings, fit_sequence, float_column, sequence_items, transform_values
-from mtlkit.data.features import FittedCategorical, FittedNumeric
+from mtlkit.data.features import CategoricalFeature, FittedCategorical, FittedNumeric, SequenceFeature
 from mtlkit.data.readers import PARQUET_SUFFIXES, open_parquet, read_row_group
 from mtlkit.data.schema import FittedSchema, SchemaSpec
 from mtlkit.errors import ConfigError, DataError
@@ -515,13 +515,13 @@ def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Pa
     if not spec.categorical and not spec.numeric and not spec.sequences:
         raise DataError("the schema has no features: list categorical, numeric and/or sequence columns")
     files = parquet_files(paths)
-    features = [*spec.categorical, *spec.numeric, *spec.sequences, *spec.bias]
-    columns = list(dict.fromkeys(f.name for f in features))
+    columns = list(dict.fromkeys(spec.columns()))
     groups = row_groups(files, columns)
     total = sum(g.rows for g in groups)
     keep = None if sample_rows is None else min(1.0, sample_rows / total)
     shared = {s.name: s.share_vocabulary_with for s in spec.sequences if s.share_vocabulary_with}
-    counts = {f.name: _Counts() for f in [*spec.categorical, *spec.sequences] if not f.hash_buckets}
+    vocabularies: list[CategoricalFeature | SequenceFeature] = [*spec.categorical, *spec.sequences]
+    counts = {f.name: _Counts() for f in vocabularies if not f.hash_buckets}
     counts_of_bias = {f.name: _Counts() for f in spec.bias if not f.hash_buckets}
     moments = {f.name: _Moments() for f in spec.numeric}
     for number, (group, table) in enumerate(_tables(groups, columns)):
@@ -533,9 +533,9 @@ def fit_schema_streaming(spec: SchemaSpec, paths: str | Path | Sequence[str | Pa
             target = counts.get(shared.get(seq.name, seq.name))
             if target is not None:
                 target.add(items)
-        for feature in spec.categorical:
-            if feature.name in counts:
-                counts[feature.name].add(as_strings(table.column(feature.name)))
+        for cat in spec.categorical:
+            if cat.name in counts:
+                counts[cat.name].add(as_strings(table.column(cat.name)))
         for name, counter in counts_of_bias.items():
             counter.add(as_strings(table.column(name)))
         for feature in spec.numeric:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 TableLike = Union[pa.Table, "pandas.DataFrame"]
 
 
-def is_dataframe(data: Any) -> bool:
+def is_dataframe(data: Any) -> TypeGuard[Any]:  # Any: pandas is not imported here
     """Whether ``data`` is a pandas DataFrame (without importing pandas)."""
     pandas = sys.modules.get("pandas")
     return pandas is not None and isinstance(data, pandas.DataFrame)

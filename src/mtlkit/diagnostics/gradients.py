@@ -139,7 +139,7 @@ class GradientMonitor:
                 kept = [r for r in existing if r["step"] is not None and r["step"] < steps[0]]
                 if len(kept) < len(existing):
                     path.unlink()
-                    self._append(path, [{k: (int(v) if k == "step" else v) for k, v in r.items()} for r in kept])
+                    self._append(path, [{k: (int(v) if k == "step" and v is not None else v) for k, v in r.items()} for r in kept])
             self._append(path, new)
             plot_gradient_csv(path, self.out_dir / "gradients.png")
         return new

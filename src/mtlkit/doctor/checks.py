@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -167,12 +167,12 @@ def check_label_correlation(data: SplitTables, tasks: Sequence[Task], thresholds
     n = len(usable)
     matrix: list[list[float | None]] = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
     findings = []
-    for i in range(n):
-        a = data.floats("train", usable[i].label)  # type: ignore[arg-type]
+    for i in range(n):  # the labels of `usable` are numeric: floats() is not None
+        a = cast(np.ndarray, data.floats("train", usable[i].label))  # type: ignore[arg-type]
         for j in range(i + 1, n):
-            b = data.floats("train", usable[j].label)  # type: ignore[arg-type]
-            both = np.isfinite(a) & np.isfinite(b)  # type: ignore[operator]
-            x, y = a[both], b[both]  # type: ignore[index]
+            b = cast(np.ndarray, data.floats("train", usable[j].label))  # type: ignore[arg-type]
+            both = np.isfinite(a) & np.isfinite(b)
+            x, y = a[both], b[both]
             if len(x) < 2 or x.std() == 0 or y.std() == 0:
                 continue
             r = float(np.corrcoef(x, y)[0, 1])
@@ -235,7 +235,8 @@ def check_feature_values(data: SplitTables, features: SchemaSpec) -> CheckResult
                 result.findings.append(Finding("feature_values", ERROR, f"{source}: numeric feature {name!r} has no finite value",
                                                split, column=name, count=n, share=1.0))
                 continue
-            train_missing = split != "train" and not (~np.isfinite(data.floats("train", name))).any()  # type: ignore[operator]
+            train_values = data.floats("train", name) if split != "train" else None  # None too when train's column is not numeric
+            train_missing = train_values is not None and not (~np.isfinite(train_values)).any()
             note = "; training had none, so the model has no missing-value indicator for it" if train_missing else ""
             if nan.any():
                 count = int(nan.sum())

@@ -155,7 +155,7 @@ class Metric:
     kinds: tuple[str, ...]
     needs_groups: bool = False
 
-    def __call__(self, predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> float:
+    def __call__(self, predictions: np.ndarray, labels: np.ndarray | None, groups: np.ndarray | None = None) -> float:  # labels None: MLM sums
         return self.fn(predictions, labels, groups)
 
 

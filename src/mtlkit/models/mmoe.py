@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -57,7 +57,7 @@ def make_gates(options: ExpertGateOptions, input_dim: int, n_gates: int, n_exper
 class MixtureOfExperts(Backbone):
     """Experts on (an optional bottom over) the input, mixed by one gate per name in ``gate_names``."""
 
-    Options = MoEOptions
+    Options: ClassVar[type[MoEOptions]] = MoEOptions
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: MoEOptions) -> None:
         super().__init__(input_dim, task_names, options)

@@ -82,7 +82,7 @@ class MultiTaskModel(TrainableModel):
         def input_dim(name: str) -> int:
             return backbone.output_dim + sum(self.tasks[p.source].output_dim for p in self.relations.sources(name))
 
-        self.heads = nn.ModuleDict(
+        self.heads: Mapping[str, TaskHead] = nn.ModuleDict(  # type: ignore[assignment]  # torch stub: ModuleDict is not generic
             {t.name: TaskHead(input_dim(t.name), t, tower_hidden, tower_dropout, tower_batch_norm) for t in tasks if t.name not in derived}
         )
         aitm = self.relations.aitm
@@ -239,7 +239,7 @@ class IndependentTaskModels(TrainableModel):
 
     def __init__(self, models: Mapping[str, MultiTaskModel], fusion: FusionSpec | None = None) -> None:
         super().__init__(list(models))
-        self.per_task = nn.ModuleDict(dict(models))
+        self.per_task: Mapping[str, MultiTaskModel] = nn.ModuleDict(dict(models))  # type: ignore[assignment]  # torch stub: ModuleDict is not generic
         self.fusion = fusion
 
     def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:

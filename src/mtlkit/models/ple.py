@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -49,6 +50,9 @@ class PLEOptions(CGCOptions):
 class ExtractionLevel(nn.Module):
     """One CGC / extraction network. Input ``(B, in)`` (level 1) or ``(B, K+1, in)``: the previous
     level's fused outputs for the ``K`` tasks then the shared module."""
+
+    expert_group: Tensor
+    task_experts: Tensor
 
     def __init__(self, input_dim: int, n_tasks: int, options: CGCOptions, final: bool) -> None:
         super().__init__()
@@ -87,7 +91,8 @@ class ExtractionLevel(nn.Module):
 
 @BACKBONES.register("ple")
 class PLE(Backbone):
-    Options = PLEOptions
+    Options: ClassVar[type[CGCOptions]] = PLEOptions  # CGC: CGCOptions
+    options: CGCOptions
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: CGCOptions) -> None:
         super().__init__(input_dim, task_names, options)

@@ -33,8 +33,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar, Literal
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, Literal, cast
 
 import torch
 from pydantic import Field
@@ -80,6 +80,7 @@ class Router(nn.Module):
 
 class SNR(Backbone):
     Options = SNROptions
+    options: SNROptions
     transform: ClassVar[bool] = True
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: SNROptions) -> None:
@@ -103,11 +104,11 @@ class SNR(Backbone):
 
     def codes(self) -> dict[str, Tensor]:
         """The routing codes in the current mode: ``{"route{l}": (targets, sub-networks)}``."""
-        return {f"route{j}": route.codes() for j, route in enumerate(self.routes, start=1)}
+        return {f"route{j}": route.codes() for j, route in enumerate(cast("Iterable[Router]", self.routes), start=1)}
 
     def regularization_loss(self) -> Tensor:
         """``l0_weight · Σ E[‖z‖_0]`` over every code; add it to the training loss."""
-        return self.options.l0_weight * torch.stack([route.codes.expected_l0() for route in self.routes]).sum()
+        return self.options.l0_weight * torch.stack([route.codes.expected_l0() for route in cast("Iterable[Router]", self.routes)]).sum()
 
 
 @BACKBONES.register("snr_trans")

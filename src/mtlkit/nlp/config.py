@@ -86,7 +86,7 @@ from mtlkit.nlp.model import MixingSpec
 from mtlkit.nlp.sampling import SamplingSpec
 from mtlkit.train.spec import TrainSpec
 
-NLP_TRAIN_DEFAULTS = {"batch_size": 32, "eval_batch_size": 128, "optimizer": "adamw", "lr": 5e-5,
+NLP_TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 32, "eval_batch_size": 128, "optimizer": "adamw", "lr": 5e-5,
                       "weight_decay": 0.01, "schedule": "linear", "grad_clip": 1.0}
 SPLITS = ("train", "validation", "test")
 

@@ -187,7 +187,8 @@ def _check_local(name: str, key: str) -> None:
 
 
 def hidden_size(encoder: nn.Module) -> int:
-    return int(encoder.config.hidden_size)
+    config: Any = encoder.config  # a Hugging Face config: its fields are dynamic attributes
+    return int(config.hidden_size)
 
 
 def accepts_token_types(encoder: nn.Module) -> bool:

@@ -58,8 +58,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from mtlkit.models.base import BACKBONES
-from mtlkit.nlp.base import NLPTask
+from mtlkit.models.base import BACKBONES, Backbone
+from mtlkit.nlp.base import NLPHead, NLPTask
 from mtlkit.nlp.encoder import EncoderSpec, accepts_token_types, hidden_size, load_encoder, pool
 from mtlkit.nlp.featurize import TEXT_INPUTS
 from mtlkit.nlp.prediction_inputs import check_prediction_inputs, extra_width
@@ -120,7 +120,8 @@ class NLPMultiTaskModel(TrainableModel):
         self._token_types = {k: accepts_token_types(e) for k, e in self.encoders.items()}
         self.hidden_size = hidden_size(next(iter(self.encoders.values())))
         check_prediction_inputs(tasks)  # raises on unknown sources, unsupported kinds, cycles
-        self.heads = nn.ModuleDict({t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
+        self.heads: Mapping[str, NLPHead] = nn.ModuleDict(  # type: ignore[assignment]  # torch stub: ModuleDict is not generic
+            {t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
         for name, head in self.heads.items():
             head.bind_encoder(self.encoders[self.encoder_of[name]])
         # Per-task LoRA adapters (mtlkit.nlp.adapters): each task's key names its adapter on the one frozen encoder.
@@ -136,7 +137,7 @@ class NLPMultiTaskModel(TrainableModel):
             self.encoder_of = {t.name: f"{ADAPTER}{t.name}" for t in tasks}
             self.adapter_of = {f"{ADAPTER}{t.name}": t.name for t in tasks}
         self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
-        self.mixing: nn.Module | None = None
+        self.mixing: Backbone | None = None
         self.mix_projection: nn.Module | None = None
         if mixing is not None and self.mixed_names:
             cls = BACKBONES.get(mixing.backbone)

@@ -89,6 +89,8 @@ def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:
         spec, name = entry.data, entry.task.name
         if spec.train is None:
             continue
+        if spec.format is None:  # TaskData's validator requires it with `train`
+            raise ConfigError(f"task {name!r}: data.format is required with data.train")
         splits = {s: [x for path in files for x in read(spec.format, path, spec.options)]
                   for s in SPLITS if (files := getattr(spec, s)) is not None}
         holdout = spec.split or HoldoutSpec()

@@ -68,8 +68,8 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,7 @@ from torch.nn import functional as F
 
 from mtlkit.registry import Registry
 
-EMBEDDING_TABLES: Registry[Callable[[Sequence[int], int], nn.Module]] = Registry("embedding table")
+EMBEDDING_TABLES: Registry[Callable[[Sequence[int], int], EmbeddingTable]] = Registry("embedding table")
 
 
 class FieldRows(NamedTuple):
@@ -101,6 +101,10 @@ class EmbeddingTable(nn.Module):
     def set_sparse_gradients(self, enabled: bool) -> None:
         """Give the weights COO gradients of the looked-up rows only (see the module docstring)."""
         self.sparse_gradients = bool(enabled)
+
+    def field(self, ids: Tensor, field: int) -> Tensor:
+        """Ids of any shape, all of field ``field`` → ``(*ids.shape, dim)`` embeddings."""
+        raise NotImplementedError
 
     def field_rows(self) -> list[FieldRows]:
         """One entry per field, in field order."""
@@ -134,6 +138,8 @@ def sparse_lookup(ids: Tensor, weight: Tensor) -> Tensor:
 class FusedEmbedding(EmbeddingTable):
     """Every field's rows in one ``nn.Embedding``, each field's ids shifted by its offset."""
 
+    offsets: Tensor
+
     def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
         super().__init__()
         offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
@@ -162,7 +168,8 @@ class FusedEmbedding(EmbeddingTable):
 
     def field_rows(self) -> list[FieldRows]:
         starts = [0, *itertools.accumulate(self.cardinalities)]
-        return [FieldRows(self.table.weight, a, b) for a, b in zip(starts[:-1], starts[1:])]
+        return [FieldRows(self.table.weight, a, b)  # type: ignore[arg-type]  # torch stub: nn.Embedding.weight is declared Tensor, it is a Parameter
+                for a, b in zip(starts[:-1], starts[1:])]
 
 
 @EMBEDDING_TABLES.register("per_field")
@@ -172,7 +179,7 @@ class PerFieldEmbedding(EmbeddingTable):
     def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
         super().__init__()
         self.tables = nn.ModuleList(nn.Embedding(int(c), dim) for c in cardinalities)
-        for table in self.tables:
+        for table in cast("Iterable[nn.Embedding]", self.tables):  # torch stub: ModuleList iterates as Module
             nn.init.normal_(table.weight, std=0.05)
         self.num_fields = len(cardinalities)
         self.dim = dim
@@ -188,13 +195,14 @@ class PerFieldEmbedding(EmbeddingTable):
         return self._lookup(ids, field)
 
     def field_rows(self) -> list[FieldRows]:
-        return [FieldRows(t.weight, 0, t.num_embeddings) for t in self.tables]
+        return [FieldRows(t.weight, 0, t.num_embeddings)  # type: ignore[arg-type]  # torch stub: nn.Embedding.weight is declared Tensor, it is a Parameter
+                for t in cast("Iterable[nn.Embedding]", self.tables)]
 
     @torch.no_grad()
     def load_fused(self, fused: FusedEmbedding) -> None:
         """Copy a fused table's rows, field by field."""
         start = 0
-        for table in self.tables:
+        for table in cast("Iterable[nn.Embedding]", self.tables):  # torch stub: ModuleList iterates as Module
             table.weight.copy_(fused.table.weight[start : start + table.num_embeddings])
             start += table.num_embeddings
 

@@ -64,6 +64,9 @@ class Gates(nn.Module):
     and returns ``(B, n_gates, n_experts)``.
     """
 
+    bits: Tensor  # dselect_k only
+    fold: Tensor  # dselect_k only
+
     def __init__(
         self,
         input_dim: int,
@@ -89,6 +92,7 @@ class Gates(nn.Module):
             self.linear = BatchedLinear(n_gates, input_dim, k * self.n_bits + k)
             with torch.no_grad():  # small codes: S(z) ≈ 1/2, every expert reachable at the start
                 z_cols = slice(0, k * self.n_bits)
+                assert self.linear.bias is not None  # built with a bias just above
                 self.linear.weight[..., z_cols].uniform_(-gamma / 100, gamma / 100)
                 self.linear.bias[..., z_cols].uniform_(-gamma / 100, gamma / 100)
             codes = torch.arange(2**self.n_bits)

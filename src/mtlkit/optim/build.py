@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -90,11 +90,11 @@ def build_table_optimizers(model: nn.Module, spec: EmbeddingOptimizerSpec,
     whole: dict[tuple[str, TableOptimizerOptions], list[nn.Parameter]] = {}
     optimizers: list[TableOptimizer] = []
     for weight, start, stop, settings in segments:
-        name, options = settings
+        name, table_options = settings
         if per_weight[id(weight)] == 1 and (start, stop) == (0, weight.shape[0]):
             whole.setdefault(settings, []).append(weight)  # one optimiser for every weight with these settings
         else:
-            optimizers.append(TABLE_OPTIMIZERS.get(name)([weight], rows=(start, stop), **options.model_dump()))
+            optimizers.append(TABLE_OPTIMIZERS.get(name)([weight], rows=(start, stop), **table_options.model_dump()))
     shared = [TABLE_OPTIMIZERS.get(name)(weights, **options.model_dump()) for (name, options), weights in whole.items()]
     return shared + optimizers
 
@@ -109,7 +109,7 @@ class SchedulerSet:
         for s in self.schedulers:
             s.step()
 
-    def get_last_lr(self) -> list[float]:
+    def get_last_lr(self) -> list[float | Tensor]:  # as LambdaLR.get_last_lr
         return self.schedulers[0].get_last_lr()
 
     def state_dict(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -50,7 +51,8 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> Tensor:
     total = grad_norm(params)
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for p in params:
-        values = p.grad._values() if p.grad.is_sparse else p.grad  # coalesced by grad_norm: values are the rows
+        grad = cast(Tensor, p.grad)  # not None: filtered above
+        values = grad._values() if grad.is_sparse else grad  # coalesced by grad_norm: values are the rows
         values.mul_(coefficient.to(values))
     return total
 

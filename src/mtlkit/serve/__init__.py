@@ -106,7 +106,7 @@ def serve(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     configure_threads(settings.threads)
     app = create_app(directory, **asdict(settings))  # a bad directory fails here, before any port opens
-    run = {"host": host, "port": port, "log_level": log_level, "access_log": access_log}
+    run: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": access_log}
     if workers == 1:
         settle()
         uvicorn.run(app, **run)

@@ -59,7 +59,8 @@ INLINE_ROWS = 1024  # batches up to this many rows run on the event loop (see Mi
 class Model(Protocol):
     """What a batch needs of the served model; :class:`mtlkit.serve.predictor.Predictor` is one."""
 
-    tasks: Sequence[ServedTask]
+    @property
+    def tasks(self) -> Sequence[ServedTask]: ...
 
     @property
     def numeric_columns(self) -> list[str]: ...

@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +48,7 @@ from mtlkit.errors import MtlkitError
 
 _ABSENT = object()
 # A column: built (sequences), or its Arrow type and values that are known to convert (scalars).
-Column = pa.Array | tuple[pa.DataType, list]
+Column: TypeAlias = pa.Array | tuple[pa.DataType, list]
 
 
 class RequestError(MtlkitError):
@@ -79,8 +79,8 @@ def validate_rows(schema: FittedSchema, rows: Sequence[dict[str, Any]]) -> RowBl
     columns: dict[str, Column] = {}
     for feature in schema.categorical:
         columns[feature.name] = _categorical_column(feature.name, _values(rows, feature.name))
-    for feature in schema.numeric:
-        columns[feature.name] = _numeric_column(feature.name, _values(rows, feature.name))
+    for numeric in schema.numeric:
+        columns[numeric.name] = _numeric_column(numeric.name, _values(rows, numeric.name))
     for seq in schema.sequences:
         columns[seq.name] = _sequence_column(seq, _values(rows, seq.name))
     return RowBlock(len(rows), columns)

@@ -174,7 +174,8 @@ def _buckets(tensors: Sequence[Tensor]) -> Iterator[list[int]]:
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     for indices in groups.values():
-        bucket, size = [], 0
+        bucket: list[int] = []
+        size = 0
         for i in indices:
             if bucket and size + tensors[i].numel() > BUCKET_ELEMENTS:
                 yield bucket
@@ -311,7 +312,7 @@ def all_gather_sparse_grads(params: Sequence[Tensor], world: int) -> None:
     """
     for p in params:
         present = p.grad is not None
-        if present:
+        if p.grad is not None:  # present
             if not p.grad.is_sparse:
                 raise ValueError("all_gather_sparse_grads: a table weight has a dense gradient; its table is not in sparse-gradient mode")
             ids, rows = touched_rows(p)  # coalesced once, in place
@@ -332,7 +333,8 @@ def all_gather_sparse_grads(params: Sequence[Tensor], world: int) -> None:
 def align_jacobian_columns(jacobian: Tensor, columns: Columns) -> tuple[Tensor, Columns]:
     """Widen every sparse-table block of ``jacobian`` to the union of the touched rows of all ranks
     (zeros where this rank did not touch a row), so that ``J`` can be averaged over ranks."""
-    blocks, sizes, rows = [], [], []
+    blocks, sizes = [], []
+    rows: list[Tensor | None] = []
     for block, ids, param in zip(torch.split(jacobian, columns.sizes, dim=1), columns.rows, columns.params):
         if ids is None:
             blocks.append(block)
@@ -350,7 +352,7 @@ def align_jacobian_columns(jacobian: Tensor, columns: Columns) -> tuple[Tensor, 
     return torch.cat(blocks, dim=1), Columns(list(columns.params), sizes, rows)
 
 
-def sparse_exchange_parameters(table_params: Sequence[Tensor], balancer: nn.Module) -> list[Tensor]:
+def sparse_exchange_parameters(table_params: Sequence[nn.Parameter], balancer: nn.Module) -> list[nn.Parameter]:
     """The table weights whose gradients :func:`all_gather_sparse_grads` must exchange: all of them,
     except under a gradient method that keeps them in its Jacobian (their gradient is then the
     same on every rank already, as for the other shared parameters)."""

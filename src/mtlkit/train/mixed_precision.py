@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.balancing import BALANCERS, Balancer, GradientBalancer, LossWeighting
+from mtlkit.balancing.mgda import MGDA
 from mtlkit.errors import ConfigError
 from mtlkit.protocols import TrainableModel
 from mtlkit.train.spec import TrainSpec
@@ -79,7 +80,7 @@ def check_precision_and_compile(spec: TrainSpec, precision: str, device: torch.d
             raise ConfigError(f"train.precision: {precision} with balancer {name!r}: its Jacobian w.r.t. the shared "
                               f"representation would be {precision}, not fp32; use 'mgda' (w.r.t. the fp32 shared parameters)")
     if precision == "fp16" and type(balancer).backward is not LossWeighting.backward:
-        safe = name in FP16_GRADIENT_METHODS and not (name == "mgda" and balancer.options.normalize != "none")
+        safe = name in FP16_GRADIENT_METHODS and not (name == "mgda" and isinstance(balancer, MGDA) and balancer.options.normalize != "none")
         if not safe:
             why = FP16_UNSAFE.get(name, "it is not known to be exact under loss scaling")
             raise ConfigError(f"train.precision: fp16 with balancer {name!r} is unsafe: {why}; use bf16, a loss-weighting "

@@ -38,7 +38,7 @@ def parameter_groups(model: TrainableModel, spec: TrainSpec, extra: Iterable[nn.
     """The optimiser groups of the model's trainable parameters (minus ``exclude``), then ``extra`` without decay."""
     skip = {id(p) for p in exclude}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": spec.weight_decay},
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if p.ndim > 1], "weight_decay": spec.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}] if spec.weight_decay else \
              [{"params": params, "weight_decay": 0.0}]
     if spec.head_lr is not None:  # the heads in groups of their own, at their own rate

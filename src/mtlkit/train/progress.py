@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 
 class EpochProgress:
@@ -38,7 +38,7 @@ class EpochProgress:
     def __enter__(self) -> EpochProgress:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         return False
 
     def due(self, step: int) -> bool:
@@ -67,8 +67,9 @@ class RichBar(EpochProgress):
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc) -> bool:
-        return bool(self.progress.__exit__(*exc))
+    def __exit__(self, *exc) -> Literal[False]:
+        self.progress.__exit__(*exc)  # rich's Progress never suppresses an exception (returns None)
+        return False
 
     def update(self, step: int, samples: int, losses: Mapping[str, float]) -> None:
         self.progress.update(self.task, completed=step, losses=format_losses(losses))

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtlkit.errors import ConfigError
 from mtlkit.metrics import METRICS
-from mtlkit.tasks import Task
+
+if TYPE_CHECKING:
+    from mtlkit.protocols import TrainTask
 
 
-def check_monitor(monitor: str, tasks: Sequence[Task]) -> None:
+def check_monitor(monitor: str, tasks: Sequence[TrainTask]) -> None:
     names = {t.name: t for t in tasks}
     if monitor == "loss":
         return
@@ -43,7 +46,7 @@ def _oriented(metric: str, value: float) -> float:
     return value if METRICS.get(metric).higher_is_better else -value
 
 
-def selection_score(results: dict[str, dict[str, float]], tasks: Sequence[Task], monitor: str) -> float:
+def selection_score(results: dict[str, dict[str, float]], tasks: Sequence[TrainTask], monitor: str) -> float:
     """The run-level score: NaN-free, higher is better."""
     if monitor == "loss":
         return -sum(t.loss_weight * results[t.name]["loss"] for t in tasks if t.name in results)
@@ -55,7 +58,7 @@ def selection_score(results: dict[str, dict[str, float]], tasks: Sequence[Task],
     return sum(values) / len(values) if values else float("-inf")
 
 
-def task_score(results: dict[str, dict[str, float]], task: Task, monitor: str) -> float:
+def task_score(results: dict[str, dict[str, float]], task: TrainTask, monitor: str) -> float:
     """The same score restricted to one task (for per-task selection of independent models)."""
     metric = monitor.split("/", 1)[-1]
     if metric != "loss" and metric in results[task.name]:

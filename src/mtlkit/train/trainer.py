@@ -60,7 +60,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,9 @@ from mtlkit.train.precision import resolve_precision
 from mtlkit.train.progress import epoch_progress, print_epoch
 from mtlkit.train.selection import check_monitor, selection_score, task_score
 from mtlkit.train.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from mtlkit.tasks import Task
 
 RESUME_HINT = "to start the run again instead of resuming it, pass --overwrite"
 
@@ -209,8 +212,9 @@ class Trainer:
         steps_per_epoch = len(train)
         # one schedule for the dense and the table optimisers (warm-up and decay scale every learning rate)
         scheduler = self.optimizers.schedulers(lr_schedule(self.spec, self.spec.epochs * steps_per_epoch))
-        # a labelled table, or an evaluator of its own (e.g. per-task NLP splits)
-        evaluator = TableEvaluator(self.tasks, validation, self.spec.eval_batch_size) if isinstance(validation, EncodedTable) else validation
+        # a labelled table (of tabular Tasks), or an evaluator of its own (e.g. per-task NLP splits)
+        evaluator = (TableEvaluator(cast("list[Task]", self.tasks), validation, self.spec.eval_batch_size)
+                     if isinstance(validation, EncodedTable) else validation)
         pos = _Position()
         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self._resuming(resume):

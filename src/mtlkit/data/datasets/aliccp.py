@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from mtlkit.data.datasets import DatasetSplits, check_binary, read_csv, source_files
 from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 SPARSE = [
     "101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
@@ -54,7 +54,7 @@ SOURCE = "https://tianchi.aliyun.com/dataset/408"
 
 
 def aliccp_tasks() -> list[Task]:
-    return [Task(name="ctr", kind="binary", label="click"), Task(name="ctcvr", kind="binary", label="ctcvr")]
+    return [Task(name="ctr", kind=TaskKind.BINARY, label="click"), Task(name="ctcvr", kind=TaskKind.BINARY, label="ctcvr")]
 
 
 def aliccp_schema() -> SchemaSpec:

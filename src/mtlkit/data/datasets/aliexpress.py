@@ -39,7 +39,7 @@ from mtlkit.data.datasets import DatasetSplits, check_binary, read_csv, source_f
 from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 COUNTRIES = ("NL", "ES", "FR", "US")
 CATEGORICAL = [f"categorical_{i}" for i in range(1, 17)]
@@ -51,7 +51,7 @@ SOURCE = "https://tianchi.aliyun.com/dataset/74690"
 
 
 def aliexpress_tasks() -> list[Task]:
-    return [Task(name="ctr", kind="binary", label="click"), Task(name="ctcvr", kind="binary", label="conversion")]
+    return [Task(name="ctr", kind=TaskKind.BINARY, label="click"), Task(name="ctcvr", kind=TaskKind.BINARY, label="conversion")]
 
 
 def aliexpress_schema() -> SchemaSpec:

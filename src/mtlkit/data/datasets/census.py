@@ -35,7 +35,7 @@ from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptio
 from mtlkit.data.download import cache_dir, fetch
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.errors import DataError
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 COLUMNS = [
     "age", "class_worker", "det_ind_code", "det_occ_code", "education", "wage_per_hour", "hs_college",
@@ -130,7 +130,7 @@ def census_schema(group: int = 1) -> SchemaSpec:
 
 
 def census_tasks(group: int = 1) -> list[Task]:
-    return [Task(name=GROUPS[group][0], kind="binary"), Task(name="marital", kind="binary")]
+    return [Task(name=GROUPS[group][0], kind=TaskKind.BINARY), Task(name="marital", kind=TaskKind.BINARY)]
 
 
 def load_census(root: str | Path | None = None, group: int = 1, base_url: str = BASE_URL) -> CensusData:

@@ -46,6 +46,7 @@ import shutil
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +58,7 @@ from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptio
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.data.split import seeded_split
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.tasks import Task, TaskMask
+from mtlkit.tasks import Task, TaskKind, TaskMask
 
 BASE_URL = "https://zenodo.org/records/10439422/files/"
 VERSIONS = {"pure": "Pure", "1k": "1K"}
@@ -70,7 +71,8 @@ USER_CATEGORICAL = [
 VIDEO_CATEGORICAL = ["author_id", "video_type", "upload_type", "visible_status", "music_type"]
 CATEGORICAL = ["user_id", "video_id", "tab", *USER_CATEGORICAL, *VIDEO_CATEGORICAL]
 # Counts and durations are heavy-tailed: log1p before standardising.
-NUMERIC = {"follow_user_num": "log1p", "fans_user_num": "log1p", "friend_user_num": "log1p", "register_days": "log1p",
+NUMERIC: dict[str, Literal["standard", "log1p", "none"]] = {
+           "follow_user_num": "log1p", "fans_user_num": "log1p", "friend_user_num": "log1p", "register_days": "log1p",
            "duration_ms": "log1p", "server_width": "standard", "server_height": "standard"}
 VIDEO_COLUMNS = ["video_id", *VIDEO_CATEGORICAL, "server_width", "server_height"]
 JOINED = "kuairand_sample.csv"
@@ -86,9 +88,9 @@ def kuairand_tasks(names: Sequence[str] = TASKS) -> list[Task]:
     tasks = []
     for name in names:
         if name == "play_time":
-            tasks.append(Task(name="play_time", kind="regression", label="play_time_ms", label_transform="log1p", mask=TaskMask(column="is_click")))
+            tasks.append(Task(name="play_time", kind=TaskKind.REGRESSION, label="play_time_ms", label_transform="log1p", mask=TaskMask(column="is_click")))
         else:
-            tasks.append(Task(name=name, kind="binary"))
+            tasks.append(Task(name=name, kind=TaskKind.BINARY))
     return tasks
 
 

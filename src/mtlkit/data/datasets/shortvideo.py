@@ -69,7 +69,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +82,7 @@ from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptio
 from mtlkit.data.readers import read_table
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec, SequenceFeature
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.tasks import Task, TaskMask
+from mtlkit.tasks import Task, TaskKind, TaskMask
 
 BLOCK_REQUESTS = 1024
 PILOT_REQUESTS = 8192
@@ -457,9 +457,9 @@ def shortvideo_tasks(names: Sequence[str] = DEFAULT_TASKS, group_column: str | N
     tasks = []
     for name in names:
         if name == "watch_time":
-            tasks.append(Task(name=name, kind="regression", label_transform="log1p", mask=TaskMask(column="click")))
+            tasks.append(Task(name=name, kind=TaskKind.REGRESSION, label_transform="log1p", mask=TaskMask(column="click")))
         else:
-            tasks.append(Task(name=name, kind="binary", metrics=metrics, group_column=group_column))
+            tasks.append(Task(name=name, kind=TaskKind.BINARY, metrics=metrics, group_column=group_column))
     return tasks
 
 
@@ -516,11 +516,12 @@ def load_shortvideo(root: str | Path | None = None, rows: int = 100_000, seed: i
 
 
 # The loader's own keys, then the generator's (ShortVideoSpec's fields, with their defaults).
+_GENERATOR_FIELDS: dict[str, Any] = {f.name: (get_type_hints(ShortVideoSpec)[f.name], f.default) for f in fields(ShortVideoSpec)}
 ShortVideoOptions = create_model(
     "ShortVideoOptions", __base__=DatasetOptions,
     root=(Path | None, None), rows=(int, 100_000), seed=(int, Field(default=0, ge=0)),
     validation=(float, Field(default=0.1, ge=0, lt=1)), test=(float, Field(default=0.1, ge=0, lt=1)),
-    **{f.name: (get_type_hints(ShortVideoSpec)[f.name], f.default) for f in fields(ShortVideoSpec)},
+    **_GENERATOR_FIELDS,
 )
 
 

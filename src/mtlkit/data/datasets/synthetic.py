@@ -32,7 +32,7 @@ from mtlkit.data.datasets import DatasetSplits
 from mtlkit.data.datasets.registry import DATASETS, BuiltinDataset, DatasetOptions
 from mtlkit.data.schema import NumericFeature, SchemaSpec
 from mtlkit.data.split import seeded_split
-from mtlkit.tasks import Task
+from mtlkit.tasks import Task, TaskKind
 
 NOISE_VARIANCE = 0.01
 
@@ -64,7 +64,7 @@ def mmoe_synthetic(n: int = 10_000, d: int = 100, c: float = 1.0, m: int = 10, p
 
 
 def mmoe_synthetic_tasks() -> list[Task]:
-    return [Task(name="y1", kind="regression"), Task(name="y2", kind="regression")]
+    return [Task(name="y1", kind=TaskKind.REGRESSION), Task(name="y2", kind=TaskKind.REGRESSION)]
 
 
 def mmoe_synthetic_schema(d: int = 100) -> SchemaSpec:

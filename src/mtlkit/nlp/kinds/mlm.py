@@ -68,12 +68,13 @@ class MaskedLMHead(NLPHead):
 
     def bind_encoder(self, encoder: nn.Module) -> None:
         """Tie the decoder to ``encoder``'s input embeddings (or make an untied one of the vocabulary size)."""
-        embedding = encoder.get_input_embeddings()
+        hf_model: Any = encoder  # a Hugging Face model (get_input_embeddings, config), typed nn.Module by the head interface
+        embedding = hf_model.get_input_embeddings()
         if isinstance(embedding, nn.Embedding) and embedding.embedding_dim == self.hidden_size:
             self._tied = [embedding]
             vocab = embedding.num_embeddings
         else:
-            vocab = int(encoder.config.vocab_size)
+            vocab = int(hf_model.config.vocab_size)
             self.decoder = nn.Linear(self.hidden_size, vocab, bias=False)
         self.bias = nn.Parameter(torch.zeros(vocab))
 

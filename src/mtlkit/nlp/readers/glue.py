@@ -85,10 +85,11 @@ def read_glue_tsv(path: str | Path, text: str = AUTO, pair: str | None = AUTO, l
                      "pair": _column(header, pair, PAIR_NAMES, path, "pair"),
                      "label": _column(header, label, ("label",), path, "label"),
                      "domain": _column(header, domain, (), path, "domain")}
-            if index["text"] is None:
-                raise DataError(f"{path}: no text column ({' / '.join(TEXT_NAMES)}); set the option `text`")
-        pair, label, domain = (None if index[key] is None else fields[index[key]] for key in ("pair", "label", "domain"))
-        examples.append(TextExample(fields[index["text"]], pair, label, domain, f"{path}:{number}"))
+        text_at = index["text"]
+        if text_at is None:
+            raise DataError(f"{path}: no text column ({' / '.join(TEXT_NAMES)}); set the option `text`")
+        pair, label, domain = (None if (at := index[key]) is None else fields[at] for key in ("pair", "label", "domain"))
+        examples.append(TextExample(fields[text_at], pair, label, domain, f"{path}:{number}"))
     return examples
 
 
@@ -122,7 +123,7 @@ def read_sts(path: str | Path, domain: Literal["genre", "file"] = "genre", domai
             label = GENRE_ALIASES.get(fields[0], fields[0]) if domain == "genre" else fields[1]
             examples.append(TextExample(fields[5], fields[6], score, label, f"{path}:{number}"))
     if domains is not None:  # e.g. train on two genres, test on the third (an unseen domain)
-        present = {e.domain for e in examples}
+        present = {e.domain for e in examples if e.domain is not None}  # every row here has a genre/file
         missing = [d for d in domains if d not in present]
         if missing:
             raise DataError(f"{path}: no rows of {domain} {missing[0]!r} (the file has: {', '.join(sorted(present))})")
