@@ -284,7 +284,7 @@ def train_run(
     with out_of_memory("building the model"):
         model = build_model(config.model, encoded.schema, prepared.tasks)
     trained = set(model.loss_task_names)
-    balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
+    balancer = build_balancer(config.balancer, [*(t for t in prepared.tasks if t.name in trained), *model.auxiliary_tasks()])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else []),
                  *gradient_diagnostics(resolved.train, model.loss_task_names, path if ctx.is_main else None)]
     if prepared.stream is not None:  # checks every file's columns before anything is written

@@ -31,8 +31,8 @@ from mtlkit.models.esmm import product_logit
 from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
-from mtlkit.nn import MLP
-from mtlkit.protocols import TrainableModel
+from mtlkit.nn import MLP, TabularEncoder
+from mtlkit.protocols import AuxiliaryTask, TrainableModel
 from mtlkit.tasks import Task
 
 
@@ -97,9 +97,16 @@ class MultiTaskModel(TrainableModel):
 
     @property
     def loss_task_names(self) -> list[str]:
-        """Tasks trained by a loss of their own (all but ESMM's CVR): what the balancer weighs."""
+        """Tasks trained by a loss of their own (all but ESMM's CVR), then the auxiliary tasks: what the balancer weighs."""
         untrained = self.relations.untrained()
-        return [name for name in self.task_names if name not in untrained]
+        return [*(name for name in self.task_names if name not in untrained), *(t.name for t in self.auxiliary_tasks())]
+
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """The encoder's self-supervised tasks (DIEN's auxiliary loss, sequence objectives)."""
+        return self.encoder.auxiliary_tasks() if isinstance(self.encoder, TabularEncoder) else []
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        return self.encoder.auxiliary_losses() if isinstance(self.encoder, TabularEncoder) else {}
 
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
@@ -209,6 +216,13 @@ class IndependentTaskModels(TrainableModel):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
+
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """Each task network's auxiliary tasks, named ``<task>/<auxiliary>``."""
+        return [AuxiliaryTask(f"{name}/{t.name}", t.loss_weight) for name, m in self.per_task.items() for t in m.auxiliary_tasks()]
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        return {f"{name}/{aux}": loss for name, m in self.per_task.items() for aux, loss in m.auxiliary_losses().items()}
 
     def regularization_loss(self) -> Tensor | None:
         terms = [p for m in self.per_task.values() if (p := m.regularization_loss()) is not None]
