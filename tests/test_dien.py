@@ -155,3 +155,15 @@ def test_aux_weight_zero_trains_no_auxiliary_task_and_schema_round_trips(tmp_pat
     encoder.eval()
     encoder(batch)
     assert encoder.auxiliary_losses() == {}  # evaluation computes no auxiliary loss
+
+
+def test_a_dien_run_exports_to_torchscript_equal_to_pytorch(tmp_path):
+    from mtlkit.config import RunConfig
+    from mtlkit.export import export_run
+    from mtlkit.run import train_run
+
+    config = RunConfig.model_validate({"tasks": [t.model_dump() for t in CLICK], "features": dien_spec().model_dump(),
+                                       "model": {"embedding_dim": 8}, "train": {"epochs": 1, "progress": False}})
+    train_run(config, tmp_path / "run", tables={"train": _table(300, 0), "validation": _table(60, 1)})
+    result = export_run(tmp_path / "run", "torchscript", tmp_path / "export")  # verified against PyTorch on held-out rows
+    assert result.manifest["verification"]["checked"] and result.manifest["verification"]["max_abs_diff"] <= 1e-5
