@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlkit.balancing import BalancerSpec
+from mtlkit.data.derived_targets import DerivedTarget
 from mtlkit.data.schema import SchemaSpec
 from mtlkit.data.streaming import StreamingSpec
 from mtlkit.errors import ConfigError, validation_error
@@ -69,6 +70,7 @@ class DataSpec(BaseModel):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     streaming: StreamingSpec | None = None  # stream `train` from Parquet (mtlkit.data.streaming)
     tables: list[Literal["train", "validation", "test"]] | None = None  # splits train_run got in memory
+    derived_targets: list[DerivedTarget] = Field(default_factory=list)  # leakage-safe distribution targets (data/derived_targets.py)
 
     @property
     def has_source(self) -> bool:
@@ -91,6 +93,8 @@ class DataSpec(BaseModel):
                 raise ValueError("streaming reads `train` from Parquet: a .parquet file or a directory of them")
             if self.validation is None or self.split is not None:
                 raise ValueError("streaming needs a `validation` file and no `split`: a streamed training file is not split in memory")
+            if self.derived_targets:
+                raise ValueError("derived_targets need the training split in memory: not with streaming")
         return self
 
 

@@ -65,7 +65,20 @@ class PreparedData:
 def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     """Read every split named by the config, or take ``tables`` (in-memory ``train`` and optional
     ``validation`` / ``test``: pyarrow Tables or pandas DataFrames) in place of files; raises
-    DataError naming the file (or table) on any problem."""
+    DataError naming the file (or table) on any problem. ``data.derived_targets`` are appended
+    to every split, computed from the training split only (:mod:`mtlkit.data.derived_targets`)."""
+    prepared = _read_splits(config, tables)
+    if not config.data.derived_targets:
+        return prepared
+    from mtlkit.data.derived_targets import add_derived_targets
+
+    splits = {"train": prepared.train, "validation": prepared.validation, "test": prepared.test}
+    done = add_derived_targets(splits, config.data.derived_targets, prepared.names)
+    prepared.train, prepared.validation, prepared.test = done["train"], done["validation"], done["test"]  # type: ignore[assignment]
+    return prepared
+
+
+def _read_splits(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     data = config.data
     if tables is not None and (data.train or data.validation or data.test or data.dataset):
         raise ConfigError("data: in-memory tables replace the config's files and datasets: leave data.train, "
