@@ -118,6 +118,7 @@ class RunConfig(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     balancer: BalancerSpec = Field(default_factory=BalancerSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    init_from: Path | None = None  # a run directory (its best.pt) or checkpoint: load every tensor whose name and shape match
 
     @model_validator(mode="after")
     def _complete(self) -> RunConfig:
@@ -219,7 +220,8 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     if "root" in options and options["root"] is not None and not Path(options["root"]).is_absolute():
         options["root"] = str((base / options["root"]).resolve())
     data = config.data.model_copy(update={**updates, "dataset_options": options})
-    return config.model_copy(update={"data": data})
+    init = {"init_from": (base / config.init_from).resolve()} if config.init_from and not config.init_from.is_absolute() else {}
+    return config.model_copy(update={"data": data, **init})
 
 
 def dump_config(config: RunConfig) -> str:

@@ -292,10 +292,20 @@ def train_run(
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     _check_memory(config, encoded, prepared.tasks, resolve_device(config.train.device))
+    initial = None
+    if config.init_from is not None:  # read (and refused if missing) before anything is written
+        from mtlkit.train.warm_start import checkpoint_state
+
+        initial = checkpoint_state(config.init_from)
     ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     torch.manual_seed(config.seed)
     with out_of_memory("building the model"):
         model = build_model(config.model, encoded.schema, prepared.tasks)
+    warm = None
+    if initial is not None:
+        from mtlkit.train.warm_start import warm_start
+
+        warm = warm_start(model, initial)  # a ConfigError before anything is written when nothing matches
     trained = set(model.loss_task_names)
     balancer = build_balancer(config.balancer, [*(t for t in prepared.tasks if t.name in trained), *model.auxiliary_tasks()])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else []),
@@ -317,8 +327,9 @@ def train_run(
         with out_of_memory("training"):
             result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
+    warmed = {"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}
     summary = run_summary(result, model, test, backbone=config.model.backbone, balancer=config.balancer.name,
-                          tasks=[t.name for t in prepared.tasks], processes=ctx.world)
+                          tasks=[t.name for t in prepared.tasks], processes=ctx.world, **warmed)
     if path is not None and ctx.is_main:
         if test is not None:
             write_text(path / "test_metrics.json", json.dumps(test, indent=1))

@@ -40,7 +40,7 @@ mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, 
 
 ``init_from: RUN_DIR`` starts from another run's best weights wherever names and shapes match
 (MT-DNN's second stage: fine-tune the multi-task model on one task; see
-:mod:`mtlkit.nlp.warm_start`).
+:mod:`mtlkit.train.warm_start`).
 
 ``data``: ``train`` / ``validation`` / ``test`` (a file or a list of files, relative to the
 config file), ``format`` (a reader of :mod:`mtlkit.nlp.readers`) and its ``options``; ``split``
