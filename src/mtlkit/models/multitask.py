@@ -32,6 +32,7 @@ from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.nn import MLP, TabularEncoder
+from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
 from mtlkit.protocols import AuxiliaryTask, TrainableModel
 from mtlkit.tasks import Task
 
@@ -94,6 +95,21 @@ class MultiTaskModel(TrainableModel):
         # Without relations every head reads only its representation: the plain, fastest path.
         self._plain = not (self.relations.esmm or self.relations.aitm or self.relations.prediction_inputs)
         self._penalties: dict[str, Tensor] = {}
+        # Adversarial tasks: λ at the current training progress (gradient reversal before their tower).
+        self._grl = {t.name: scheduled_lambda(t.grl_lambda, t.grl_schedule, 0.0) for t in tasks if t.grl_lambda is not None}
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Anneals the adversarial tasks' λ (``grl_schedule: ganin``)."""
+        for name in self._grl:
+            task = self.tasks[name]
+            assert task.grl_lambda is not None
+            self._grl[name] = scheduled_lambda(task.grl_lambda, task.grl_schedule, fraction)
+
+    def _reversed(self, reps: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The adversarial tasks' representations behind a gradient reversal (identity forward)."""
+        if not self._grl:
+            return reps
+        return {name: reverse_gradient(rep, self._grl[name]) if name in self._grl else rep for name, rep in reps.items()}
 
     @property
     def loss_task_names(self) -> list[str]:
@@ -122,7 +138,7 @@ class MultiTaskModel(TrainableModel):
         return reps
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        reps = self.representations(inputs)
+        reps = self._reversed(self.representations(inputs))
         bias: dict[str, Tensor] = {}
         if self.shallow_tower is not None and self.shallow_tower.applies():
             bias = self.shallow_tower(inputs["bias"])
@@ -216,6 +232,10 @@ class IndependentTaskModels(TrainableModel):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
+
+    def set_training_progress(self, fraction: float) -> None:
+        for model in self.per_task.values():
+            model.set_training_progress(fraction)
 
     def auxiliary_tasks(self) -> list[AuxiliaryTask]:
         """Each task network's auxiliary tasks, named ``<task>/<auxiliary>``."""
