@@ -243,7 +243,7 @@ def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:
         raise validation_error(error, source, f"{where}.data") from None
     except ConfigError as error:
         raise ConfigError(f"{source}: key '{where}.data': {error}") from None
-    metrics = task.metrics or list(cls.default_metrics)
+    metrics = task.metrics or task.metrics_by_default()
     supported = getattr(cls, "supported_metrics", None)
     for name in metrics:
         if name not in METRICS or (supported is not None and name not in supported):
