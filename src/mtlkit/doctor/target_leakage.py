@@ -68,14 +68,33 @@ def check_target_leakage(data: SplitTables, tasks: Sequence[Task], features: Sch
     splits = [s for s in data.splits if all(t.label in data.tables[s].column_names for t in behaviours)]
     if not regressions or not behaviours or not groups or "train" not in splits:
         return CheckResult(findings, stats)
+    cache: dict[tuple[str, ...], list[np.ndarray]] = {}  # group codes, encoded once for all targets
     for target in regressions:
         label = data.floats("train", target.label)
         if label is None or not np.isfinite(label).all():
             continue
         found = False
         for group in groups:
-            codes = _codes(data, splits, group)
+            codes = cache.get(tuple(group))
+            if codes is None:
+                singles = [cache.get((c,)) or cache.setdefault((c,), _codes(data, splits, [c])) for c in group]
+                if len(singles) == 1:
+                    codes = singles[0]
+                else:  # a pair: combine the two columns' integer codes, no string joins
+                    width = int(max(c.max(initial=-1) for c in singles[1])) + 1
+                    combined = np.concatenate([a * width + b for a, b in zip(*singles)])
+                    rows = len(combined)
+                    # small products index bincount directly; large ones (user × item) are compacted
+                    flat = combined if int(combined.max(initial=0)) < 4 * rows else np.unique(combined, return_inverse=True)[1].reshape(-1)
+                    sizes = np.cumsum([0, *(len(c) for c in singles[0])])
+                    codes = [flat[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
+                cache[tuple(group)] = codes
             size = int(max(c.max(initial=-1) for c in codes)) + 1
+            # a per-group mean is constant within the group: skip groups where the label is not
+            counts = np.maximum(np.bincount(codes[0], minlength=size), 1)
+            centred = label - (np.bincount(codes[0], weights=label, minlength=size) / counts)[codes[0]]
+            if np.abs(centred).max(initial=0.0) > TOLERANCE:
+                continue
             for behaviour in behaviours:
                 values = [data.floats(s, behaviour.label) for s in splits]
                 if any(v is None or not np.isfinite(v).all() for v in values):
