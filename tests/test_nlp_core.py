@@ -633,3 +633,40 @@ def test_a_run_trains_replaced_token_detection_as_an_auxiliary_task(tiny, tmp_pa
                   {"name": "rtd", "kind": "replaced_token", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
     summary = train_nlp_run(config, tmp_path / "run")
     assert 0.0 <= summary["validation"]["rtd"]["replaced_token_accuracy"] <= 1.0
+
+
+def test_stages_introduce_tasks_while_earlier_ones_keep_their_replay_share():
+    from mtlkit.nlp.sampling import StageSpec
+
+    def table(n, task):
+        return EncodedTable({"input_ids": torch.arange(n)[:, None]}, {task: torch.zeros(n)}, {task: torch.ones(n, dtype=torch.bool)})
+
+    tables = {"a": table(400, "a"), "b": table(400, "b"), "c": table(200, "c")}
+    spec = SamplingSpec(strategy="stages", steps=4000, stages=[StageSpec(tasks=["a"], epochs=1),
+                                                               StageSpec(tasks=["b", "c"], epochs=1, replay=0.25)])
+    sampler = TaskSampler(tables, batch_size=10, spec=spec, epochs=3)
+    first = torch.tensor([t for step in sampler.plan(0) for t in step])
+    assert (first == 0).all()  # stage 1: only a; b and c are not introduced yet
+    for epoch in (1, 2):  # the last stage runs on
+        second = torch.tensor([t for step in sampler.plan(epoch) for t in step])
+        share = torch.bincount(second, minlength=3).double() / len(second)
+        assert abs(share[0] - 0.25) < 0.03 and abs(share[1] - 0.5) < 0.03 and abs(share[2] - 0.25) < 0.03, share
+    sequential = TaskSampler(tables, 10, spec.model_copy(update={"stages": [StageSpec(tasks=["a"]), StageSpec(tasks=["b", "c"], replay=0.0)]}), epochs=2)
+    assert 0 not in {t for step in sequential.plan(1) for t in step}  # replay 0: sequential fine-tuning
+
+
+def test_stage_config_errors_name_the_key():
+    base = {"encoder": {"name": "x"}, "train": {"epochs": 2},
+            "tasks": [{"name": "a", "kind": "classification", "data": {"train": "a.tsv", "format": "glue_tsv"}},
+                      {"name": "b", "kind": "classification", "data": {"train": "b.tsv", "format": "glue_tsv"}}]}
+    cases = {
+        r"sampling\.stages\[1\]\.tasks: unknown task 'c'": [{"tasks": ["a"]}, {"tasks": ["b", "c"]}],
+        r"sampling\.stages: task 'b' is in no stage": [{"tasks": ["a"]}],
+        r"sampling\.stages: 3 epochs of stages, but train\.epochs is 2": [{"tasks": ["a"], "epochs": 2}, {"tasks": ["b"]}],
+        r"stages: task 'a' is introduced twice": [{"tasks": ["a"]}, {"tasks": ["a", "b"]}],
+    }
+    for message, stages in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_nlp_config({**base, "sampling": {"strategy": "stages", "stages": stages}}, "c.yaml")
+    with pytest.raises(ConfigError, match="strategy stages needs `stages`"):
+        parse_nlp_config({**base, "sampling": {"strategy": "stages"}}, "c.yaml")

@@ -183,6 +183,18 @@ class NLPRunConfig(BaseModel):
         for name in self.sampling.main or []:
             if name not in names:
                 raise ValueError(f"sampling.main: unknown task {name!r}")
+        for i, stage in enumerate(self.sampling.stages or []):
+            unknown = [t for t in stage.tasks if t not in names]
+            if unknown:
+                raise ValueError(f"sampling.stages[{i}].tasks: unknown task {unknown[0]!r}; tasks are: {', '.join(names)}")
+        if self.sampling.stages:
+            staged = {t for stage in self.sampling.stages for t in stage.tasks}
+            missing = [t for t in names if t not in staged]
+            if missing:
+                raise ValueError(f"sampling.stages: task {missing[0]!r} is in no stage (every task is introduced by one)")
+            planned = sum(stage.epochs for stage in self.sampling.stages)
+            if planned > self.train.epochs:
+                raise ValueError(f"sampling.stages: {planned} epochs of stages, but train.epochs is {self.train.epochs}")
         from mtlkit.balancing.base import BALANCERS
         from mtlkit.balancing.gradient import GradientBalancer
 
