@@ -670,3 +670,23 @@ def test_stage_config_errors_name_the_key():
             parse_nlp_config({**base, "sampling": {"strategy": "stages", "stages": stages}}, "c.yaml")
     with pytest.raises(ConfigError, match="strategy stages needs `stages`"):
         parse_nlp_config({**base, "sampling": {"strategy": "stages"}}, "c.yaml")
+
+
+def test_a_staged_run_trains_and_its_config_reads_back(tiny, tmp_path):
+    import yaml
+
+    from mtlkit.nlp.run import train_nlp_run
+
+    root, _, _ = tiny
+    data = {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"), "format": "glue_tsv",
+            "max_rows": {"train": 16, "validation": 8}}
+    config = parse_nlp_config({
+        "encoder": {"name": str(root)}, "sampling": {"strategy": "stages", "steps": 4,
+                                                      "stages": [{"tasks": ["lm"]}, {"tasks": ["sst2"], "replay": 0.5}]},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "monitor": "sst2/accuracy"},
+        "tasks": [{"name": "sst2", "kind": "classification", "max_length": 24, "data": data},
+                  {"name": "lm", "kind": "mlm", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
+    summary = train_nlp_run(config, tmp_path / "run")
+    assert summary["epochs_run"] == 2 and summary["sampling"] == "stages"
+    saved = parse_nlp_config(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()), "config.yaml")
+    assert saved.sampling == config.sampling
