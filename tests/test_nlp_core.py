@@ -583,3 +583,110 @@ def test_head_lr_puts_the_heads_in_their_own_groups(tiny):
     assert all(lr_of[id(p)] == 5e-4 for p in model.heads["a"].parameters())
     assert all(lr_of[id(p)] == 5e-5 for p in model.encoders["shared"].parameters())
     assert len(lr_of) == len(list(model.parameters()))  # every parameter once
+
+
+def test_replaced_token_detection_corrupts_real_tokens_and_its_discriminator_learns(tiny):
+    from mtlkit.nlp.kinds.replaced_token import ReplacedTokenTask
+
+    _, tokenizer, bert = tiny
+    task = ReplacedTokenTask(name="rtd", probability=0.3, max_length=16)
+    texts = [TextExample("it 's a charming journey", label="1"), TextExample("bleak and desperate", label="0"),
+             TextExample("kids , spirit", label="1"), TextExample("a man is playing a flute .", label="1")] * 8
+    table = task.featurize(texts, tokenizer)
+    a = task.transform_batch(table.take(slice(0, len(table))), torch.Generator().manual_seed(3))
+    b = task.transform_batch(table.take(slice(0, len(table))), torch.Generator().manual_seed(3))
+    assert torch.equal(a.inputs["input_ids"], b.inputs["input_ids"])  # a function of the step generator
+    labels, original = a.targets["rtd"], table.inputs["input_ids"]
+    special = table.targets["rtd"] == -100
+    assert (labels[special] == -100).all() and torch.equal(a.inputs["input_ids"][special], original[special])
+    assert torch.equal(labels[~special] == 1, (a.inputs["input_ids"] != original)[~special])
+    model = _model(bert, [task])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(60):
+        batch = task.transform_batch(table.take(slice(0, len(table))), torch.Generator().manual_seed(step))
+        loss = task.compute_loss(model(batch.inputs, ("rtd",))["rtd"], batch.targets["rtd"], None, batch.masks["rtd"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    batch = task.transform_batch(table.take(slice(0, len(table))), torch.Generator().manual_seed(999))
+    sums = task.eval_outputs(model(batch.inputs, ("rtd",))["rtd"].detach(), batch)
+    accuracy = task.evaluate(sums, table, texts)["replaced_token_accuracy"]
+    replaced = float((batch.targets["rtd"] == 1).sum() / (batch.targets["rtd"] != -100).sum())
+    assert accuracy > 1 - replaced + 0.05, (accuracy, replaced)  # beats "nothing was replaced"
+    config = parse_nlp_config({"encoder": {"name": "x"}, "tasks": [
+        {"name": "a", "kind": "classification", "data": {"train": "a.tsv", "format": "glue_tsv"}},
+        {"name": "rtd", "kind": "replaced_token", "data": {"from_tasks": ["a"]}}]}, "c.yaml")
+    assert config.tasks[1].task.metrics == ["replaced_token_accuracy"]
+
+
+def test_a_run_trains_replaced_token_detection_as_an_auxiliary_task(tiny, tmp_path):
+    from mtlkit.nlp.run import train_nlp_run
+
+    root, _, _ = tiny
+    config = parse_nlp_config({
+        "encoder": {"name": str(root)},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False, "monitor": "sst2/accuracy"},
+        "tasks": [{"name": "sst2", "kind": "classification", "max_length": 24,
+                   "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),
+                            "format": "glue_tsv", "max_rows": {"train": 24, "validation": 8}}},
+                  {"name": "rtd", "kind": "replaced_token", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
+    summary = train_nlp_run(config, tmp_path / "run")
+    assert 0.0 <= summary["validation"]["rtd"]["replaced_token_accuracy"] <= 1.0
+
+
+def test_stages_introduce_tasks_while_earlier_ones_keep_their_replay_share():
+    from mtlkit.nlp.sampling import StageSpec
+
+    def table(n, task):
+        return EncodedTable({"input_ids": torch.arange(n)[:, None]}, {task: torch.zeros(n)}, {task: torch.ones(n, dtype=torch.bool)})
+
+    tables = {"a": table(400, "a"), "b": table(400, "b"), "c": table(200, "c")}
+    spec = SamplingSpec(strategy="stages", steps=4000, stages=[StageSpec(tasks=["a"], epochs=1),
+                                                               StageSpec(tasks=["b", "c"], epochs=1, replay=0.25)])
+    sampler = TaskSampler(tables, batch_size=10, spec=spec, epochs=3)
+    first = torch.tensor([t for step in sampler.plan(0) for t in step])
+    assert (first == 0).all()  # stage 1: only a; b and c are not introduced yet
+    for epoch in (1, 2):  # the last stage runs on
+        second = torch.tensor([t for step in sampler.plan(epoch) for t in step])
+        share = torch.bincount(second, minlength=3).double() / len(second)
+        assert abs(share[0] - 0.25) < 0.03 and abs(share[1] - 0.5) < 0.03 and abs(share[2] - 0.25) < 0.03, share
+    sequential = TaskSampler(tables, 10, spec.model_copy(update={"stages": [StageSpec(tasks=["a"]), StageSpec(tasks=["b", "c"], replay=0.0)]}), epochs=2)
+    assert 0 not in {t for step in sequential.plan(1) for t in step}  # replay 0: sequential fine-tuning
+
+
+def test_stage_config_errors_name_the_key():
+    base = {"encoder": {"name": "x"}, "train": {"epochs": 2},
+            "tasks": [{"name": "a", "kind": "classification", "data": {"train": "a.tsv", "format": "glue_tsv"}},
+                      {"name": "b", "kind": "classification", "data": {"train": "b.tsv", "format": "glue_tsv"}}]}
+    cases = {
+        r"sampling\.stages\[1\]\.tasks: unknown task 'c'": [{"tasks": ["a"]}, {"tasks": ["b", "c"]}],
+        r"sampling\.stages: task 'b' is in no stage": [{"tasks": ["a"]}],
+        r"sampling\.stages: 3 epochs of stages, but train\.epochs is 2": [{"tasks": ["a"], "epochs": 2}, {"tasks": ["b"]}],
+        r"stages: task 'a' is introduced twice": [{"tasks": ["a"]}, {"tasks": ["a", "b"]}],
+    }
+    for message, stages in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_nlp_config({**base, "sampling": {"strategy": "stages", "stages": stages}}, "c.yaml")
+    with pytest.raises(ConfigError, match="strategy stages needs `stages`"):
+        parse_nlp_config({**base, "sampling": {"strategy": "stages"}}, "c.yaml")
+
+
+def test_a_staged_run_trains_and_its_config_reads_back(tiny, tmp_path):
+    import yaml
+
+    from mtlkit.nlp.run import train_nlp_run
+
+    root, _, _ = tiny
+    data = {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"), "format": "glue_tsv",
+            "max_rows": {"train": 16, "validation": 8}}
+    config = parse_nlp_config({
+        "encoder": {"name": str(root)}, "sampling": {"strategy": "stages", "steps": 4,
+                                                      "stages": [{"tasks": ["lm"]}, {"tasks": ["sst2"], "replay": 0.5}]},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "monitor": "sst2/accuracy"},
+        "tasks": [{"name": "sst2", "kind": "classification", "max_length": 24, "data": data},
+                  {"name": "lm", "kind": "mlm", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
+    summary = train_nlp_run(config, tmp_path / "run")
+    assert summary["epochs_run"] == 2 and summary["sampling"] == "stages"
+    saved = parse_nlp_config(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()), "config.yaml")
+    assert saved.sampling == config.sampling

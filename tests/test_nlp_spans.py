@@ -457,3 +457,29 @@ def test_end_to_end_relations_without_any_predicted_pair(tokenizer, bert):
         [m for m in model.heads["ents"].modules() if isinstance(m, torch.nn.Linear)][-1].bias.copy_(torch.tensor([50.0, -50.0, -50.0]))
     scores = end_to_end_relations(model, ner, rel, [ie_sentence()], tokenizer)
     assert scores["relation_recall"] == 0.0 and scores["relation_f1"] == 0.0
+
+
+def test_pos_tags_train_with_scheme_labels_and_are_refused_by_the_bio_scheme(tokenizer):
+    from mtlkit.errors import ConfigError
+    from mtlkit.nlp.config import parse_nlp_config
+    from mtlkit.nlp.span_metrics import token_accuracy
+
+    sentences = [TaggedSentence(("paris", "sleeps"), ("NNP", "VBZ")), TaggedSentence(("the", "cat"), ("DT", "NN"))]
+    pos = TaggingTask(name="pos", scheme="labels", max_length=16).resolve(sentences)
+    assert pos.labels == ["DT", "NN", "NNP", "VBZ"] and pos.metrics == ["token_accuracy"]
+    table = pos.featurize(sentences[:1], tokenizer)
+    logits = torch.full((1, table.inputs["input_ids"].shape[1], 4), -5.0)
+    logits[0, 1, 2] = logits[0, 2, 0] = 5.0  # paris → NNP (right), sleeps → DT (wrong)
+    assert pos.evaluate([logits], table, sentences[:1]) == {"token_accuracy": 0.5}
+    assert token_accuracy([["A", "B", "C"]], [["A", "B"]]) == pytest.approx(2 / 3)  # a word without a prediction is wrong
+    with pytest.raises(ConfigError, match="tag 'DT' of its training data is not a BIO tag.*set scheme: labels"):
+        TaggingTask(name="pos").resolve(sentences)
+    with pytest.raises(ValueError, match="not BIO tags.*scheme: labels"):
+        TaggingTask(name="pos", labels=["O", "NN"])
+    with pytest.raises(ValueError, match="entity_f1 needs BIO entities"):
+        TaggingTask(name="pos", scheme="labels", metrics=["entity_f1"])
+    raw = {"encoder": {"name": "x"}, "tasks": [{"name": "pos", "kind": "tagging", "labels": ["NN", "VB"], "data": {"train": "a.conll", "format": "conll"}}]}
+    with pytest.raises(ConfigError, match=r"c\.yaml: key .tasks\.0.: labels: .*scheme: labels"):
+        parse_nlp_config(raw, "c.yaml")
+    raw["tasks"][0]["scheme"] = "labels"
+    assert parse_nlp_config(raw, "c.yaml").tasks[0].task.metrics == ["token_accuracy"]

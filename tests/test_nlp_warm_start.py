@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlkit.errors import ConfigError
-from mtlkit.nlp.warm_start import checkpoint_state, warm_start
+from mtlkit.train.warm_start import checkpoint_state, warm_start
 
 
 def test_warm_start_copies_matching_names_and_shapes_only():

@@ -309,3 +309,25 @@ def test_config_errors_are_one_line():
         prepare_data(config("shortvideo", rows=10**9))
     with pytest.raises(ConfigError, match="unknown key 'size' for shortvideo"):
         prepare_data(config("shortvideo", size=10))
+
+
+def test_shortvideo_drifting_interests_walk_over_categories_and_the_last_one_raises_clicks():
+    from mtlkit.data.datasets import shortvideo as sv
+
+    static = sv._Generator(20_000, 0, sv.ShortVideoSpec())
+    assert static.universe.current_category is None  # off by default: the log is unchanged
+    gen = sv._Generator(60_000, 0, sv.ShortVideoSpec(n_users=3000, interest_drift=3.0, history_length=10))
+    u, table = gen.universe, gen.table(0, gen.n_blocks)
+    long = u.history_length >= 6
+    distinct = [len(set(u.category[h[h >= 0]])) for h in u.history[long]]
+    assert np.mean(distinct) > 1.8  # several categories per history: only the last one is the current interest
+    last = u.history[np.arange(len(u.history)), np.maximum(u.history_length - 1, 0)]
+    assert np.array_equal(u.current_category[long], u.category[last[long]])
+    user = np.array([int(x[1:]) for x in table["user_id"].to_pylist()])
+    item = np.array([int(x[1:]) for x in table["item_id"].to_pylist()])
+    same = u.category[item] == u.current_category[user]
+    click = table["click"].to_numpy()
+    assert click[same].mean() > 1.5 * click[~same].mean()
+    assert abs(click.mean() - 0.10) < 0.01  # intercepts still calibrated to the click rate
+    with pytest.raises(ConfigError, match="interest_drift"):
+        sv.ShortVideoSpec(interest_drift=-1.0)

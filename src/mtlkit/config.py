@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtlkit.balancing import BalancerSpec
 from mtlkit.data.datasets import DATASETS
+from mtlkit.data.derived_targets import DerivedTarget
 from mtlkit.data.schema import SchemaSpec
 from mtlkit.data.streaming import StreamingSpec
 from mtlkit.errors import ConfigError, validation_error
@@ -84,6 +85,7 @@ class DataSpec(BaseModel):
     streaming: StreamingSpec | None = None  # stream `train` from Parquet (mtlkit.data.streaming)
     negative_sampling: NegativeSamplingSpec | None = None  # down-sample the training split's negatives
     tables: list[Literal["train", "validation", "test"]] | None = None  # splits train_run got in memory
+    derived_targets: list[DerivedTarget] = Field(default_factory=list)  # leakage-safe distribution targets (data/derived_targets.py)
 
     @property
     def has_source(self) -> bool:
@@ -115,6 +117,8 @@ class DataSpec(BaseModel):
                 raise ValueError("streaming reads `train` from Parquet: a .parquet file or a directory of them")
             if self.validation is None or self.split is not None:
                 raise ValueError("streaming needs a `validation` file and no `split`: a streamed training file is not split in memory")
+            if self.derived_targets:
+                raise ValueError("derived_targets need the training split in memory: not with streaming")
         return self
 
 
@@ -138,6 +142,7 @@ class RunConfig(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     balancer: BalancerSpec = Field(default_factory=BalancerSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    init_from: Path | None = None  # a run directory (its best.pt) or checkpoint: load every tensor whose name and shape match
 
     @model_validator(mode="after")
     def _complete(self) -> RunConfig:
@@ -239,7 +244,8 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     if "root" in options and options["root"] is not None and not Path(options["root"]).is_absolute():
         options["root"] = str((base / options["root"]).resolve())
     data = config.data.model_copy(update={**updates, "dataset_options": options})
-    return config.model_copy(update={"data": data})
+    init = {"init_from": (base / config.init_from).resolve()} if config.init_from and not config.init_from.is_absolute() else {}
+    return config.model_copy(update={"data": data, **init})
 
 
 def dump_config(config: RunConfig) -> str:

@@ -26,8 +26,8 @@ Example:
     ...     def forward(self, inputs):
     ...         return {"y": self.w(inputs["numeric"]).squeeze(-1)}
     >>> model = Linear()
-    >>> model.loss_task_names, model.task_penalties(), model.regularization_loss()
-    (['y'], {}, None)
+    >>> model.loss_task_names, model.task_penalties(), model.regularization_loss(), model.auxiliary_losses()
+    (['y'], {}, None, {})
     >>> len(list(model.shared_parameters())), model.gate_weights({}) == {}
     (2, True)
 """
@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -72,8 +73,20 @@ class TrainableModel(nn.Module):
     # -- losses ------------------------------------------------------------------------------
     @property
     def loss_task_names(self) -> list[str]:
-        """Tasks trained by a loss of their own: what the balancer weighs (ESMM's CVR has none)."""
-        return list(self.task_names)
+        """Tasks trained by a loss of their own: what the balancer weighs (ESMM's CVR has none), then
+        the model's :meth:`auxiliary_tasks`."""
+        return [*self.task_names, *(t.name for t in self.auxiliary_tasks())]
+
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """Self-supervised objectives the model computes from its own inputs (DIEN's auxiliary loss,
+        sequence language models): tasks the balancer weighs next to the labelled ones, with a loss
+        weight each, trained only (no label column, no validation metric)."""
+        return []
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        """The :meth:`auxiliary_tasks`' losses of the last training forward, by name (cleared when read;
+        empty in eval mode)."""
+        return {}
 
     def task_penalties(self) -> dict[str, Tensor]:
         """Extra loss terms of the last forward, per task (AITM's calibrator), added to that task's loss."""
@@ -153,6 +166,23 @@ class TrainTask(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AuxiliaryTask:
+    """A :class:`TrainTask` whose loss the model computes itself (:meth:`TrainableModel.auxiliary_losses`).
+
+    The balancer sees it like any task, with ``loss_weight`` (DIEN's α); it has no label column
+    and no validation metric, so model selection reads only the labelled tasks.
+    """
+
+    name: str
+    loss_weight: float = 1.0
+    metrics: list[str] | None = None
+    loss_family: str = "classification"  # what uncertainty weighting's likelihood is
+
+    def compute_loss(self, outputs: Any, target: Tensor, weight: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        raise TypeError(f"auxiliary task {self.name!r}: its loss comes from the model (TrainableModel.auxiliary_losses)")
+
+
 @runtime_checkable
 class Evaluator(Protocol):
     """Validation or test: every task's metrics of ``model`` on a fixed split."""
@@ -161,4 +191,4 @@ class Evaluator(Protocol):
         ...
 
 
-__all__ = ["Evaluator", "TrainTask", "TrainableModel"]
+__all__ = ["AuxiliaryTask", "Evaluator", "TrainTask", "TrainableModel"]

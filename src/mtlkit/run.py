@@ -67,9 +67,11 @@ class PreparedData:
 def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     """Read every split named by the config, or take ``tables`` (in-memory ``train`` and optional
     ``validation`` / ``test``: pyarrow Tables or pandas DataFrames) in place of files; raises
-    DataError naming the file (or table) on any problem. ``data.negative_sampling`` then
-    down-samples the training split and marks the tasks on its label for calibration."""
-    prepared = _read_data(config, tables)
+    DataError naming the file (or table) on any problem. ``data.derived_targets`` are then appended
+    to every split, computed from the training split only (:mod:`mtlkit.data.derived_targets`), and
+    ``data.negative_sampling`` down-samples the training split and marks the tasks on its label for
+    calibration (after the targets: they count the whole training split)."""
+    prepared = _with_derived_targets(config, _read_splits(config, tables))
     spec = config.data.negative_sampling
     if spec is None:
         return prepared
@@ -88,7 +90,18 @@ def prepare_data(config: RunConfig, tables: Mapping[str, TableLike] | None = Non
     return replace(prepared, train=train, tasks=tasks)
 
 
-def _read_data(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
+def _with_derived_targets(config: RunConfig, prepared: PreparedData) -> PreparedData:
+    if not config.data.derived_targets:
+        return prepared
+    from mtlkit.data.derived_targets import add_derived_targets
+
+    splits = {"train": prepared.train, "validation": prepared.validation, "test": prepared.test}
+    done = add_derived_targets(splits, config.data.derived_targets, prepared.names)
+    prepared.train, prepared.validation, prepared.test = done["train"], done["validation"], done["test"]  # type: ignore[assignment]
+    return prepared
+
+
+def _read_splits(config: RunConfig, tables: Mapping[str, TableLike] | None = None) -> PreparedData:
     data = config.data
     if tables is not None and (data.train or data.validation or data.test or data.dataset):
         raise ConfigError("data: in-memory tables replace the config's files and datasets: leave data.train, "
@@ -250,12 +263,22 @@ def train_run(
         resolved = resolved.model_copy(update={"train": resolved.train.model_copy(update={"progress": progress})})
     check_monitor(resolved.train.monitor, prepared.tasks)  # before anything is written
     _check_memory(config, encoded, prepared.tasks, resolve_device(config.train.device))
+    initial = None
+    if config.init_from is not None:  # read (and refused if missing) before anything is written
+        from mtlkit.train.warm_start import checkpoint_state
+
+        initial = checkpoint_state(config.init_from)
     ctx = distributed.setup()  # under torchrun: data-parallel (mtlkit.train.distributed); only rank 0 writes
     torch.manual_seed(config.seed)
     with out_of_memory("building the model"):
         model = build_model(config.model, encoded.schema, prepared.tasks)
+    warm = None
+    if initial is not None:
+        from mtlkit.train.warm_start import warm_start
+
+        warm = warm_start(model, initial)  # a ConfigError before anything is written when nothing matches
     trained = set(model.loss_task_names)
-    balancer = build_balancer(config.balancer, [t for t in prepared.tasks if t.name in trained])
+    balancer = build_balancer(config.balancer, [*(t for t in prepared.tasks if t.name in trained), *model.auxiliary_tasks()])
     callbacks = [*callbacks, *([GateDiagnostics(model)] if has_gates(model) else []),
                  *gradient_diagnostics(resolved.train, model.loss_task_names, path if ctx.is_main else None)]
     batches: BatchSource
@@ -277,8 +300,9 @@ def train_run(
         with out_of_memory("training"):
             result = trainer.fit(batches, encoded.validation, resume=resume)
     test = evaluate(model, prepared.tasks, encoded.test, config.train.eval_batch_size, trainer.device) if encoded.test is not None else None
+    warmed = {"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}
     summary = run_summary(result, model, test, backbone=config.model.backbone, balancer=config.balancer.name,
-                          tasks=[t.name for t in prepared.tasks], processes=ctx.world)
+                          tasks=[t.name for t in prepared.tasks], processes=ctx.world, **warmed)
     if path is not None and ctx.is_main:
         if test is not None:
             write_text(path / "test_metrics.json", json.dumps(test, indent=1))

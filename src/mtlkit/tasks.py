@@ -113,6 +113,13 @@ class Task(BaseModel):
       log seconds for heavy-tailed watch time); :meth:`predict` and metrics are back in label
       units via ``expm1``. Note ``expm1(E[log1p T])`` estimates a typical (geometric-mean-like)
       value, below the mean ``E[T]``; for the mean use the weighted logistic regression.
+
+    Adversarial tasks (binary or multiclass): ``grl_lambda`` λ puts a gradient reversal layer
+    (:mod:`mtlkit.nn.gradient_reversal`; Ganin & Lempitsky 2015, Eq. 13) between the shared
+    representation and this task's tower: the tower learns the label (a domain such as the
+    scenario or the device) while the shared layers learn to hide it; ``grl_schedule: ganin``
+    anneals λ over training. Monitor a main task (``train.monitor: click/auc``): a good
+    adversary means a *low* score on this task.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -133,6 +140,8 @@ class Task(BaseModel):
     mask: TaskMask | None = None
     metrics: list[str] | None = None
     group_column: str | None = None
+    grl_lambda: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    grl_schedule: Literal["constant", "ganin"] = "constant"
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Task:
@@ -166,6 +175,10 @@ class Task(BaseModel):
                     raise ValueError(f"{key} is only for binary tasks")
         if self.label_transform != "none" and self.kind is not TaskKind.REGRESSION:
             raise ValueError("label_transform is only for regression tasks")
+        if self.grl_lambda is not None and self.kind is TaskKind.REGRESSION:
+            raise ValueError("grl_lambda (an adversarial task) is for binary or multiclass tasks")
+        if self.grl_lambda is None and self.grl_schedule != "constant":
+            raise ValueError("grl_schedule needs grl_lambda")
         metrics = list(self.metrics) if self.metrics is not None else list(DEFAULT_METRICS[self.kind])
         for name in metrics:
             if name not in METRICS:

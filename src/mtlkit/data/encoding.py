@@ -27,6 +27,7 @@ import torch
 from mtlkit.data import admission
 from mtlkit.data.features import (
     CategoricalFeature,
+    DienOptions,
     FittedCategorical,
     FittedNumeric,
     FittedSequence,
@@ -94,6 +95,7 @@ def fit_sequence(feature: SequenceFeature, items: pa.Array) -> FittedSequence:
     fitted = FittedSequence(
         feature.name, feature.max_len, feature.pooling, feature.target, feature.share_vocabulary_with,
         feature.separator, normalize=feature.normalize, attention_hidden=list(feature.attention_hidden),
+        dien=(feature.dien or DienOptions()).model_dump() if feature.pooling == "dien" else None,
     )
     if not feature.share_vocabulary_with:
         own = fit_categorical(CategoricalFeature(name=feature.name, min_freq=feature.min_freq, hash_buckets=feature.hash_buckets),

@@ -44,25 +44,37 @@ class NumericFeature(BaseModel):
         return clip
 
 
+class DienOptions(BaseModel):
+    """``pooling: dien`` (Zhou et al., AAAI 2019; :mod:`mtlkit.nn.dien`): the auxiliary loss's weight α
+    (Eq. 2; 0 turns it off) and where its negatives come from (the item vocabulary, or other users' histories)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    aux_weight: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    negatives: Literal["vocabulary", "histories"] = "vocabulary"
+
+
 class SequenceFeature(BaseModel):
     """A multi-valued column pooled into one vector; see the module docstring for the format."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     max_len: int = Field(ge=1)
-    pooling: Literal["mean", "sum", "din"] = "mean"
-    target: str | None = None  # din: the categorical feature holding the candidate item
+    pooling: Literal["mean", "sum", "din", "dien"] = "mean"
+    target: str | None = None  # din/dien: the categorical feature holding the candidate item
     share_vocabulary_with: str | None = None  # a categorical feature: one vocabulary, one table
     separator: str | None = Field(default=None, min_length=1)  # for delimited string columns
     min_freq: int = Field(default=1, ge=1)
     hash_buckets: int | None = Field(default=None, ge=1)
     normalize: bool = False  # din: softmax over the valid positions (the paper does not normalise)
     attention_hidden: tuple[int, ...] = (36,)  # din: the local activation unit's hidden layers
+    dien: DienOptions | None = None  # dien: auxiliary loss weight α and negatives (defaults: α = 1, vocabulary)
 
     @model_validator(mode="after")
     def _check(self) -> SequenceFeature:
-        if (self.pooling == "din") != (self.target is not None):
-            raise ValueError(f"sequence {self.name!r}: `target` is required with pooling din and only allowed with it")
+        if (self.pooling in ("din", "dien")) != (self.target is not None):
+            raise ValueError(f"sequence {self.name!r}: `target` is required with pooling din or dien and only allowed with them")
+        if self.dien is not None and self.pooling != "dien":
+            raise ValueError(f"sequence {self.name!r}: `dien` options need pooling dien")
         if self.pooling != "din" and (self.normalize or self.attention_hidden != (36,)):
             raise ValueError(f"sequence {self.name!r}: `normalize`/`attention_hidden` need pooling din")
         if self.share_vocabulary_with and (self.min_freq != 1 or self.hash_buckets):
@@ -129,6 +141,7 @@ class FittedSequence:
     normalize: bool = False
     attention_hidden: list[int] = field(default_factory=lambda: [36])
     admitted: str | None = None  # as FittedCategorical.admitted (own hashed vocabulary only)
+    dien: dict | None = None  # DienOptions as a dict (pooling dien)
 
     @property
     def cardinality(self) -> int:
@@ -142,4 +155,4 @@ class FittedSequence:
         return f"seq:{self.name}"
 
 
-__all__ = ["CategoricalFeature", "FittedCategorical", "FittedNumeric", "FittedSequence", "NumericFeature", "SequenceFeature"]
+__all__ = ["CategoricalFeature", "DienOptions", "FittedCategorical", "FittedNumeric", "FittedSequence", "NumericFeature", "SequenceFeature"]

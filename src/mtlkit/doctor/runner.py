@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from mtlkit.data.schema import SchemaSpec
-from mtlkit.doctor import checks, hashing
+from mtlkit.doctor import checks, hashing, target_leakage
 from mtlkit.doctor.findings import CheckResult, DoctorReport, Finding, Severity, Thresholds
 from mtlkit.doctor.frame import SplitTables
 from mtlkit.errors import ConfigError, DataError
@@ -54,6 +54,7 @@ def diagnose(
         "unseen": checks.check_unseen(data, features, thresholds),
         "duplicates": checks.check_duplicates(data, thresholds),
         "hash_collisions": hashing.check_hash_collisions(data, features, thresholds),
+        "target_leakage": target_leakage.check_target_leakage(data, tasks, features),
     }
     if time_column:
         results["time_overlap"] = checks.check_time_overlap(data, time_column)

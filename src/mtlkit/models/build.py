@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mtlkit.data.schema import FittedSchema
 from mtlkit.errors import ConfigError
+from mtlkit.models.auxiliary import SequenceObjectiveSpec, objective_fields
 from mtlkit.models.base import BACKBONES, BackboneOptions
 from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.layout import InputLayout
@@ -55,6 +56,7 @@ class ModelSpec(BaseModel):
     scenario: str | None = None
     #: BatchNorm after each hidden linear layer of the task towers (torch-rechub's census setting).
     tower_batch_norm: bool = False
+    sequence_objectives: list[SequenceObjectiveSpec] = Field(default_factory=list)  # self-supervised auxiliary tasks (models/auxiliary.py)
 
     @model_validator(mode="after")
     def _check_backbone(self) -> ModelSpec:
@@ -99,6 +101,9 @@ def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
                 raise ConfigError(f"model.shallow_tower.tasks: {name!r} is an ESMM product; its bias comes through its factors")
         if not getattr(schema, "bias_cardinalities", None):
             raise ConfigError("model.shallow_tower needs bias features: list them under features.bias (e.g. position, device)")
+    for seq in getattr(schema, "sequences", []):
+        if seq.pooling == "dien" and f"dien:{seq.name}" in names:
+            raise ConfigError(f"tasks: {f'dien:{seq.name}'!r} is the name of sequence {seq.name!r}'s DIEN auxiliary task; rename the task")
     if spec.fusion is not None:
         for name in spec.fusion.weights:
             if name not in names:
@@ -113,10 +118,11 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
     options = spec.backbone_options()
     derived = spec.relations.derived()
     default_biased = [t.name for t in tasks if t.kind is TaskKind.BINARY and t.name not in derived]
+    objectives = objective_fields(spec.sequence_objectives, schema, spec.embedding_dim, [t.name for t in tasks])
 
     def assemble(model_tasks: Sequence[Task]) -> MultiTaskModel:
         layout = input_layout(spec, schema, len(model_tasks))
-        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies)
+        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies, objectives)
         backbone = backbone_cls.create(encoder.output_dim, [t.name for t in model_tasks], options, layout)
         shallow = None
         if spec.shallow_tower is not None:

@@ -33,8 +33,9 @@ from mtlkit.models.esmm import product_logit
 from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.relations import DCMTRelation, ESCM2Relation, TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
-from mtlkit.nn import MLP
-from mtlkit.protocols import TrainableModel
+from mtlkit.nn import MLP, TabularEncoder
+from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
+from mtlkit.protocols import AuxiliaryTask, TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
 
@@ -106,12 +107,34 @@ class MultiTaskModel(TrainableModel):
         self._plain = not self.relations.any()
         self._penalties: dict[str, Tensor] = {}
         self._auxiliary_logits: dict[str, Tensor] = {}
+        # Adversarial tasks: λ at the current training progress (gradient reversal before their tower).
+        self._grl = {t.name: scheduled_lambda(t.grl_lambda, t.grl_schedule, 0.0) for t in tasks if t.grl_lambda is not None}
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Anneals the adversarial tasks' λ (``grl_schedule: ganin``)."""
+        for name in self._grl:
+            task = self.tasks[name]
+            assert task.grl_lambda is not None
+            self._grl[name] = scheduled_lambda(task.grl_lambda, task.grl_schedule, fraction)
+
+    def _reversed(self, reps: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The adversarial tasks' representations behind a gradient reversal (identity forward)."""
+        if not self._grl:
+            return reps
+        return {name: reverse_gradient(rep, self._grl[name]) if name in self._grl else rep for name, rep in reps.items()}
 
     @property
     def loss_task_names(self) -> list[str]:
-        """Tasks trained by a loss of their own (all but ESMM's CVR): what the balancer weighs."""
+        """Tasks trained by a loss of their own (all but ESMM's CVR), then the auxiliary tasks: what the balancer weighs."""
         untrained = self.relations.untrained()
-        return [name for name in self.task_names if name not in untrained]
+        return [*(name for name in self.task_names if name not in untrained), *(t.name for t in self.auxiliary_tasks())]
+
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """The encoder's self-supervised tasks (DIEN's auxiliary loss, sequence objectives)."""
+        return self.encoder.auxiliary_tasks() if isinstance(self.encoder, TabularEncoder) else []
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        return self.encoder.auxiliary_losses() if isinstance(self.encoder, TabularEncoder) else {}
 
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
@@ -127,7 +150,7 @@ class MultiTaskModel(TrainableModel):
         return reps
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        reps = self.representations(inputs)
+        reps = self._reversed(self.representations(inputs))
         bias: dict[str, Tensor] = {}
         if self.shallow_tower is not None and self.shallow_tower.applies():
             bias = self.shallow_tower(inputs["bias"])
@@ -250,6 +273,17 @@ class IndependentTaskModels(TrainableModel):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
+
+    def set_training_progress(self, fraction: float) -> None:
+        for model in self.per_task.values():
+            model.set_training_progress(fraction)
+
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """Each task network's auxiliary tasks, named ``<task>/<auxiliary>``."""
+        return [AuxiliaryTask(f"{name}/{t.name}", t.loss_weight) for name, m in self.per_task.items() for t in m.auxiliary_tasks()]
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        return {f"{name}/{aux}": loss for name, m in self.per_task.items() for aux, loss in m.auxiliary_losses().items()}
 
     def regularization_loss(self) -> Tensor | None:
         terms = [p for m in self.per_task.values() if (p := m.regularization_loss()) is not None]

@@ -122,6 +122,10 @@ class NLPTask(BaseModel):
         return "regression" if self.kind == "regression" else "classification"
 
     # -- optional hooks ---------------------------------------------------------------------
+    def metrics_by_default(self) -> list[str]:
+        """The metrics reported when the config names none (a kind's options may change them)."""
+        return list(self.default_metrics)
+
     def resolve(self, train_examples: Sequence[Any]) -> NLPTask:
         return self
 

@@ -40,7 +40,7 @@ mlm, domain, tagging, span_qa, relation, …), the kind's own keys (``labels``, 
 
 ``init_from: RUN_DIR`` starts from another run's best weights wherever names and shapes match
 (MT-DNN's second stage: fine-tune the multi-task model on one task; see
-:mod:`mtlkit.nlp.warm_start`).
+:mod:`mtlkit.train.warm_start`).
 
 ``data``: ``train`` / ``validation`` / ``test`` (a file or a list of files, relative to the
 config file), ``format`` (a reader of :mod:`mtlkit.nlp.readers`) and its ``options``; ``split``
@@ -183,6 +183,18 @@ class NLPRunConfig(BaseModel):
         for name in self.sampling.main or []:
             if name not in names:
                 raise ValueError(f"sampling.main: unknown task {name!r}")
+        for i, stage in enumerate(self.sampling.stages or []):
+            unknown = [t for t in stage.tasks if t not in names]
+            if unknown:
+                raise ValueError(f"sampling.stages[{i}].tasks: unknown task {unknown[0]!r}; tasks are: {', '.join(names)}")
+        if self.sampling.stages:
+            staged = {t for stage in self.sampling.stages for t in stage.tasks}
+            missing = [t for t in names if t not in staged]
+            if missing:
+                raise ValueError(f"sampling.stages: task {missing[0]!r} is in no stage (every task is introduced by one)")
+            planned = sum(stage.epochs for stage in self.sampling.stages)
+            if planned > self.train.epochs:
+                raise ValueError(f"sampling.stages: {planned} epochs of stages, but train.epochs is {self.train.epochs}")
         from mtlkit.balancing.base import BALANCERS
         from mtlkit.balancing.gradient import GradientBalancer
 
@@ -252,7 +264,7 @@ def _parse_task(i: int, entry: Any, source: str) -> NLPTaskEntry:
         raise validation_error(error, source, f"{where}.data") from None
     except ConfigError as error:
         raise ConfigError(f"{source}: key '{where}.data': {error}") from None
-    metrics = task.metrics or list(cls.default_metrics)
+    metrics = task.metrics or task.metrics_by_default()
     supported = getattr(cls, "supported_metrics", None)
     for name in metrics:
         if name not in METRICS or (supported is not None and name not in supported):

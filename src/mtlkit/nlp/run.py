@@ -180,7 +180,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
     with removed_on_error(run):
         warm = None
         if config.init_from is not None and not resume:  # a resumed run's own checkpoint wins
-            from mtlkit.nlp.warm_start import checkpoint_state, warm_start
+            from mtlkit.train.warm_start import checkpoint_state, warm_start
 
             warm = warm_start(model, checkpoint_state(config.init_from))
         callbacks = [*callbacks, *gradient_diagnostics(spec, model.loss_task_names, path if ctx.is_main else None)]

@@ -21,6 +21,11 @@ auxiliary_first   MT-DNN's ``mix_opt`` > 0: each epoch, the auxiliary tasks' bat
                   shuffled order first, then the ``main`` tasks' batches, so every epoch ends on
                   the main task(s). ``auxiliary_ratio`` r keeps only ``r · (main batches)`` of
                   the auxiliary batches, drawn without replacement (MT-DNN's extra_task_ratio).
+stages            ERNIE 2.0's continual multi-task learning (Sun et al., AAAI 2020, §3.2):
+                  ``stages`` in order, each ``{tasks, epochs, replay}`` introducing tasks
+                  while the earlier stages' tasks keep a share ``replay`` of the steps
+                  (i.i.d.; ``p_i ∝ b_i`` within the new and within the earlier tasks; tasks of
+                  later stages 0). The last stage runs on to the end of training.
 ================  ==========================================================================
 
 ``cap`` applies to every i.i.d. strategy (uniform, temperature, annealed). A task drawn more
@@ -57,9 +62,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mtlkit.data.batch import Batch, BatchSource, EncodedTable
 from mtlkit.errors import ConfigError
 
-Strategy = Literal["round", "proportional", "uniform", "temperature", "annealed", "auxiliary_first"]
+Strategy = Literal["round", "proportional", "uniform", "temperature", "annealed", "auxiliary_first", "stages"]
 IID = ("uniform", "temperature", "annealed")
 Transform = Callable[[Batch, torch.Generator], Batch]
+
+
+class StageSpec(BaseModel):
+    """One stage of ``strategy: stages``: the tasks it introduces, for how many epochs, and the
+    share of steps the earlier stages' tasks keep (0: sequential fine-tuning, which forgets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tasks: list[str] = Field(min_length=1)
+    epochs: int = Field(default=1, ge=1)
+    replay: float = Field(default=0.3, ge=0.0, lt=1.0)
 
 
 class SamplingSpec(BaseModel):
@@ -72,15 +87,33 @@ class SamplingSpec(BaseModel):
     steps: int | None = Field(default=None, ge=1)
     main: list[str] | None = None
     auxiliary_ratio: float | None = Field(default=None, gt=0.0)
+    stages: list[StageSpec] | None = None
 
     @model_validator(mode="after")
     def _only_where_used(self) -> SamplingSpec:
-        used_by = {"temperature": ("temperature",), "cap": IID, "steps": (*IID, "round"),
-                   "main": ("auxiliary_first",), "auxiliary_ratio": ("auxiliary_first",)}
+        used_by = {"temperature": ("temperature",), "cap": IID, "steps": (*IID, "round", "stages"),
+                   "main": ("auxiliary_first",), "auxiliary_ratio": ("auxiliary_first",), "stages": ("stages",)}
         for key, strategies in used_by.items():
             if key in self.model_fields_set and self.strategy not in strategies:
                 raise ValueError(f"`{key}` is only used by strategy {' / '.join(strategies)}")
+        if self.strategy == "stages" and not self.stages:
+            raise ValueError("strategy stages needs `stages`: [{tasks: [...], epochs: N, replay: share}, ...]")
+        if self.stages:
+            named = [t for stage in self.stages for t in stage.tasks]
+            twice = next((t for t in named if named.count(t) > 1), None)
+            if twice is not None:
+                raise ValueError(f"stages: task {twice!r} is introduced twice")
         return self
+
+    def stage_of(self, epoch: int) -> int:
+        """The 0-based stage in force at 0-based ``epoch`` (the last one runs on)."""
+        assert self.stages
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return i
+        return len(self.stages) - 1
 
 
 def seed_key(*parts: int | str) -> int:
@@ -191,10 +224,28 @@ class TaskSampler(BatchSource):
             auxiliary = auxiliary[torch.randperm(len(auxiliary), generator=generator)][: len(self) - sum(self.batches[i] for i in main)]
             mains = torch.cat([torch.full((self.batches[i],), i) for i in self.main])
             order = torch.cat([auxiliary, mains[torch.randperm(len(mains), generator=generator)]])
+        elif strategy == "stages":
+            order = torch.multinomial(self.stage_probabilities(epoch), len(self), replacement=True, generator=generator)
         else:
             p = probabilities(self.spec, self.sizes, epoch, self.epochs)
             order = torch.multinomial(torch.tensor(list(p.values())), len(self), replacement=True, generator=generator)
         return [[int(i)] for i in order.tolist()]
+
+    def stage_probabilities(self, epoch: int) -> torch.Tensor:
+        """``strategy: stages``: per-task step probabilities at ``epoch`` (module docstring)."""
+        assert self.spec.stages
+        current = self.spec.stage_of(epoch)
+        new = set(self.spec.stages[current].tasks)
+        old = {t for stage in self.spec.stages[:current] for t in stage.tasks}
+        replay = self.spec.stages[current].replay if old else 0.0
+        b = torch.tensor([float(x) for x in self.batches], dtype=torch.float64)
+        is_new = torch.tensor([n in new for n in self.names])
+        is_old = torch.tensor([n in old for n in self.names])
+        p = torch.zeros_like(b)
+        p[is_new] = (1.0 - replay) * b[is_new] / b[is_new].sum()
+        if replay > 0:
+            p[is_old] = replay * b[is_old] / b[is_old].sum()
+        return p
 
     def _order(self, task: int, epoch: int, cycle: int) -> torch.Tensor:
         cached = self._orders.get(task)
@@ -227,4 +278,4 @@ class TaskSampler(BatchSource):
             yield batches
 
 
-__all__ = ["SamplingSpec", "TaskSampler", "capped", "probabilities", "seed_key", "step_generator"]
+__all__ = ["SamplingSpec", "StageSpec", "TaskSampler", "capped", "probabilities", "seed_key", "step_generator"]

@@ -142,6 +142,12 @@ def _accuracy(predictions, labels, groups=None) -> float:
     return _mean([float(p == y) for p, y in zip(predictions, labels)])
 
 
+def token_accuracy(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> float:
+    """The share of words whose tag is right (POS tagging's metric; a word without a prediction is wrong)."""
+    pairs = [(g, p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, list(ps) + [None] * (len(gs) - len(ps)))]
+    return _mean([float(g == p) for g, p in pairs])
+
+
 # Each metric is callable as fn(predictions, labels): tag sequences for entity_*, answer strings
 # vs lists of gold strings for squad_*, sets of tuples for relation_* / span-level scores.
 _SPAN_METRICS = (
@@ -152,6 +158,7 @@ _SPAN_METRICS = (
     Metric("squad_em", _squad_em_metric, True, ("span_qa",)),
     Metric("squad_f1", _squad_f1_metric, True, ("span_qa",)),
     Metric("answer_window_accuracy", _accuracy, True, ("span_qa",)),
+    Metric("token_accuracy", lambda predictions, labels, groups=None: token_accuracy(labels, predictions), True, ("tagging",)),
 )
 for _metric in _SPAN_METRICS:
     if _metric.name not in METRICS:  # idempotent if the module is executed twice (doctest collection)

@@ -10,7 +10,13 @@ Sequence features (``inputs["seq:<name>"]``, ``(B, L)`` ids, 0 = padding) are em
 fused table — from the rows of a categorical field when they share its vocabulary (so an item id and
 the same id in the history train one row, from both uses), else from rows of their own — pooled by
 :mod:`mtlkit.nn.sequence` (mean, sum or DIN attention against a categorical field, Zhou et al.,
-KDD 2018, Eq. 3) and appended after the numeric columns. ``inputs["bias"]`` is never read here.
+KDD 2018, Eq. 3) or :mod:`mtlkit.nn.dien` (DIEN, Zhou et al., AAAI 2019) and appended after the
+numeric columns. ``inputs["bias"]`` is never read here.
+
+Self-supervised losses computed from the inputs — DIEN's auxiliary loss (Eq. 1) and the sequence
+objectives of :mod:`mtlkit.nn.sequence_objectives` (``objectives``) — are computed in training
+mode only and handed out by :meth:`TabularEncoder.auxiliary_losses`, one auxiliary task each
+(:meth:`TabularEncoder.auxiliary_tasks`: ``dien:<sequence>`` with weight α, and the objectives' names).
 
 Example:
     >>> import torch
@@ -33,8 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.nn.dien import DienPooling, sample_negatives
 from mtlkit.nn.embedding_tables import EMBEDDING_TABLES
-from mtlkit.nn.sequence import DinAttention, SequenceField, masked_pool
+from mtlkit.nn.sequence import DinAttention, ObjectiveField, SequenceField, masked_pool
+from mtlkit.nn.sequence_objectives import SequenceObjective
+from mtlkit.protocols import AuxiliaryTask
 
 if TYPE_CHECKING:
     from mtlkit.data.schema import FittedSchema
@@ -49,6 +58,8 @@ class TabularEncoder(nn.Module):
         sequences: Sequence[SequenceField] = (),
         table: str = "fused",
         copies: int = 1,
+        objectives: Sequence[ObjectiveField] = (),
+        max_lengths: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if copies < 1:
@@ -71,8 +82,8 @@ class TabularEncoder(nn.Module):
             for ref in (seq.shared_field, seq.target):
                 if ref is not None and not 0 <= ref < len(cardinalities):
                     raise ConfigError(f"sequence {seq.key!r}: categorical field {ref} out of range (0..{len(cardinalities) - 1})")
-            if (seq.pooling == "din") != (seq.target is not None):
-                raise ConfigError(f"sequence {seq.key!r}: a target field is required with din pooling and only allowed with it")
+            if (seq.pooling in ("din", "dien")) != (seq.target is not None):
+                raise ConfigError(f"sequence {seq.key!r}: a target field is required with din/dien pooling and only allowed with it")
             if seq.shared_field is None:
                 self._sequence_fields.append(next_own)
                 next_own += 1
@@ -80,11 +91,36 @@ class TabularEncoder(nn.Module):
                 self._sequence_fields.append(seq.shared_field)
             if seq.pooling == "din":
                 attention[str(i)] = DinAttention(embedding_dim, seq.attention_hidden, normalize=seq.normalize)
+            elif seq.pooling == "dien":
+                attention[str(i)] = DienPooling(embedding_dim)
         self.attention = nn.ModuleDict(attention)
+        self._cardinalities = list(fields)
+        self.objectives = list(objectives)
+        heads: dict[str, nn.Module] = {}
+        for objective in self.objectives:
+            if not 0 <= objective.sequence < len(self.sequences):
+                raise ConfigError(f"objective {objective.name!r}: sequence {objective.sequence} out of range")
+            length = max_lengths[objective.sequence] if max_lengths else 512
+            heads[objective.name] = SequenceObjective(embedding_dim, length, objective.objective, objective.negatives,  # type: ignore[arg-type]
+                                                      objective.mask_rate, objective.layers, objective.heads)
+        self.objective_heads = nn.ModuleDict(heads)
+        self._auxiliary: dict[str, Tensor] = {}
         self.output_dim = (len(cardinalities) * copies + len(self.sequences)) * embedding_dim + numeric_dim
 
+    def auxiliary_tasks(self) -> list[AuxiliaryTask]:
+        """DIEN's auxiliary loss per ``dien`` sequence with α > 0 (weight α), then the objectives."""
+        dien = [AuxiliaryTask(f"dien:{seq.key.removeprefix('seq:')}", seq.aux_weight)
+                for seq in self.sequences if seq.pooling == "dien" and seq.aux_weight > 0]
+        return [*dien, *(AuxiliaryTask(o.name, o.weight) for o in self.objectives)]
+
+    def auxiliary_losses(self) -> dict[str, Tensor]:
+        """The auxiliary losses of the last training forward (cleared when read)."""
+        losses, self._auxiliary = self._auxiliary, {}
+        return losses
+
     @classmethod
-    def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused", copies: int = 1) -> TabularEncoder:
+    def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused", copies: int = 1,
+                    objectives: Sequence[ObjectiveField] = ()) -> TabularEncoder:
         """The encoder for a fitted schema: categoricals, numerics and its sequence features."""
         index = {f.name: i for i, f in enumerate(schema.categorical)}
         fields = [
@@ -94,10 +130,12 @@ class TabularEncoder(nn.Module):
                 shared_field=index[s.share_vocabulary_with] if s.share_vocabulary_with else None,
                 target=index[s.target] if s.target else None,
                 normalize=s.normalize, attention_hidden=tuple(s.attention_hidden),
+                **({"aux_weight": s.dien.get("aux_weight", 1.0), "negatives": s.dien.get("negatives", "vocabulary")} if s.dien else {}),
             )
             for s in schema.sequences
         ]
-        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies)
+        return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies, objectives,
+                   [s.max_len for s in schema.sequences])
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = []
@@ -110,6 +148,7 @@ class TabularEncoder(nn.Module):
             parts.append(all_copies.flatten(1))
         if self.numeric_dim:
             parts.append(inputs["numeric"])
+        auxiliary = self.training and torch.is_grad_enabled()
         for i, (seq, field) in enumerate(zip(self.sequences, self._sequence_fields)):
             ids = inputs[seq.key]
             assert self.embedding is not None
@@ -117,6 +156,22 @@ class TabularEncoder(nn.Module):
             if seq.pooling == "din":
                 assert categorical is not None and seq.target is not None
                 parts.append(self.attention[str(i)](history, categorical[:, seq.target], mask))
+            elif seq.pooling == "dien":
+                assert categorical is not None and seq.target is not None
+                negatives = None
+                if auxiliary and seq.aux_weight > 0:
+                    negatives = self.embedding.field(sample_negatives(ids, self._cardinalities[field], seq.negatives), field)  # type: ignore[arg-type]
+                pooled, aux = self.attention[str(i)](history, categorical[:, seq.target], mask, negatives)
+                parts.append(pooled)
+                if aux is not None:
+                    self._auxiliary[f"dien:{seq.key.removeprefix('seq:')}"] = aux
             else:
                 parts.append(masked_pool(history, mask, seq.pooling))
+        if auxiliary:
+            for objective in self.objectives:
+                field = self._sequence_fields[objective.sequence]
+                table = self.embedding
+                assert table is not None
+                self._auxiliary[objective.name] = self.objective_heads[objective.name](
+                    inputs[self.sequences[objective.sequence].key], lambda ids, f=field, t=table: t.field(ids, f), self._cardinalities[field])
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

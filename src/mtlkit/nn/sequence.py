@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mtlkit.nn.mlp import MLP
 
-Pooling = Literal["mean", "sum", "din"]
+Pooling = Literal["mean", "sum", "din", "dien"]
 
 
 def masked_pool(embeddings: Tensor, mask: Tensor, mode: Literal["mean", "sum"]) -> Tensor:
@@ -80,7 +80,9 @@ class SequenceField:
 
     ``cardinality`` rows of its own in the fused table, or ``shared_field``: the index of the
     categorical field whose rows it reuses (an item id and the same id in the history share one
-    row). ``target``: the categorical field index of the candidate, for ``pooling="din"``.
+    row). ``target``: the categorical field index of the candidate, for ``pooling="din"`` and
+    ``"dien"``; ``aux_weight`` (α) and ``negatives``: DIEN's auxiliary loss (:mod:`mtlkit.nn.dien`),
+    none when α = 0.
     """
 
     key: str
@@ -90,3 +92,20 @@ class SequenceField:
     target: int | None = None
     normalize: bool = False
     attention_hidden: tuple[int, ...] = (36,)
+    aux_weight: float = 1.0
+    negatives: str = "vocabulary"
+
+
+@dataclass(frozen=True)
+class ObjectiveField:
+    """A self-supervised objective (:mod:`mtlkit.nn.sequence_objectives`) over sequence ``sequence``
+    (an index into the encoder's sequences), trained as the auxiliary task ``name`` of loss weight ``weight``."""
+
+    name: str
+    sequence: int
+    objective: str = "next_item"
+    weight: float = 1.0
+    negatives: int = 64
+    mask_rate: float = 0.2
+    layers: int = 1
+    heads: int = 1

@@ -349,6 +349,14 @@ class Trainer:
                 for name, penalty in self.model.task_penalties().items():  # AITM's calibrator: part of its task's objective
                     if name in losses:
                         losses[name] = losses[name] + penalty.float()
+                for name, loss in self.model.auxiliary_losses().items():  # self-supervised tasks (DIEN's aux loss, sequence LMs)
+                    count = torch.full((), batch.size, dtype=torch.long, device=self.device)
+                    if name in losses:  # several forwards in a step: their row-weighted mean
+                        total = rows[name] + count
+                        losses[name] = (losses[name] * rows[name] + loss.float() * count) / total
+                        rows[name] = total
+                    else:
+                        losses[name], rows[name] = loss.float(), count
         if self._keep_features:  # every forward of the step, not only the last one
             self.model.last_shared_features = features[0] if len(features) == 1 else features
         return losses, rows, samples
@@ -380,6 +388,7 @@ class Trainer:
 
         self.forward.compile_now(probe)
         self.model.task_penalties()  # drop the probe's (AITM keeps them until read)
+        self.model.auxiliary_losses()
 
     # -- model selection ----------------------------------------------------------------------
     def _select(self, results: dict[str, dict[str, float]], pos: _Position, best_state: dict) -> bool:

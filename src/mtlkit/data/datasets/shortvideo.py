@@ -31,6 +31,15 @@ A request is one user opening the feed; ``items_per_request`` (k) videos are sho
    mechanism entire-space and counterfactual CVR models (ESMM, ESCM², DCMT) target. The like
    intercept is re-solved, so ``like_rate`` holds either way.
 
+**Drifting interests** (``interest_drift`` > 0; off by default, which leaves the log unchanged):
+histories are then a walk over categories — each step stays in the previous item's category
+with probability ``drift_stay`` (0.6), else jumps to a category drawn from the user's own
+preference (Gumbel-max over ``u·centre_c``) — with items drawn by popularity within the step's
+category; the category of the last history item is the user's **current interest**, and every
+relevance logit gains ``interest_drift · [category_i = current interest]``. A history then
+holds several categories, of which only the most recent one matters now: what DIEN's interest
+evolution models (Zhou et al., AAAI 2019) and an order-blind pooling (mean, DIN) cannot single out.
+
 The intercepts ``b`` are solved on a pilot sample so that the rates over all impressions are
 ``click_rate`` (10 %), ``like_rate`` (1 %), ``share_rate`` (0.1 %) and ``follow_rate`` (0.2 %).
 
@@ -112,6 +121,8 @@ class ShortVideoSpec:
     follow_rate: float = 0.002
     popularity_boost: float = 1.0
     selection_bias: float = 0.0
+    interest_drift: float = 0.0  # > 0: category-walk histories; the last category adds this to the relevance logit
+    drift_stay: float = 0.6  # the walk's probability of staying in the previous category
 
     def __post_init__(self) -> None:
         positive = {"items_per_request": self.items_per_request, "n_categories": self.n_categories,
@@ -125,6 +136,8 @@ class ShortVideoSpec:
                 raise ConfigError(f"shortvideo {name} must be at least 2, got {value}")
         if self.selection_bias < 0:
             raise ConfigError(f"shortvideo selection_bias must be ≥ 0, got {self.selection_bias}")
+        if self.interest_drift < 0 or not 0 <= self.drift_stay <= 1:
+            raise ConfigError(f"shortvideo interest_drift must be ≥ 0 and drift_stay in [0, 1], got {self.interest_drift}, {self.drift_stay}")
         if self.zipf_exponent < 0:
             raise ConfigError(f"shortvideo zipf_exponent must be ≥ 0, got {self.zipf_exponent}")
         if not 0 < self.click_rate < 1:
@@ -179,6 +192,7 @@ class _Universe:
     history: np.ndarray  # (users, history_length) item indices, -1 = none
     history_length: np.ndarray
     intercepts: dict[str, float]
+    current_category: np.ndarray | None = None  # interest_drift > 0: the last history item's category (-1: none)
 
 
 def _build_universe(spec: ShortVideoSpec, rows: int, seed: int) -> _Universe:
@@ -210,10 +224,39 @@ def _build_universe(spec: ShortVideoSpec, rows: int, seed: int) -> _Universe:
     activity /= activity.mean()
     item_cdf = np.cumsum(popularity)
     user_cdf = np.cumsum(activity) / activity.sum()
-    history, lengths = _histories(rng, spec, item_factor, quality, item_cdf, user_factor, user_bias, activity)
+    current = None
+    if spec.interest_drift > 0:
+        history, lengths, current = _drifting_histories(rng, spec, centres, category, popularity, user_factor, activity)
+    else:
+        history, lengths = _histories(rng, spec, item_factor, quality, item_cdf, user_factor, user_bias, activity)
     return _Universe(spec, item_factor, quality, like_quality, share_quality, author, author_appeal, category,
                      duration, popularity, log_popularity, item_cdf, user_factor, user_bias, like_propensity,
-                     share_propensity, follow_propensity, device, activity, user_cdf, history, lengths, {})
+                     share_propensity, follow_propensity, device, activity, user_cdf, history, lengths, {}, current)
+
+
+def _drifting_histories(rng, spec, centres, category, popularity, user_factor, activity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Category-walk histories (module docstring), left-aligned, oldest first; and each user's current category."""
+    n_users, length = len(user_factor), spec.history_length
+    lengths = np.minimum(rng.poisson(0.6 * length * np.minimum(activity, 3.0)), length)
+    preference = user_factor @ centres.T * np.sqrt(spec.factor_dim) * 0.3  # (users, categories): tastes, yet room to wander
+    walk = np.empty((n_users, length), dtype=np.int64)
+    walk[:, 0] = np.argmax(preference + rng.gumbel(size=preference.shape), axis=1)
+    for t in range(1, length):
+        jump = np.argmax(preference + rng.gumbel(size=preference.shape), axis=1)
+        walk[:, t] = np.where(rng.random(n_users) < spec.drift_stay, walk[:, t - 1], jump)
+    history = np.full((n_users, length), -1, dtype=np.int32)
+    for c in range(spec.n_categories):
+        members = np.flatnonzero(category == c)
+        at = walk == c
+        if len(members) == 0 or not at.any():
+            continue
+        cdf = np.cumsum(popularity[members]) / popularity[members].sum()
+        history[at] = members[_draw(cdf, rng, int(at.sum()))]
+    valid = np.arange(length)[None, :] < lengths[:, None]
+    history = np.where(valid, history, -1)
+    last = walk[np.arange(n_users), np.maximum(lengths - 1, 0)]
+    current = np.where(lengths > 0, last, -1)
+    return history, lengths, current
 
 
 def _histories(rng, spec, item_factor, quality, item_cdf, user_factor, user_bias, activity) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +285,8 @@ def _impressions(u: _Universe, rng: np.random.Generator, n_requests: int) -> dic
     candidates = _draw(u.item_cdf, rng, (n_requests, 2 * k))
     affinity = np.einsum("rd,rcd->rc", u.user_factor[users], u.item_factor[candidates])
     logit = affinity + u.quality[candidates] + u.user_bias[users, None]
+    if u.current_category is not None:  # drifting interests: the most recent category is what the user wants now
+        logit = logit + u.spec.interest_drift * (u.category[candidates] == u.current_category[users, None])
     score = 0.5 * logit + u.spec.popularity_boost * u.log_popularity[candidates] + rng.normal(size=candidates.shape)
     # A feed shows an item once: later copies of a candidate drop to the bottom.
     order = np.argsort(candidates, axis=1, kind="stable")

@@ -28,33 +28,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from mtlkit.nlp.base import NLP_KINDS, HeadOptions, NLPHead
 from mtlkit.nlp.heads import PooledHead
 from mtlkit.nlp.kinds.classification import ClassificationTask
-
-
-class _GradientReversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, lam: float) -> Tensor:
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return -ctx.lam * grad, None
-
-
-def reverse_gradient(x: Tensor, lam: float = 1.0) -> Tensor:
-    """``R_λ(x)``: ``x`` forward, ``−λ·grad`` backward (Ganin & Lempitsky 2015, Eq. 13)."""
-    return _GradientReversal.apply(x, lam)
+from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
 
 
 class DomainHead(NLPHead):
@@ -70,7 +53,7 @@ class DomainHead(NLPHead):
 
     def set_progress(self, progress: float) -> None:
         if self.schedule == "ganin" and self.max_lam is not None:
-            self.lam = self.max_lam * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+            self.lam = scheduled_lambda(self.max_lam, "ganin", progress)
 
     def forward(self, sequence: Tensor, pooled: Tensor, inputs: Mapping[str, Tensor]) -> Tensor:
         return self.classifier(sequence, pooled if self.lam is None else reverse_gradient(pooled, self.lam), inputs)

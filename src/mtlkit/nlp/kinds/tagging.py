@@ -10,6 +10,12 @@ Evaluation reads the tag predicted at each word's first sub-token (words cut off
 ``max_length`` count as ``O``, so truncation costs recall honestly) and scores entity-level
 micro P/R/F1 as seqeval / conlleval do (:func:`mtlkit.nlp.span_metrics.entity_scores`).
 
+``scheme: labels`` takes any tag set — part-of-speech (CoNLL-2003's second column, Universal
+Dependencies' UPOS) or chunk tags — as an auxiliary or main task: the same softmax head, the tag
+set taken (sorted) from the training data, scored by ``token_accuracy`` (a word cut off by
+``max_length`` counts as wrong). The BIO scheme refuses non-BIO tags with a one-line error that
+points to ``scheme: labels``.
+
 Featurized table: ``inputs`` input_ids / attention_mask (/ token_type_ids) ``(N, L)``, ``L ≤ max_length``;
 ``targets[name]`` ``(N, L)`` tag ids with -100; ``extras["word_index"]`` ``(N, L)``: the word a
 first sub-token starts, -1 elsewhere; ``extras["example_index"]`` ``(N,)``.
@@ -20,15 +26,18 @@ Example:
     >>> task = TaggingTask(name="ner").resolve([TaggedSentence(("Paris", "Texas"), ("B-loc", "I-loc"))])
     >>> task.labels, task.label_ids(["B-loc", "I-loc", "O"], source="a.conll:3")
     (['O', 'B-loc', 'I-loc'], [1, 2, 0])
+    >>> pos = TaggingTask(name="pos", scheme="labels").resolve([TaggedSentence(("Paris", "sleeps"), ("NNP", "VBZ"))])
+    >>> pos.labels, pos.metrics
+    (['NNP', 'VBZ'], ['token_accuracy'])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import model_validator
 from torch import Tensor
 
 from mtlkit.data.batch import EncodedTable
@@ -39,6 +48,10 @@ from mtlkit.nlp.json_inputs import token_counts, too_long
 from mtlkit.nlp.json_inputs import words as split_words
 from mtlkit.nlp.kinds._common import IGNORE, fit_length, head_layers, masked_mean, model_inputs, require_fast, stack_outputs, token_cross_entropy, trim
 from mtlkit.nlp.records import TaggedSentence
+
+
+def _is_bio(tag: str) -> bool:
+    return tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)
 
 
 def first_subtokens(word_ids: Sequence[int | None]) -> list[int]:
@@ -65,31 +78,52 @@ class TaggingHead(NLPHead):
 class TaggingTask(NLPTask):
     kind: ClassVar[str] = "tagging"
     default_metrics: ClassVar[list[str]] = ["entity_f1", "entity_precision", "entity_recall"]
-    supported_metrics: ClassVar[list[str]] = ["entity_f1", "entity_precision", "entity_recall"]
+    supported_metrics: ClassVar[list[str]] = ["entity_f1", "entity_precision", "entity_recall", "token_accuracy"]
     token_level: ClassVar[bool] = True
 
     labels: list[str] | None = None  # the tag set ("O", B-type, I-type); default: from the training data
+    scheme: Literal["bio", "labels"] = "bio"  # labels: any tag set (POS, chunks), scored by token accuracy
 
-    @field_validator("labels")
-    @classmethod
-    def _bio(cls, labels: list[str] | None) -> list[str] | None:
+    @model_validator(mode="after")
+    def _tag_set(self) -> TaggingTask:
+        labels = self.labels
+        entity = [m for m in self.metrics or [] if m.startswith("entity_")]
+        if self.scheme == "labels" and entity:
+            raise ValueError(f"metrics: {entity[0]} needs BIO entities (scheme: bio); scheme labels is scored by token_accuracy")
+        if self.scheme == "bio" and "token_accuracy" in (self.metrics or []):
+            raise ValueError("metrics: token_accuracy is for scheme: labels (POS, chunks); BIO tagging is scored by entity_f1")
         if labels is None:
-            return None
+            return self
         if len(set(labels)) != len(labels):
             raise ValueError("labels: each tag once")
+        if self.scheme == "labels":
+            return self
         if "O" not in labels:
-            raise ValueError("labels: the BIO tag set needs 'O'")
-        bad = [t for t in labels if t != "O" and not (t[:2] in ("B-", "I-") and len(t) > 2)]
+            raise ValueError("labels: the BIO tag set needs 'O' (for another tag set, e.g. POS, set scheme: labels)")
+        bad = [t for t in labels if not _is_bio(t)]
         if bad:
-            raise ValueError(f"labels: {bad} are not BIO tags (O, B-type, I-type)")
-        return labels
+            raise ValueError(f"labels: {bad} are not BIO tags (O, B-type, I-type); for any other tag set (POS, chunks) set scheme: labels")
+        return self
+
+    def metrics_by_default(self) -> list[str]:
+        return ["token_accuracy"] if self.scheme == "labels" else list(self.default_metrics)
 
     # -- data ----------------------------------------------------------------------------
     def resolve(self, train_examples: Sequence[TaggedSentence]) -> TaggingTask:
-        """The task with ``labels`` taken from the training data when not given."""
-        if self.labels:
-            return self
-        return self.model_copy(update={"labels": span_metrics.bio_tag_set(t for ex in train_examples for t in ex.tags)})
+        """The task with ``labels`` taken from the training data when not given (BIO: O, then B-/I- per type;
+        ``scheme: labels``: the tags seen, sorted)."""
+        metrics = self.metrics or (["token_accuracy"] if self.scheme == "labels" else None)
+        task = self.model_copy(update={"metrics": metrics}) if metrics != self.metrics else self
+        if task.labels:
+            return task
+        tags = {t for ex in train_examples for t in ex.tags}
+        if task.scheme == "labels":
+            return task.model_copy(update={"labels": sorted(tags)})
+        bad = sorted(t for t in tags if not _is_bio(t))
+        if bad:
+            raise ConfigError(f"task {self.name!r}: tag {bad[0]!r} of its training data is not a BIO tag (O, B-type, I-type); "
+                              "for POS, chunking or any other tag set set scheme: labels")
+        return task.model_copy(update={"labels": span_metrics.bio_tag_set(tags)})
 
     def _labels(self) -> list[str]:
         if not self.labels:
@@ -154,9 +188,10 @@ class TaggingTask(NLPTask):
         predicted = fit_length(stack_outputs(outputs).argmax(-1), word_index.shape[1])
         labels = self._labels()
         lengths = (word_index.max(dim=1).values + 1).tolist()
+        fill = "O" if self.scheme == "bio" else ""  # scheme labels: no tag means "not predicted" (wrong)
         rows: list[list[str]] = []
         for i, (words, ids) in enumerate(zip(word_index.tolist(), predicted.tolist())):
-            tags = ["O"] * lengths[i]
+            tags = [fill] * lengths[i]
             for w, p in zip(words, ids):
                 if w >= 0:
                     tags[w] = labels[p]
@@ -166,6 +201,9 @@ class TaggingTask(NLPTask):
     def evaluate(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                  examples: Sequence[TaggedSentence]) -> dict[str, float]:
         gold = [list(examples[i].tags) for i in table.extras["example_index"].tolist()]
+        if self.scheme == "labels":
+            accuracy = span_metrics.token_accuracy(gold, self.predict_tags(outputs, table))
+            return {"token_accuracy": accuracy} if self.metrics is None or "token_accuracy" in self.metrics else {}
         predicted = [tags + ["O"] * (len(g) - len(tags)) for tags, g in zip(self.predict_tags(outputs, table), gold)]
         scores = span_metrics.entity_scores(gold, predicted)
         values = {"entity_precision": scores.precision, "entity_recall": scores.recall, "entity_f1": scores.f1}
@@ -175,7 +213,8 @@ class TaggingTask(NLPTask):
                         examples: Sequence[TaggedSentence]) -> list[dict[str, Any]]:
         """``{"tokens", "tags"}`` per sentence, one tag per word (``O`` past truncation)."""
         tags = self.predict_tags(outputs, table)
-        return [{"tokens": list(ex.tokens), "tags": t + ["O"] * (len(ex.tokens) - len(t))} for ex, t in zip(examples, tags)]
+        fill = "O" if self.scheme == "bio" else ""
+        return [{"tokens": list(ex.tokens), "tags": t + [fill] * (len(ex.tokens) - len(t))} for ex, t in zip(examples, tags)]
 
 
 __all__ = ["TaggingHead", "TaggingTask", "first_subtokens"]

@@ -1,7 +1,7 @@
 """Start a run from another run's weights: MT-DNN's second stage (multi-task, then per-task fine-tuning).
 
 Liu et al. (ACL 2019, §3: "fine-tuning") train all tasks together, then fine-tune a copy of the
-multi-task model on each task alone. ``init_from: RUN_DIR`` in an NLP config (or a ``.pt``
+multi-task model on each task alone. ``init_from: RUN_DIR`` in an NLP or a tabular config (or a ``.pt``
 checkpoint) loads every parameter whose name and shape match — the shared encoder, any mixing
 layer, and the heads of tasks with the same name — and leaves the rest as built. Nothing matching
 at all is an error (a wrong directory should not silently train from scratch).
@@ -49,7 +49,7 @@ def warm_start(model: nn.Module, state: dict[str, torch.Tensor]) -> WarmStartRep
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:
-        raise ConfigError("init_from: no parameter of the checkpoint matches this model (another encoder, or other task names?)")
+        raise ConfigError("init_from: no parameter of the checkpoint matches this model (another encoder or schema, or other task names?)")
     model.load_state_dict(matching, strict=False)
     return WarmStartReport(len(matching), sorted(set(state) - set(matching)), sorted(set(own) - set(matching)))
 
