@@ -78,7 +78,7 @@ def measure_affinity(config: Any, spec: AffinitySpec, seed: int | None = None) -
     model.train()
     shared, _ = split_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    eta = spec.lookahead_lr or config.train.lr
+    eta = spec.lookahead_lr
     t = len(names)
     z_sum, cos_sum, counted = torch.zeros(t, t), torch.zeros(t, t), 0
     source = encoded.train.batches(config.train.batch_size, shuffle=True, seed=seed)

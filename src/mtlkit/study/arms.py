@@ -66,6 +66,7 @@ class Arm:
     search: dict[str, Param]
     tasks: list[str]  # trained tasks
     judged: list[str]  # trained tasks with a study metric
+    versus: tuple[str, ...] = ()  # arms compared with besides single-task
 
     def config(self, source: str, params: dict[str, Any] | None = None, seed: int | None = None, epochs: int | None = None) -> Any:
         """The arm's run config with a trial's ``params``, a seed and an epoch budget."""
@@ -247,7 +248,7 @@ def resolve_study(spec: StudySpec, source: str, folder: Path) -> Study:
         if not judged:
             raise ConfigError(f"{where}: key 'tasks': trains none of the tasks with a metric ({', '.join(spec.metrics)})")
         search = spec.arm_search(arm_spec)
-        arm = Arm(arm_spec.name, raw, search, tasks, judged)
+        arm = Arm(arm_spec.name, raw, search, tasks, judged, tuple(arm_spec.versus))
         arm.config(where)  # the arm itself
         for key, param in search.items():
             arm.config(f"{where}: search key {key!r}", {key: param.example()})

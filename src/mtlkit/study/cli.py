@@ -34,11 +34,11 @@ def run(
 
     from mtlkit.study.results import verdict_rows
 
-    table = Table(title=f"study {results['study']}: each arm vs single-task (test, {len(results['seeds'])} seeds)")
-    for column in ("arm", "task", "metric", "mean diff", "95% CI", "verdict", "seeds needed"):
+    table = Table(title=f"study {results['study']}: each arm vs single-task (and its `versus` arms) (test, {len(results['seeds'])} seeds)")
+    for column in ("arm", "versus", "task", "metric", "mean diff", "95% CI", "verdict", "seeds needed"):
         table.add_column(column)
     for r in verdict_rows(results):
-        table.add_row(r["arm"], r["task"], r["metric"], f"{r['mean_difference']:+.4g}", f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]",
+        table.add_row(r["arm"], r["versus"], r["task"], r["metric"], f"{r['mean_difference']:+.4g}", f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]",
                       r["verdict"], str(r["seeds_needed"]))
     console.print(table)
     console.print(f"report: {out / 'report.html'}")

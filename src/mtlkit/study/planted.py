@@ -38,7 +38,7 @@ def _labels(x: np.ndarray, weights: list[np.ndarray], m: int, rng: np.random.Gen
     return out
 
 
-def planted_table(n: int = 4000, d: int = 16, p: float = 0.9, m: int = 5, seed: int = 0) -> pa.Table:
+def planted_table(n: int = 6000, d: int = 16, p: float = 0.95, m: int = 2, seed: int = 0) -> pa.Table:
     """``n`` rows: features ``x0…`` (related tasks) and ``z0…`` (the unrelated task), labels y1, y2, y3, noise."""
     rng = np.random.default_rng(seed)
     u, _ = np.linalg.qr(rng.standard_normal((d, 4)))
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:  # python -m mtlkit.study.planted OUT.parquet
     out = Path(argv[0])
     import pyarrow.parquet as pq
 
-    pq.write_table(planted_table(n=int(argv[1]) if len(argv) > 1 else 4000), out)
+    pq.write_table(planted_table(n=int(argv[1]) if len(argv) > 1 else 6000), out)
     print(f"wrote {out}")
 
 

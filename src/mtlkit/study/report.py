@@ -55,10 +55,10 @@ def _verdict_table(results: dict[str, Any]) -> str:
     from mtlkit.study.results import verdict_rows
 
     rows = verdict_rows(results)
-    columns = ("arm", "task", "metric", "mean difference", "95% CI low", "95% CI high", "verdict", "seeds needed")
+    columns = ("arm", "versus", "task", "metric", "mean difference", "95% CI low", "95% CI high", "verdict", "seeds needed")
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     body = "".join(
-        f'<tr class="{r["verdict"].split()[0]}"><td>{_fmt(r["arm"])}</td><td>{_fmt(r["task"])}</td><td>{_fmt(r["metric"])}</td>'
+        f'<tr class="{r["verdict"].split()[0]}"><td>{_fmt(r["arm"])}</td><td>{_fmt(r["versus"])}</td><td>{_fmt(r["task"])}</td><td>{_fmt(r["metric"])}</td>'
         f'<td>{r["mean_difference"]:.6g}</td><td>{r["ci_low"]:.6g}</td><td>{r["ci_high"]:.6g}</td><td>{_fmt(r["verdict"])}</td>'
         f'<td>{_fmt(r["seeds_needed"])}</td></tr>' for r in rows)
     return f'<table id="verdicts">{head}{body}</table>'

@@ -7,8 +7,8 @@ seed) test value; ``verdicts.csv`` one row per (arm, task) comparison. The repor
 Example:
     >>> rows = verdict_rows({"arms": {"mmoe": {"comparisons": {"y1": {"metric": "rmse", "mean": 0.01, "low": 0.0, "high": 0.02,
     ...     "verdict": "no detectable difference", "seeds_needed": 9}}}}})
-    >>> rows[0]["arm"], rows[0]["task"], rows[0]["verdict"]
-    ('mmoe', 'y1', 'no detectable difference')
+    >>> rows[0]["arm"], rows[0]["versus"], rows[0]["task"], rows[0]["verdict"]
+    ('mmoe', 'single_task', 'y1', 'no detectable difference')
 """
 
 from __future__ import annotations
@@ -55,13 +55,9 @@ def collect_results(study: Study, out: Path, best: dict[str, dict[str, Any]], su
         entry: dict[str, Any] = {"tasks": arm.tasks, "judged": arm.judged, "best": best[arm.name], "test": test[arm.name],
                                  "commands": final_commands(study, out, arm.name)}
         if arm.name != SINGLE_TASK:
-            comparisons = {}
-            for task in arm.judged:
-                from mtlkit.study.stats import paired_differences
-
-                diffs = paired_differences(test[arm.name][task], baseline[task], metrics[task].higher_is_better)
-                comparisons[task] = {"metric": metrics[task].name, "direction": metrics[task].direction, **summarize(diffs).as_dict()}
-            entry["comparisons"] = comparisons
+            entry["comparisons"] = _compare(test[arm.name], baseline, arm.judged, metrics)
+            entry["versus"] = {other: _compare(test[arm.name], test[other], [t for t in arm.judged if t in test[other]], metrics)
+                               for other in arm.versus if other != SINGLE_TASK}
             dm = delta_m_per_seed(test[arm.name], {t: baseline[t] for t in arm.judged}, {t: metrics[t].higher_is_better for t in arm.judged})
             entry["delta_m"] = summarize(dm).as_dict()
         arms[arm.name] = entry
@@ -77,6 +73,13 @@ def collect_results(study: Study, out: Path, best: dict[str, dict[str, Any]], su
     return results
 
 
+def _compare(arm: dict[str, list[float]], other: dict[str, list[float]], tasks: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
+    from mtlkit.study.stats import paired_differences
+
+    return {t: {"metric": metrics[t].name, "direction": metrics[t].direction,
+                **summarize(paired_differences(arm[t], other[t], metrics[t].higher_is_better)).as_dict()} for t in tasks}
+
+
 def final_commands(study: Study, out: Path, arm: str) -> list[str]:
     """The command that reproduces each final number from its run directory's resolved config."""
     return [f"mtlkit train {out / 'finals' / arm / f'seed-{s}' / 'config.yaml'} --out {out / 'repro' / arm / f'seed-{s}'}" for s in study.spec.seeds]
@@ -85,9 +88,11 @@ def final_commands(study: Study, out: Path, arm: str) -> list[str]:
 def verdict_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for arm, entry in results["arms"].items():
-        for task, c in (entry.get("comparisons") or {}).items():
-            rows.append({"arm": arm, "task": task, "metric": c["metric"], "mean_difference": c["mean"], "ci_low": c["low"], "ci_high": c["high"],
-                         "verdict": c["verdict"], "seeds_needed": c["seeds_needed"]})
+        against = [(SINGLE_TASK, entry.get("comparisons") or {}), *(entry.get("versus") or {}).items()]
+        for other, comparisons in against:
+            for task, c in comparisons.items():
+                rows.append({"arm": arm, "versus": other, "task": task, "metric": c["metric"], "mean_difference": c["mean"], "ci_low": c["low"],
+                             "ci_high": c["high"], "verdict": c["verdict"], "seeds_needed": c["seeds_needed"]})
     return rows
 
 
@@ -103,7 +108,7 @@ def write_results(study: Study, out: Path, results: dict[str, Any]) -> list[Path
                     writer.writerow([arm, task, results["metrics"][task]["name"], seed, value])
     with (out / "verdicts.csv").open("w", newline="") as handle:
         rows = verdict_rows(results)
-        writer = csv.DictWriter(handle, fieldnames=["arm", "task", "metric", "mean_difference", "ci_low", "ci_high", "verdict", "seeds_needed"])
+        writer = csv.DictWriter(handle, fieldnames=["arm", "versus", "task", "metric", "mean_difference", "ci_low", "ci_high", "verdict", "seeds_needed"])
         writer.writeheader()
         writer.writerows(rows)
     from mtlkit.study.report import write_report

@@ -111,6 +111,7 @@ class ArmSpec(BaseModel):
     patch: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] | None = Field(default=None, min_length=1)  # trained tasks (those without a metric are auxiliary)
     search: dict[str, Param | None] = Field(default_factory=dict)  # null drops a study-level key for this arm
+    versus: list[str] = Field(default_factory=list)  # other arms to compare with, besides single-task (e.g. without a task)
 
 
 class PrunerSpec(BaseModel):
@@ -142,9 +143,10 @@ class AffinitySpec(BaseModel):
     """The short joint run that measures inter-task affinity (:mod:`mtlkit.study.affinity`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    epochs: int = Field(default=2, ge=1)
+    epochs: int = Field(default=4, ge=1)
     every: int = Field(default=5, ge=1)  # steps between look-ahead measurements
-    lookahead_lr: float | None = Field(default=None, gt=0)  # default: the base's train.lr
+    # The look-ahead SGD step. TAG takes the optimiser's rate; Adam's (1e-3) gives ratios of 1e-4, at the noise level.
+    lookahead_lr: float = Field(default=0.1, gt=0)
     groups: int = Field(default=2, ge=1)  # budget: at most this many models
     backbone: str = "shared_bottom"
 
@@ -188,6 +190,10 @@ class StudySpec(BaseModel):
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
             raise ValueError(f"arm name {duplicate!r} is used twice")
+        for arm in self.arms:
+            unknown = [v for v in arm.versus if v not in names and v != SINGLE_TASK or v == arm.name]
+            if unknown:
+                raise ValueError(f"arm {arm.name!r}: versus: {unknown[0]!r} is not another arm ({', '.join(names)})")
         return self
 
     def arm_search(self, arm: ArmSpec) -> dict[str, Param]:

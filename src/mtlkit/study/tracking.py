@@ -1,7 +1,9 @@
 """Optional MLflow tracking of a study: one MLflow run per trial and final run, plus the report.
 
-``tracking: {mlflow: true}`` logs to a local file store under the study directory
-(``<out>/mlruns``); ``tracking: {mlflow: URI}`` to any tracking URI MLflow takes. Each run logs its
+``tracking: {mlflow: true}`` logs to a local store under the study directory: the SQLite file
+``<out>/mlflow.db`` with artifacts in ``<out>/mlartifacts`` (MLflow 3 put its ``./mlruns`` file
+store in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE=true``; a ``file:`` URI
+still works with that variable set); ``tracking: {mlflow: URI}`` logs to any tracking URI MLflow takes. Each run logs its
 parameters (arm, phase, the trial's search values), every epoch's validation metrics (as
 ``val/<task>/<metric>`` at step = epoch) and the study objective; the study's HTML report is
 logged as an artifact of a ``report`` run. Without ``tracking`` nothing is imported.
@@ -34,7 +36,7 @@ def tracking_uri(study: Study, out: Path) -> str | None:
     if value is None or value is False:
         return None
     if value is True:
-        return (out / "mlruns").resolve().as_uri()
+        return f"sqlite:///{(out / 'mlflow.db').resolve()}"
     return str(value)
 
 
@@ -55,12 +57,21 @@ class MlflowTracker:
                 self.client.log_metric(self.run_id, key.replace("/", "."), value)
 
 
-def _client(uri: str, experiment: str) -> tuple[Any, str]:
+def _client(uri: str, experiment: str, out: Path) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
-    return client, found.experiment_id if found is not None else client.create_experiment(experiment)
+    if found is not None:
+        return client, found.experiment_id
+    location = (out / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite") else None
+    try:
+        return client, client.create_experiment(experiment, artifact_location=location)
+    except Exception:  # another worker created it first
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return client, found.experiment_id
 
 
 @contextlib.contextmanager
@@ -70,7 +81,7 @@ def tracker_for(study: Study, out: Path, run_name: str, params: Mapping[str, Any
     if uri is None:
         yield None
         return
-    client, experiment = _client(uri, study.spec.name)
+    client, experiment = _client(uri, study.spec.name, out)
     run = client.create_run(experiment, run_name=run_name)
     for key, value in params.items():
         client.log_param(run.info.run_id, key, str(value)[:500])
@@ -87,7 +98,7 @@ def log_report(study: Study, out: Path, files: list[Path]) -> None:
     uri = tracking_uri(study, out)
     if uri is None:
         return
-    client, experiment = _client(uri, study.spec.name)
+    client, experiment = _client(uri, study.spec.name, out)
     run = client.create_run(experiment, run_name="report")
     for path in files:
         client.log_artifact(run.info.run_id, str(path))

@@ -107,13 +107,21 @@ def storage_url(study: Study, out: Path) -> str:
 
 
 def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    import warnings
+
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words, and stable since 2.8
+        warnings.simplefilter("ignore")
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if retry is not None:  # Optuna >= 4.9
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                              heartbeat_stale_trial_callback=retry(max_retry=3))
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
 
 
 def study_fingerprint(study: Study, arm: Arm) -> str:
