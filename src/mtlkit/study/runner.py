@@ -15,11 +15,12 @@ with a ``summary.json`` is read back rather than trained again (an unfinished on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,36 @@ def _final(path: str, out: str, arm_name: str, seed: int, params: dict[str, Any]
     import torch
 
     torch.set_num_threads(threads)
-    from mtlkit.study.tracking import tracker_for
-    from mtlkit.study.tuning import TrialReporter, train_arm
-
     study = load_study(path)
     arm = study.arm(arm_name)
     run_dir = Path(out) / FINALS / arm_name / f"seed-{seed}"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir.parent / f".seed-{seed}.lock"):  # two `study run`s on one directory train each final run once
+        return _final_unlocked(study, arm, Path(out), run_dir, seed, params)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _final_unlocked(study: Study, arm: Any, out: Path, run_dir: Path, seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    from mtlkit.study.tracking import tracker_for
+    from mtlkit.study.tuning import TrialReporter, train_arm
+
+    arm_name = arm.name
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     config = arm.config(f"{study.source}: arm {arm_name!r}, seed {seed}", params, seed, study.spec.tuning.epochs)
-    with tracker_for(study, Path(out), f"{arm_name}/seed-{seed}", {"arm": arm_name, "phase": "final", "seed": seed, **params}) as tracker:
+    with tracker_for(study, out, f"{arm_name}/seed-{seed}", {"arm": arm_name, "phase": "final", "seed": seed, **params}) as tracker:
         summary = train_arm(study, arm, config, run_dir, [TrialReporter(None, arm.judged, study.metrics, tracker)], with_test=True)
         if tracker is not None and summary.get("test"):
             tracker.log_final({f"test/{t}/{m}": v for t, ms in summary["test"].items() for m, v in ms.items()})
