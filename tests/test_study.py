@@ -269,3 +269,37 @@ def test_mlflow_local_store_holds_params_epochs_and_report(finished_study):
     assert "test.y1.rmse" in final.data.metrics
     report = next(r for r in runs if r.info.run_name == "report")
     assert "report.html" in [a.path for a in client.list_artifacts(report.info.run_id)]
+
+
+def test_killed_study_resumes_without_repeating_finished_trials(planted, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mtlkit.study.runner import run_study
+
+    path = write_study(planted, "kill.yaml", arms=[{"name": "all_four"}], tuning={"trials": 3, "pruner": {"startup_trials": 5}},
+                       base={**base_config(planted, epochs=4)})
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mtlkit.cli", "study", "run", str(path), "--out", str(out), "--no-progress", "--threads", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    # kill it in the middle of its second trial: the first is finished, the second has trained an epoch
+    while time.time() < deadline and not (out / "trials" / "single_task" / "trial-0001" / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    import optuna
+
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    before = {t.number: (t.state.name, t.value) for t in optuna.load_study(study_name="planted/single_task", storage=storage).trials}
+    assert before[0][0] in ("COMPLETE", "PRUNED") and before[1][0] == "RUNNING"
+    results = run_study(path, out, workers=1, progress=False, threads=1, on_status=lambda _: None)
+    after = {t["number"]: (t["state"].upper(), t["value"]) for t in results["history"]["single_task"]}
+    assert after[0] == before[0]  # the finished trial is kept as it was, not repeated
+    assert after[1][0] == "FAIL"  # the killed one is failed, and a new trial takes its budget slot
+    assert sum(state in ("COMPLETE", "PRUNED") for state, _ in after.values()) == 3
+    assert (out / "trials" / "single_task" / "trial-0001" / "config.yaml").exists()  # its directory is kept

@@ -98,14 +98,16 @@ def _check_manifest(study: Study, out: Path) -> None:
     manifest.write_text(json.dumps(body, indent=1))
 
 
-def tuning_status(study: Study, out: Path) -> dict[str, dict[str, Any]]:
-    """Per arm: trial counts by state and the best validation objective so far."""
-    from mtlkit.study.tuning import arm_study, best_trial, counts, open_storage, storage_url
+def tuning_status(study: Study, out: Path, reap: bool = False) -> dict[str, dict[str, Any]]:
+    """Per arm: trial counts by state and the best validation objective so far (``reap``: fail killed workers' trials first)."""
+    from mtlkit.study.tuning import arm_study, best_trial, counts, fail_dead_trials, open_storage, storage_url
 
     storage = open_storage(storage_url(study, out), study.spec.tuning.heartbeat_seconds)
     status = {}
     for arm in study.arms:
         found = arm_study(study, arm, storage)
+        if reap:
+            fail_dead_trials(found)
         best = best_trial(found)
         status[arm.name] = {**counts(found), "best": best.value if best else None}
     return status
@@ -151,7 +153,7 @@ def run_study(path: str | Path, out: str | Path, workers: int = 1, progress: boo
     study = load_study(path)  # every check before anything is written
     _check_manifest(study, out)
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-    tuning_status(study, out)  # creates the database and checks every arm's fingerprint, in this process
+    tuning_status(study, out, reap=True)  # creates the database, checks every arm's fingerprint, fails killed workers' trials
     context = multiprocessing.get_context("spawn")
     say(f"tuning {len(study.arms)} arms x {study.spec.tuning.trials} trials in {workers} process(es) → {out}")
     if workers == 1:

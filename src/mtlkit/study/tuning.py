@@ -155,6 +155,38 @@ def arm_study(study: Study, arm: Arm, storage: Any, worker: int = 0) -> optuna.S
     return found
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(optuna_study: optuna.Study) -> int:
+    """Mark failed the running trials whose worker process on this host is gone (killed); the number marked.
+
+    Trials of workers on other hosts are left to Optuna's heartbeat (failed and retried after
+    ``2 × tuning.heartbeat_seconds`` of silence). A failed trial is not counted in the budget, so a
+    new one takes its place; finished trials are never touched.
+    """
+    import socket
+
+    from optuna.trial import TrialState
+
+    host, marked = socket.gethostname(), 0
+    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") == host and isinstance(worker.get("pid"), int) and not _alive(worker["pid"]):
+            optuna_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            marked += 1
+    return marked
+
+
 def finished(optuna_study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
@@ -202,6 +234,10 @@ def train_arm(study: Study, arm: Arm, config: Any, run_dir: Path, callbacks: Seq
 
 def run_trial(study: Study, arm: Arm, trial: optuna.Trial, out: Path) -> float:
     """Sample, train on validation only, and return the arm's objective (the Optuna objective)."""
+    import os
+    import socket
+
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})  # a dead worker's trial is failed at once on this host
     params = suggest(trial, arm.search)
     run_dir = out / "trials" / arm.name / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
