@@ -303,3 +303,51 @@ def test_killed_study_resumes_without_repeating_finished_trials(planted, tmp_pat
     assert after[1][0] == "FAIL"  # the killed one is failed, and a new trial takes its budget slot
     assert sum(state in ("COMPLETE", "PRUNED") for state, _ in after.values()) == 3
     assert (out / "trials" / "single_task" / "trial-0001" / "config.yaml").exists()  # its directory is kept
+
+
+def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
+    """An NLP base (a top-level `encoder:`) runs through the same study: single-task = each task its own encoder."""
+    from mtlkit.study.runner import run_study
+
+    from tiny_bert import save_tiny_bert
+
+    nlp = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlp"
+    root = save_tiny_bert(tmp_path / "bert", [(nlp / "sst2" / "train.tsv", 60), (nlp / "stsb" / "sts-train.tsv", 40)])[0] and tmp_path / "bert"
+    sst2 = {"name": "sst2", "kind": "classification", "max_length": 24,
+            "data": {"train": str(nlp / "sst2" / "train.tsv"), "validation": str(nlp / "sst2" / "dev.tsv"), "test": str(nlp / "sst2" / "dev.tsv"),
+                     "format": "glue_tsv", "max_rows": {"train": 48, "validation": 16, "test": 16}}}
+    stsb = {"name": "stsb", "kind": "regression", "max_length": 24,
+            "data": {"train": str(nlp / "stsb" / "sts-train.tsv"), "validation": str(nlp / "stsb" / "sts-dev.tsv"), "test": str(nlp / "stsb" / "sts-test.tsv"),
+                     "format": "sts", "max_rows": {"train": 48, "validation": 16, "test": 16}}}
+    base = {"encoder": {"name": str(root)}, "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None}, "tasks": [sst2, stsb]}
+    study = {"name": "glue", "base": base, "seeds": [0, 1], "metrics": {"sst2": "accuracy", "stsb": "loss"},
+             "arms": [{"name": "shared"}], "search": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "tuning": {"trials": 1}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    loaded = load_study(path)
+    single = loaded.arm("single_task").config("x")
+    assert [e.task.encoder for e in single.tasks] == ["own", "own"]
+    results = run_study(path, tmp_path / "out", workers=1, progress=False, threads=1, on_status=lambda _: None)
+    assert set(results["arms"]["shared"]["comparisons"]) == {"sst2", "stsb"}
+    assert len(results["arms"]["single_task"]["test"]["sst2"]) == 2
+
+
+def test_affinity_runs_through_embeddings_and_restores_the_weights(tmp_path):
+    """Categorical features put the first layer's weight in the saved graph: the look-ahead must not corrupt it."""
+    import pyarrow as pa
+
+    from mtlkit.study.affinity import measure_affinity
+    from mtlkit.study.arms import validate_config
+
+    rng = np.random.default_rng(0)
+    n = 600
+    user = rng.integers(0, 20, n)
+    x = rng.standard_normal(n)
+    pq.write_table(pa.table({"user": [f"u{u}" for u in user], "x": x, "a": (x + user / 10 > 1).astype(float),
+                             "b": (user % 2).astype(float)}), tmp_path / "t.parquet")
+    config = validate_config({"data": {"train": str(tmp_path / "t.parquet")}, "features": {"categorical": ["user"], "numeric": ["x"]},
+                              "tasks": [{"name": "a", "kind": "binary"}, {"name": "b", "kind": "binary"}],
+                              "model": {"backbone": "shared_bottom", "options": {"hidden": [16]}}, "train": {"batch_size": 64}}, "t")
+    result = measure_affinity(config, AffinitySpec(epochs=2, every=2))
+    assert result["measurements"] > 0 and np.isfinite(np.array(result["affinity"])).all()
+    assert np.allclose(np.diag(np.array(result["cosine"])), 1.0, atol=1e-5)

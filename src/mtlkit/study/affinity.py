@@ -45,6 +45,27 @@ def _losses(model: Any, tasks: list[Any], batch: Any) -> dict[str, Tensor]:
             for t in tasks if t.name in batch.tasks}
 
 
+@torch.no_grad()
+def _lookahead(model: Any, tasks: list[Any], batch: Any, shared: list[Tensor], grads: list[Any], names: list[str], eta: float) -> Tensor:
+    """Row ``i``: ``Z_{i→·}`` of one batch, scored in eval mode (no dropout noise, no batch-norm updates);
+    the shared weights are restored exactly after each look-ahead."""
+    model.eval()
+    saved = [p.detach().clone() for p in shared]
+    now = _losses(model, tasks, batch)
+    before = torch.stack([now[n] for n in names])
+    rows = []
+    for task_grads in grads:
+        for p, g in zip(shared, task_grads):
+            if g is not None:
+                p.sub_(eta * g)
+        after = _losses(model, tasks, batch)
+        rows.append(lookahead_ratio(before, torch.stack([after[n] for n in names])))
+        for p, original in zip(shared, saved):
+            p.copy_(original)
+    model.train()
+    return torch.stack(rows)
+
+
 def label_correlation(prepared: Any, names: list[str]) -> list[list[float | None]]:
     """Pearson correlation of the tasks' labels on the training split (rows where both are present)."""
     from mtlkit.doctor.checks import check_label_correlation
@@ -85,25 +106,17 @@ def measure_affinity(config: Any, spec: AffinitySpec, seed: int | None = None) -
     for epoch in range(spec.epochs):
         for step, (batch,) in enumerate(source.epoch(epoch)):
             losses = _losses(model, tasks, batch)
-            if step % spec.every == 0 and len(losses) == t:
+            measure = step % spec.every == 0 and len(losses) == t
+            if measure:
                 grads = [torch.autograd.grad(losses[n], shared, retain_graph=True, allow_unused=True) for n in names]
-                flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, shared)]) for gs in grads])
-                before = torch.stack([losses[n].detach() for n in names])
-                with torch.no_grad():
-                    for i in range(t):
-                        for p, g in zip(shared, grads[i]):
-                            if g is not None:
-                                p.sub_(eta * g)
-                        after = _losses(model, tasks, batch)
-                        for p, g in zip(shared, grads[i]):
-                            if g is not None:
-                                p.add_(eta * g)
-                        z_sum[i] += lookahead_ratio(before, torch.stack([after[n] for n in names]))
-                    norms = flat.norm(dim=1).clamp_min(1e-12)
-                    cos_sum += (flat @ flat.T) / torch.outer(norms, norms)
-                counted += 1
             optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()  # type: ignore[union-attr]
+            sum(losses.values()).backward()  # type: ignore[union-attr]  (before the look-ahead moves the weights the graph saved)
+            if measure:
+                z_sum += _lookahead(model, tasks, batch, shared, grads, names, eta)
+                flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, shared)]) for gs in grads])
+                norms = flat.norm(dim=1).clamp_min(1e-12)
+                cos_sum += (flat @ flat.T) / torch.outer(norms, norms)
+                counted += 1
             optimizer.step()
     if counted == 0:
         from mtlkit.errors import ConfigError

@@ -157,7 +157,13 @@ def _with_tasks(raw: dict[str, Any], config: Any, names: list[str], where: str) 
 
 
 def single_task_arm(base: dict[str, Any]) -> ArmSpec:
-    """The equal-capacity single-task arm: one network per task, the width of one shared-bottom path."""
+    """The equal-capacity single-task arm: one network per task, the width of one shared-bottom path.
+
+    For an NLP base, every task gets its own copy of the encoder (``encoder: own``): the same
+    architecture per task, nothing shared. (The arm's task list is rewritten in :func:`resolve_study`.)
+    """
+    if "encoder" in base:
+        return ArmSpec(name=SINGLE_TASK, patch={"balancer": {"name": "fixed"}})
     model = base.get("model") or {}
     options = model.get("options") or {}
     hidden = options.get("hidden") or options.get("expert_hidden") or [128]
@@ -237,6 +243,8 @@ def resolve_study(spec: StudySpec, source: str, folder: Path) -> Study:
     for arm_spec in arm_specs:
         where = f"{source}: arm {arm_spec.name!r}"
         raw = _replace_model(base, _absolute_paths(arm_spec.patch, folder))
+        if arm_spec.name == SINGLE_TASK and "encoder" in base and not arm_spec.patch.get("tasks"):
+            raw["tasks"] = [{**t, "encoder": "own"} if isinstance(t, dict) else t for t in raw.get("tasks") or []]
         tasks = list(all_tasks)
         if arm_spec.tasks is not None:
             unknown = [t for t in arm_spec.tasks if t not in all_tasks]

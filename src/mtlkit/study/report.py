@@ -93,10 +93,14 @@ def _metric_figure(results: dict[str, Any]) -> str:
     return _png(figure)
 
 
-def _matrix_figure(matrix: list[list[float | None]], labels: list[str], title: str, cmap: str = "RdBu") -> str:
+def _matrix_figure(matrix: list[list[float | None]], labels: list[str], title: str, cmap: str = "RdBu", off_diagonal: bool = False) -> str:
     plt = _pyplot()
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    scale = values.copy()
+    if off_diagonal:  # a task's effect on itself is not a transfer: it would set the colour scale alone
+        np.fill_diagonal(scale, np.nan)
+    bound = float(np.nanmax(np.abs(scale))) if np.isfinite(scale).any() else 1.0
+    bound = bound or 1.0
     figure, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
     image = ax.imshow(values, cmap=cmap, vmin=-bound, vmax=bound)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -114,7 +118,7 @@ def _affinity_section(affinity: dict[str, Any] | None) -> str:
     if not affinity:
         return "<p>No affinity run: <code>mtlkit study affinity CONFIG --out DIR/affinity</code> adds it.</p>"
     tasks = affinity["tasks"]
-    parts = [_matrix_figure(affinity["affinity"], tasks, "inter-task affinity Z[i→j] (row i's step, column j's loss)"),
+    parts = [_matrix_figure(affinity["affinity"], tasks, "inter-task affinity Z[i→j] (row i's step, column j's loss)", off_diagonal=True),
              _matrix_figure(affinity["cosine"], tasks, "gradient cosine"),
              _matrix_figure(affinity["label_correlation"], tasks, "label correlation")]
     groups = "".join(f"<li>{html.escape(', '.join(g))}</li>" for g in affinity["grouping"]["groups"])
@@ -145,9 +149,12 @@ def _diagnostics(out: Path | None, results: dict[str, Any]) -> str:
         return ""
     images = []
     for arm in results["arms"]:
-        for png in sorted((out / "finals" / arm).glob("seed-*/gradients.png"))[:1]:
-            images.append(f"<h3>{html.escape(arm)}</h3><img alt=\"gradients\" src=\"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}\">")
-    return "".join(images) or "<p>No gradient diagnostics recorded (set <code>train.grad_diagnostics_every</code> in an arm's patch).</p>"
+        for kind in ("gates", "gradients"):  # gated backbones write gates.png; train.grad_diagnostics_every, gradients.png
+            for png in sorted((out / "finals" / arm).glob(f"seed-*/{kind}.png"))[:1]:
+                images.append(f"<h3>{html.escape(arm)}: {kind} ({html.escape(png.parent.name)})</h3>"
+                              f"<img alt=\"{kind}\" src=\"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}\">")
+    return "".join(images) or ("<p>No gate usage or gradient diagnostics recorded (gated backbones such as MMoE write gate usage; "
+                               "set <code>train.grad_diagnostics_every</code> in an arm's patch for gradient conflicts).</p>")
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}"
@@ -177,7 +184,7 @@ signed so that positive means the arm is better.</p>
 <h2>Tuning history</h2>
 <table id="best"><tr><th>arm</th><th>best trial</th><th>validation objective</th><th>setting</th></tr>{best}</table>
 {_history_figure(results['history'])}
-<h2>Gradient conflicts of the final runs</h2>
+<h2>Gate usage and gradient conflicts of the final runs</h2>
 {_diagnostics(out, results)}
 <h2>Reproduce</h2>
 <pre id="commands">{html.escape(chr(10).join(c for c in commands if c))}</pre>
