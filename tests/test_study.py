@@ -351,3 +351,32 @@ def test_affinity_runs_through_embeddings_and_restores_the_weights(tmp_path):
     result = measure_affinity(config, AffinitySpec(epochs=2, every=2))
     assert result["measurements"] > 0 and np.isfinite(np.array(result["affinity"])).all()
     assert np.allclose(np.diag(np.array(result["cosine"])), 1.0, atol=1e-5)
+
+
+def test_cli_bad_study_is_one_line_exit_2_and_writes_nothing(planted, tmp_path):
+    from typer.testing import CliRunner
+
+    from mtlkit.cli import app
+
+    path = write_study(planted, "cli_bad.yaml", search={"train.lr": {"low": 0.01, "high": 0.001}})
+    result = CliRunner().invoke(app, ["study", "run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "empty range" in result.output and "search.train.lr" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_table_counts_by_state(planted):
+    from rich.console import Console
+
+    from mtlkit.study.runner import _progress_table
+
+    study = load_study(write_study(planted))
+    status = {"single_task": {"complete": 1, "pruned": 1, "running": 0, "waiting": 0, "failed": 0, "best": -0.25},
+              "all_four": {"complete": 0, "pruned": 0, "running": 2, "waiting": 0, "failed": 1, "best": None},
+              "related": {"complete": 2, "pruned": 0, "running": 0, "waiting": 0, "failed": 0, "best": -0.125}}
+    console = Console(width=120, record=True)
+    console.print(_progress_table(study, status, "tuning"))
+    text = console.export_text()
+    lines = {line.split()[1]: line for line in text.splitlines() if line.strip().startswith("│") and line.split()[1] in status}
+    assert lines["single_task"].split()[3] == "2/2" and "-0.25" in lines["single_task"]
+    assert lines["all_four"].split()[3] == "0/2" and lines["all_four"].split()[5] == "2" and "—" in lines["all_four"]
