@@ -35,7 +35,7 @@ def base_config(folder: Path, epochs: int = 2) -> dict:
 
 
 def write_study(folder: Path, name: str = "study.yaml", **changes) -> Path:
-    study = {"name": "planted", "base": base_config(folder), "seeds": [0, 1],
+    study = {"name": "planted", "base": base_config(folder), "seeds": [0, 1, 2],
              "metrics": {t: "rmse" for t in (*RELATED, UNRELATED)},
              "arms": [{"name": "all_four"}, {"name": "related", "tasks": list(RELATED)}],
              "search": {"train.lr": {"low": 0.001, "high": 0.01, "log": True}},
@@ -70,7 +70,8 @@ def test_single_task_arm_is_added_with_the_shared_bottom_width(planted):
     ({"metrics": {"clicks": "rmse"}}, "key 'metrics.clicks': no task 'clicks'"),
     ({"arms": [{"name": "x", "tasks": ["y9"]}]}, "no task 'y9'"),
     ({"arms": [{"name": "x", "versus": ["nope"]}]}, "'nope' is not another arm"),
-    ({"seeds": [1, 1]}, "seeds must be distinct"),
+    ({"seeds": [1, 2, 1]}, "seeds must be distinct"),
+    ({"seeds": [1, 2]}, "key 'seeds': List should have at least 3 items"),
     ({"tuning": {"storage": "db.sqlite"}}, "expected a database URL"),
 ])
 def test_bad_study_files_are_one_line_errors(planted, changes, message):
@@ -201,7 +202,7 @@ def test_study_tunes_every_arm_equally_and_scores_test_once(finished_study):
             run = out / trial["run_dir"]
             assert (run / "config.yaml").exists()
             assert not (run / "test_metrics.json").exists()
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             final = out / "finals" / arm / f"seed-{seed}"
             summary = json.loads((final / "summary.json").read_text())
             assert summary["test"] is not None
@@ -320,7 +321,7 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
             "data": {"train": str(nlp / "stsb" / "sts-train.tsv"), "validation": str(nlp / "stsb" / "sts-dev.tsv"), "test": str(nlp / "stsb" / "sts-test.tsv"),
                      "format": "sts", "max_rows": {"train": 48, "validation": 16, "test": 16}}}
     base = {"encoder": {"name": str(root)}, "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None}, "tasks": [sst2, stsb]}
-    study = {"name": "glue", "base": base, "seeds": [0, 1], "metrics": {"sst2": "accuracy", "stsb": "loss"},
+    study = {"name": "glue", "base": base, "seeds": [0, 1, 2], "metrics": {"sst2": "accuracy", "stsb": "loss"},
              "arms": [{"name": "shared"}], "search": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "tuning": {"trials": 1}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -329,7 +330,7 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
     assert [e.task.encoder for e in single.tasks] == ["own", "own"]
     results = run_study(path, tmp_path / "out", workers=1, progress=False, threads=1, on_status=lambda _: None)
     assert set(results["arms"]["shared"]["comparisons"]) == {"sst2", "stsb"}
-    assert len(results["arms"]["single_task"]["test"]["sst2"]) == 2
+    assert len(results["arms"]["single_task"]["test"]["sst2"]) == 3
 
 
 def test_affinity_runs_through_embeddings_and_restores_the_weights(tmp_path):

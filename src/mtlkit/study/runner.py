@@ -140,6 +140,7 @@ def _watch(processes: list[Any], study: Study, out: Path, show: bool, console: A
             live.update(_progress_table(study, tuning_status(study, out), "tuning"))
             time.sleep(1.0)
         live.update(_progress_table(study, tuning_status(study, out), "tuning"))
+    console.print()
 
 
 def run_study(path: str | Path, out: str | Path, workers: int = 1, progress: bool = True, console: Any = None,

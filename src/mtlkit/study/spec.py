@@ -161,7 +161,8 @@ class StudySpec(BaseModel):
     name: str = Field(default="study", pattern=ARM_NAME)
     base: str | dict[str, Any]  # a run config file (relative to the study file) or the config inline
     arms: list[ArmSpec] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=2)
+    # at least 3: from 2 paired differences of one sign the bootstrap interval always excludes 0
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)
     metrics: dict[str, MetricSpec] = Field(min_length=1)
     search: dict[str, Param] = Field(default_factory=dict)
     tuning: TuningSpec = Field(default_factory=TuningSpec)
