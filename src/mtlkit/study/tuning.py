@@ -262,7 +262,8 @@ def tune_arm(study: Study, arm: Arm, out: Path, storage: Any, worker: int = 0) -
             return
         if c["failed"] >= budget + 3:
             return  # every trial fails: reported by the run summary, not retried forever
-        optuna_study.optimize(lambda trial: run_trial(study, arm, trial, out), n_trials=1, catch=(MtlkitError,),
+        # a setting that fails (bad input it produced, a numerical blow-up) is a failed trial, not a stopped study
+        optuna_study.optimize(lambda trial: run_trial(study, arm, trial, out), n_trials=1, catch=(MtlkitError, RuntimeError, ValueError, FloatingPointError),
                               gc_after_trial=False, show_progress_bar=False)
 
 
