@@ -247,6 +247,11 @@ def serve(
         _fail(error)
 
 
+from mtlkit.study.cli import study_app  # noqa: E402  (typer only: the work imports Optuna)
+
+app.add_typer(study_app, name="study")
+
+
 def main() -> None:
     try:
         app()
