@@ -166,7 +166,7 @@ class TrainTask(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class AuxiliaryTask:
     """A :class:`TrainTask` whose loss the model computes itself (:meth:`TrainableModel.auxiliary_losses`).
 

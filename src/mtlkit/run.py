@@ -97,7 +97,7 @@ def _with_derived_targets(config: RunConfig, prepared: PreparedData) -> Prepared
 
     splits = {"train": prepared.train, "validation": prepared.validation, "test": prepared.test}
     done = add_derived_targets(splits, config.data.derived_targets, prepared.names)
-    prepared.train, prepared.validation, prepared.test = done["train"], done["validation"], done["test"]  # type: ignore[assignment]
+    prepared.train, prepared.validation, prepared.test = done["train"], done["validation"], done["test"]
     return prepared
 
 

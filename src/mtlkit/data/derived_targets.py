@@ -122,7 +122,7 @@ def add_derived_targets(tables: Mapping[str, pa.Table | None], specs: Sequence[D
                 raise DataError(f"{names.get(split, split)}: missing column {missing[0]!r} (data.derived_targets[{i}] {spec.name!r})")
             if spec.name in table.column_names:
                 raise ConfigError(f"data.derived_targets[{i}].name: {spec.name!r} is already a column of {names.get(split, split)}")
-        keys = dict(zip(splits, _keys([tables[s] for s in splits], spec.by)))  # type: ignore[misc]
+        keys = dict(zip(splits, _keys([tables[s] for s in splits], spec.by)))
         train_y = _floats(train, spec.of, names.get("train", "train")) if spec.of else np.ones(train.num_rows)
         if spec.of and not np.isin(train_y, (0.0, 1.0)).all():
             raise DataError(f"{names.get('train', 'train')}: column {spec.of!r} of data.derived_targets[{i}] must hold 0/1 values")

@@ -70,7 +70,7 @@ def check_target_leakage(data: SplitTables, tasks: Sequence[Task], features: Sch
         return CheckResult(findings, stats)
     cache: dict[tuple[str, ...], list[np.ndarray]] = {}  # group codes, encoded once for all targets
     for target in regressions:
-        label = data.floats("train", target.label)
+        label = data.floats("train", target.label or target.name)
         if label is None or not np.isfinite(label).all():
             continue
         found = False
@@ -96,7 +96,7 @@ def check_target_leakage(data: SplitTables, tasks: Sequence[Task], features: Sch
             if np.abs(centred).max(initial=0.0) > TOLERANCE:
                 continue
             for behaviour in behaviours:
-                values = [data.floats(s, behaviour.label) for s in splits]
+                values = [data.floats(s, behaviour.label or behaviour.name) for s in splits]
                 if any(v is None or not np.isfinite(v).all() for v in values):
                     continue
                 means = {"the training split including each row's own label": (codes[0], values[0])}

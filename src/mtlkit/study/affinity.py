@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def _losses(model: Any, tasks: list[Any], batch: Any) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def _lookahead(model: Any, tasks: list[Any], batch: Any, shared: list[Tensor], grads: list[Any], names: list[str], eta: float) -> Tensor:
+def _lookahead(model: Any, tasks: list[Any], batch: Any, shared: Sequence[Tensor], grads: list[Any], names: list[str], eta: float) -> Tensor:
     """Row ``i``: ``Z_{i→·}`` of one batch, scored in eval mode (no dropout noise, no batch-norm updates);
     the shared weights are restored exactly after each look-ahead."""
     model.eval()
@@ -110,7 +111,8 @@ def measure_affinity(config: Any, spec: AffinitySpec, seed: int | None = None) -
             if measure:
                 grads = [torch.autograd.grad(losses[n], shared, retain_graph=True, allow_unused=True) for n in names]
             optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()  # type: ignore[union-attr]  (before the look-ahead moves the weights the graph saved)
+            # before the look-ahead moves the weights the graph saved
+            torch.stack(list(losses.values())).sum().backward()
             if measure:
                 z_sum += _lookahead(model, tasks, batch, shared, grads, names, eta)
                 flat = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, shared)]) for gs in grads])

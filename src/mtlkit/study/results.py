@@ -47,7 +47,8 @@ def collect_results(study: Study, out: Path, best: dict[str, dict[str, Any]], su
             values = []
             for seed in seeds:
                 summary = summaries[(arm.name, seed)]
-                values.append(float((summary.get("test") or summary.get("validation"))[task][metrics[task].name]))
+                scores = summary.get("test") or summary["validation"]
+                values.append(float(scores[task][metrics[task].name]))
             test[arm.name][task] = values
     baseline = test[SINGLE_TASK]
     arms: dict[str, Any] = {}
@@ -108,9 +109,9 @@ def write_results(study: Study, out: Path, results: dict[str, Any]) -> list[Path
                     writer.writerow([arm, task, results["metrics"][task]["name"], seed, value])
     with (out / "verdicts.csv").open("w", newline="") as handle:
         rows = verdict_rows(results)
-        writer = csv.DictWriter(handle, fieldnames=["arm", "versus", "task", "metric", "mean_difference", "ci_low", "ci_high", "verdict", "seeds_needed"])
-        writer.writeheader()
-        writer.writerows(rows)
+        dict_writer = csv.DictWriter(handle, fieldnames=["arm", "versus", "task", "metric", "mean_difference", "ci_low", "ci_high", "verdict", "seeds_needed"])
+        dict_writer.writeheader()
+        dict_writer.writerows(rows)
     from mtlkit.study.report import write_report
 
     paths = [out / "results.json", out / "results.csv", out / "verdicts.csv", write_report(results, out / "report.html")]

@@ -184,8 +184,8 @@ def run_study(path: str | Path, out: str | Path, workers: int = 1, progress: boo
             summaries[(arm_name, seed)] = _final(str(path), str(out), arm_name, seed, best[arm_name]["params"], threads)
     else:
         with context.Pool(workers) as pool:
-            results = [pool.apply_async(_final, (str(path), str(out), a, s, best[a]["params"], threads)) for a, s in jobs]
-            for (arm_name, seed), result in zip(jobs, results):
+            pending = [pool.apply_async(_final, (str(path), str(out), a, s, best[a]["params"], threads)) for a, s in jobs]
+            for (arm_name, seed), result in zip(jobs, pending):
                 summaries[(arm_name, seed)] = result.get()
     from mtlkit.study.results import collect_results, write_results
 

@@ -94,7 +94,7 @@ class MetricSpec(BaseModel):
             elif self.name in METRICS:
                 higher = METRICS.get(self.name).higher_is_better
             else:
-                raise ValueError(f"unknown metric {self.name!r}: give `direction` (maximize or minimize) or one of {', '.join(METRICS)}")
+                raise ValueError(f"unknown metric {self.name!r}: give `direction` (maximize or minimize) or one of {', '.join(METRICS.names())}")
             object.__setattr__(self, "direction", "maximize" if higher else "minimize")
         return self
 
