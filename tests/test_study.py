@@ -282,7 +282,7 @@ def test_killed_study_resumes_without_repeating_finished_trials(planted, tmp_pat
     from mtlkit.study.runner import run_study
 
     path = write_study(planted, "kill.yaml", arms=[{"name": "all_four"}], tuning={"trials": 3, "pruner": {"startup_trials": 5}},
-                       base={**base_config(planted, epochs=4)})
+                       base={**base_config(planted, epochs=12)})  # 11 epochs of trial 1 left when the kill comes
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "mtlkit.cli", "study", "run", str(path), "--out", str(out), "--no-progress", "--threads", "1"],
@@ -290,7 +290,7 @@ def test_killed_study_resumes_without_repeating_finished_trials(planted, tmp_pat
     deadline = time.time() + 240
     # kill it in the middle of its second trial: the first is finished, the second has trained an epoch
     while time.time() < deadline and not (out / "trials" / "single_task" / "trial-0001" / "metrics.jsonl").exists():
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     import optuna
