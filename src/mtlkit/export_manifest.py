@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -106,7 +107,7 @@ def _name(kind: type) -> str:
     return {str: "string", list: "list", dict: "object", int: "integer"}.get(kind, kind.__name__)
 
 
-def _entry(spec: Any, where: str, keys: dict[str, type], path: Path) -> dict[str, Any]:
+def _entry(spec: Any, where: str, keys: Mapping[str, type], path: Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: {where} must be an object, got {type(spec).__name__}")
     for key, kind in keys.items():

@@ -250,7 +250,7 @@ class Task(BaseModel):
                 row_weight = row_weight * mask.to(logits.dtype)
             if self.needs_groups and group is None:
                 raise ValueError(f"task {self.name!r}: loss {self.loss!r} needs the group ids of column {self.group_column!r}")
-            return get_loss(self.loss)(logits, target, row_weight, group, **self.loss_options)  # type: ignore[arg-type]
+            return get_loss(self.loss)(logits, target, row_weight, group, **self.loss_options)
         row_loss = get_loss(self.loss)(logits, target, **self.loss_options)  # type: ignore[arg-type]
         row_weight = torch.ones_like(row_loss) if weight is None else weight.to(row_loss.dtype)
         if self.negative_weight != 1.0:

@@ -54,6 +54,9 @@ class ExcessMTLOptions(GradientOptions):
 @BALANCERS.register("excess_mtl")
 class ExcessMTL(GradientBalancer):
     Options = ExcessMTLOptions
+    options: ExcessMTLOptions
+    alpha: Tensor
+    baseline: Tensor
 
     def __init__(self, task_names: Sequence[str], options: ExcessMTLOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

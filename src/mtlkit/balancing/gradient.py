@@ -43,7 +43,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +156,9 @@ class JacobianReducer(Protocol):
 class GradientBalancer(Balancer):
     """Base of the gradient methods (see the module docstring for the five steps)."""
 
-    Options = GradientOptions
+    # Declared as the base's type: subclasses narrow fields (e.g. ``sparse_tables: Literal["outside"]``),
+    # which makes their option classes' constructors incompatible with ``type[GradientOptions]``.
+    Options: ClassVar[type[BalancerOptions]] = GradientOptions
     options: GradientOptions
     lambdas: Tensor
     last_weights: Tensor
@@ -216,8 +218,7 @@ class GradientBalancer(Balancer):
         self.step_objectives = f  # for methods that normalise by the loss values (MGDA "loss")
         return rows, objectives, f
 
-    @staticmethod
-    def _backward_others(objectives: Sequence[Tensor], other: Sequence[Tensor]) -> None:
+    def _backward_others(self, objectives: Sequence[Tensor], other: Sequence[Tensor]) -> None:  # an instance hook: ExcessMTL weights it
         if other and objectives:
             torch.autograd.backward(torch.stack(list(objectives)).sum(), inputs=list(other))
 

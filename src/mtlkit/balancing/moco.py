@@ -80,6 +80,9 @@ class MoCoOptions(GradientOptions):
 @BALANCERS.register("moco")
 class MoCo(GradientBalancer):
     Options = MoCoOptions
+    options: MoCoOptions
+    lambd: Tensor
+    step: Tensor
 
     def __init__(self, task_names: Sequence[str], options: MoCoOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

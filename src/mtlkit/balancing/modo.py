@@ -47,6 +47,8 @@ class MoDoOptions(GradientOptions):
 @BALANCERS.register("modo")
 class MoDo(GradientBalancer):
     Options = MoDoOptions
+    options: MoDoOptions
+    weighting: Any  # a torchjd weighting (no type information), kept out of the module tree
 
     def __init__(self, task_names: Sequence[str], options: MoDoOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

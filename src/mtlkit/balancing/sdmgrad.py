@@ -55,6 +55,8 @@ class SDMGradOptions(GradientOptions):
 @BALANCERS.register("sdmgrad")
 class SDMGrad(GradientBalancer):
     Options = SDMGradOptions
+    options: SDMGradOptions
+    weighting: Any  # a torchjd weighting (no type information), kept out of the module tree
 
     def __init__(self, task_names: Sequence[str], options: SDMGradOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

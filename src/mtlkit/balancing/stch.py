@@ -46,6 +46,11 @@ class STCHOptions(BalancerOptions):
 @BALANCERS.register("stch")
 class STCH(LossWeighting):
     Options = STCHOptions
+    options: STCHOptions
+    lambdas: Tensor
+    nadir: Tensor
+    epochs_seen: Tensor
+    last_weights: Tensor
 
     def __init__(self, task_names: Sequence[str], options: STCHOptions, loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names, options, loss_weights)

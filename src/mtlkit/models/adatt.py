@@ -52,6 +52,10 @@ class FusionLevel(nn.Module):
     """One AdaTT fusion level. Input ``(B, in)`` (level 1) or ``(B, G_prev, in)`` (the previous level's
     outputs: the ``T`` tasks, then the shared module when it has one)."""
 
+    expert_group: Tensor
+    native: Tensor
+    learned_rows: Tensor
+
     def __init__(self, input_dim: int, n_tasks: int, options: AdaTTOptions, final: bool) -> None:
         super().__init__()
         m, shared = options.experts_per_task, options.shared_experts
@@ -101,6 +105,7 @@ class FusionLevel(nn.Module):
 @BACKBONES.register("adatt")
 class AdaTT(Backbone):
     Options = AdaTTOptions
+    options: AdaTTOptions
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: AdaTTOptions) -> None:
         super().__init__(input_dim, task_names, options)

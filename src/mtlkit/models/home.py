@@ -86,6 +86,10 @@ class GatedLevel(nn.Module):
     ``seen[g]``: the experts gate ``g`` mixes; ``native[g]``: the experts of gate ``g``'s self-gate.
     """
 
+    sources: Tensor
+    gate_sources: Tensor
+    native: Tensor
+
     def __init__(self, width: int, options: HoMEOptions, sources: list[int], gate_sources: list[int],
                  seen: list[list[int]], native: list[list[int]]) -> None:
         super().__init__()
@@ -136,6 +140,7 @@ class GatedLevel(nn.Module):
 @BACKBONES.register("home")
 class HoME(Backbone):
     Options = HoMEOptions
+    options: HoMEOptions
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: HoMEOptions) -> None:
         super().__init__(input_dim, task_names, options)

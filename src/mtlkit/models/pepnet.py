@@ -87,6 +87,9 @@ def feature_columns(layout: InputLayout | None, names: Sequence[str], key: str) 
 @BACKBONES.register("pepnet")
 class PEPNet(Backbone):
     Options = PEPNetOptions
+    options: PEPNetOptions
+    domain_columns: Tensor
+    prior_columns: Tensor
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: PEPNetOptions, layout: InputLayout | None = None) -> None:
         super().__init__(input_dim, task_names, options)

@@ -67,6 +67,9 @@ def one_hot(scenario: Tensor, n: int) -> Tensor:
 class PartitionedNorm(nn.Module):
     """Eq. 3–4 over ``n`` scenario slots; slot 0 (unseen) has fixed γ_0 = 1, β_0 = 0 and all-row statistics."""
 
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, n: int, width: int, momentum: float, eps: float = 1e-5) -> None:
         super().__init__()
         self.n, self.momentum, self.eps = n, momentum, eps
@@ -122,6 +125,7 @@ class StarLinear(nn.Module):
 @BACKBONES.register("star")
 class STAR(Backbone):
     Options = STAROptions
+    options: STAROptions
     needs_scenario = True
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: STAROptions, layout: InputLayout | None = None) -> None:

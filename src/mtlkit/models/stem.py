@@ -54,6 +54,9 @@ class STEMOptions(ExpertGateOptions):
 class STEMLevel(nn.Module):
     """Input ``(B, T+1, in)``: each task's input, then the shared one."""
 
+    expert_group: Tensor
+    backward_mask: Tensor
+
     def __init__(self, input_dim: int, n_tasks: int, options: STEMOptions, final: bool) -> None:
         super().__init__()
         m, s = options.experts_per_task, options.shared_experts
@@ -88,6 +91,8 @@ class STEMLevel(nn.Module):
 @BACKBONES.register("stem")
 class STEM(Backbone):
     Options = STEMOptions
+    options: STEMOptions
+    input_columns: Tensor
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: STEMOptions, layout: InputLayout | None = None) -> None:
         super().__init__(input_dim, task_names, options)

@@ -47,7 +47,8 @@ def wrap(encoder: nn.Module, spec: AdapterSpec, names: Sequence[str]) -> nn.Modu
         import peft
     except ImportError:
         raise ConfigError("encoder.adapters: LoRA adapters need peft: pip install 'mtlkit[nlp]'") from None
-    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules)
+    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]  # peft annotates lora_alpha int; floats work
+                             target_modules=spec.target_modules)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations inside peft

@@ -81,7 +81,7 @@ class EncoderSpec(BaseModel):
             return None
         from mtlkit.nlp.adapters import AdapterSpec
 
-        values = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules}
+        values: dict[str, Any] = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules}
         return AdapterSpec(**{k: v for k, v in values.items() if v is not None})
 
     @property

@@ -131,7 +131,7 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     description = schema_description(predictor, options.max_batch)
     what = "run" if predictor.backend == "pytorch" else f"{predictor.backend} export"
     app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {directory.resolve().name}")
-    batcher = (MicroBatcher(lambda blocks: run_batch(predictor, blocks), options.batch_rows, options.batch_wait_ms / 1000,
+    batcher: MicroBatcher[RowBlock] | None = (MicroBatcher(lambda blocks: run_batch(predictor, blocks), options.batch_rows, options.batch_wait_ms / 1000,
                             options.queue_size) if options.batching else None)
     app.state.predictor, app.state.batcher, app.state.options = predictor, batcher, options
     identity = _identity(predictor, directory, options)

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -218,14 +218,24 @@ def run_batch(predictor: Model, blocks: list[RowBlock]) -> list[Outcome]:
 # -- the queue and the batching task ----------------------------------------------------------------
 
 
+class Rows(Protocol):
+    """What the batcher reads of a request: its row count (a :class:`RowBlock`, an NLP ``TextRequest``)."""
+
+    @property
+    def num_rows(self) -> int: ...
+
+
+BlockT = TypeVar("BlockT", bound=Rows)
+
+
 @dataclass
-class _Job:
-    block: RowBlock
+class _Job(Generic[BlockT]):
+    block: BlockT
     arrived: float
     future: asyncio.Future = field(repr=False)
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[BlockT]):
     """A bounded queue of requests and one task of the event loop that runs them in merged batches.
 
     A batch of up to ``inline_rows`` rows runs on the event loop itself: a few milliseconds of
@@ -235,19 +245,19 @@ class MicroBatcher:
     batches (from large requests) go to one model thread so ``/health`` stays responsive.
     """
 
-    def __init__(self, process: Callable[[list[RowBlock]], list[Outcome]], max_rows: int, max_wait_s: float,
+    def __init__(self, process: Callable[[list[BlockT]], list[Outcome]], max_rows: int, max_wait_s: float,
                  queue_size: int, inline_rows: int = INLINE_ROWS) -> None:
         self.process, self.max_rows, self.max_wait_s, self.queue_size = process, max_rows, max_wait_s, queue_size
         self.inline_rows = inline_rows
         self.batches = 0  # batches run, and requests in them (statistics for tests and benchmarks)
         self.requests = 0
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[_Job[BlockT]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._thread: ThreadPoolExecutor | None = None
 
-    async def submit(self, block: RowBlock) -> Outcome:
+    async def submit(self, block: BlockT) -> Outcome:
         """The request's outcome once its batch ran; Busy (503) at once when the queue is full."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first request, or a new event loop (a test client's)
@@ -268,7 +278,7 @@ class MicroBatcher:
         self._loop, self._wakeup, self._queue = loop, asyncio.Event(), deque()
         self._task = loop.create_task(self._run_forever(), name="mtlkit-batcher")
 
-    async def _next_batch(self) -> list[_Job]:
+    async def _next_batch(self) -> list[_Job[BlockT]]:
         """The oldest request and those that join it: until ``max_rows`` rows, or the oldest has waited ``max_wait_s``."""
         assert self._wakeup is not None
         while not self._queue:

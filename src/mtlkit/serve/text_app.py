@@ -76,8 +76,8 @@ def create_text_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     app = FastAPI(title="mtlkit", version="1", description=f"Multi-task predictions of {what} {directory.resolve().name}")
     # An encoder pass takes milliseconds: every batch runs on the model thread, so the event loop keeps
     # reading, tokenizing and queueing the next requests meanwhile (the model releases the GIL).
-    batcher = (MicroBatcher(lambda requests: run_text_batch(model, requests), options.batch_rows, options.batch_wait_ms / 1000,
-                            options.queue_size, inline_rows=0) if options.batching else None)
+    batcher: MicroBatcher[TextRequest] | None = (MicroBatcher(lambda requests: run_text_batch(model, requests), options.batch_rows,
+                                                            options.batch_wait_ms / 1000, options.queue_size, inline_rows=0) if options.batching else None)
     app.state.model, app.state.batcher, app.state.options = model, batcher, options
     identity = _identity(model, directory, options)
     description = text_schema(model, options)
@@ -89,7 +89,7 @@ def create_text_app(directory: str | Path, options: ServeOptions) -> FastAPI:
         body = await read_body(request.stream(), request.headers.get("content-length"), options.max_body_bytes)
         parsed = parse(body) if len(body) <= INLINE_BYTES else await run_in_threadpool(parse, body)
         if batcher is not None:
-            outcome = await batcher.submit(parsed)  # type: ignore[arg-type]  (it reads num_rows only)
+            outcome = await batcher.submit(parsed)
         else:
             outcome = (await run_in_threadpool(run_text_batch, model, [parsed]))[0]
         if isinstance(outcome, RequestError):
