@@ -101,6 +101,7 @@ WORKER = textwrap.dedent('''
         for name in RESUMED:
             state, result = run(name, out / f"resume-{name}")
             torch.save({"state": state, "val": result.best_results}, out / f"resumed-{name}-w{ctx.world}-r{ctx.rank}.pt")
+    distributed.teardown()  # the group closed before exit, as torchrun scripts should (also registered at exit)
 ''')
 
 

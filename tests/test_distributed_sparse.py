@@ -86,6 +86,7 @@ WORKER = textwrap.dedent('''
         trainer.fit(data.batches(16, shuffle=True, seed=3), data)
         result[f"trainer-{name}"] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(result, out / f"w{ctx.world}-r{ctx.rank}.pt")
+    distributed.teardown()  # the group closed before exit, as torchrun scripts should (also registered at exit)
 ''')
 
 
