@@ -301,19 +301,34 @@ def http_stack() -> str:
 
 
 def readable_by(run_dir: Path, source: Path) -> Path:
-    """A copy of ``run_dir`` whose config.yaml drops the ``train`` keys the mtlkit in ``source`` does not know
-    (settings added since, such as ``log_every_seconds``, that play no part in serving)."""
+    """A copy of ``run_dir`` whose config.yaml drops the keys the mtlkit in ``source`` does not know:
+    settings added since (``train.log_every_seconds``, ``model.embedding_optimizer``,
+    ``data.derived_targets``, ``init_from``, …), written with their defaults, that play no part in serving."""
     import shutil
 
-    known = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json; from mtlkit.train.spec import TrainSpec; print(json.dumps(list(TrainSpec.model_fields)))"],
-        env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True, text=True, check=True).stdout)
+    probe = ("import dataclasses, json; from mtlkit.data.schema import FittedCategorical, FittedNumeric, FittedSequence; "
+             "from mtlkit.config import RunConfig, DataSpec; from mtlkit.models import ModelSpec; "
+             "from mtlkit.tasks import Task; from mtlkit.train.spec import TrainSpec; print(json.dumps({'': list(RunConfig.model_fields), "
+             "'train': list(TrainSpec.model_fields), 'data': list(DataSpec.model_fields), 'model': list(ModelSpec.model_fields), "
+             "'tasks': list(Task.model_fields), "
+             "**{'schema.' + c.__name__: [f.name for f in dataclasses.fields(c)] for c in (FittedCategorical, FittedNumeric, FittedSequence)}}))")
+    known = json.loads(subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(source)},
+                                      capture_output=True, text=True, check=True).stdout)
     copy = run_dir.with_name(run_dir.name + "-before")
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(run_dir, copy)
     config = yaml.safe_load((copy / "config.yaml").read_text())
-    config["train"] = {k: v for k, v in config["train"].items() if k in known}
+    config = {k: v for k, v in config.items() if k in known[""]}
+    for section in ("train", "data", "model"):
+        if isinstance(config.get(section), dict):
+            config[section] = {k: v for k, v in config[section].items() if k in known[section]}
+    config["tasks"] = [{k: v for k, v in task.items() if k in known["tasks"]} for task in config.get("tasks") or []]
     (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    schema = json.loads((copy / "schema.json").read_text())  # fitted features: fields added since dropped too
+    for key, cls in (("categorical", "FittedCategorical"), ("numeric", "FittedNumeric"), ("sequences", "FittedSequence"),
+                     ("bias", "FittedCategorical")):
+        schema[key] = [{k: v for k, v in f.items() if k in known["schema." + cls]} for f in schema.get(key, [])]
+    (copy / "schema.json").write_text(json.dumps(schema))
     return copy
 
 
