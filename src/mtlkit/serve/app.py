@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,32 +87,68 @@ def schema_description(predictor: Predictor, max_batch: int) -> dict[str, Any]:
     }
 
 
-def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # ensure_ascii: a lone surrogate can never make the answer itself unencodable.
     return Response(json.dumps(content, allow_nan=False).encode(), status, headers, media_type="application/json")
 
 
-def _error(error: RequestError) -> Response:
+def error_response(error: RequestError) -> Response:
     headers = None
     if isinstance(error, Busy):
         headers = {"Retry-After": str(error.retry_after)}
     elif isinstance(error, BodyTooLarge):
         headers = {"Connection": "close"}  # the rest of the body is not read: the connection cannot carry another request
-    return _json({"detail": error.message}, error.status, headers)
+    return json_response({"detail": error.message}, error.status, headers)
 
 
-def _identity(predictor: Predictor, directory: Path, options: ServeOptions) -> dict[str, Any]:
-    """What ``/health`` says besides the status: no absolute path unless ``show_paths``."""
-    identity: dict[str, Any] = {"backend": predictor.backend, "model": directory.resolve().name,
-                                "backbone": predictor.backbone, "tasks": [t.name for t in predictor.tasks]}
+def service_identity(backend: str, directory: Path, backbone: str, tasks: list[str], run_dir: str | None,
+                     options: ServeOptions) -> dict[str, Any]:
+    """What ``/health`` says besides the status (tabular and NLP services alike): no absolute path unless ``show_paths``."""
+    identity: dict[str, Any] = {"backend": backend, "model": directory.resolve().name, "backbone": backbone, "tasks": tasks}
     if options.show_paths:
-        identity["run"] = predictor.run_dir
-        if predictor.backend != "pytorch":
+        identity["run"] = run_dir
+        if backend != "pytorch":
             identity["export"] = str(directory.resolve())
     identity["batching"] = ({"max_rows": options.batch_rows, "max_wait_ms": options.batch_wait_ms, "queue_size": options.queue_size}
                             if options.batching else False)
     identity["limits"] = {"max_batch": options.max_batch, "max_body_bytes": options.max_body_bytes}
     return identity
+
+
+def add_routes(app: FastAPI, answer: Callable[[Request], Awaitable[bytes]], files_problem: Callable[[bool], str | None],
+               identity: dict[str, Any], description: dict[str, Any], options: ServeOptions,
+               request_body: dict[str, Any]) -> None:
+    """``/predict`` (``answer``'s bytes, or a JSON error: never a 500 for what a client sends), ``/health``
+    (503 when ``files_problem`` names one) and ``/schema`` (``description``) — the contract every service keeps."""
+
+    async def predict(request: Request) -> Response:
+        try:
+            return Response(await answer(request), media_type="application/json")
+        except RequestError as error:
+            if error.status >= 500:
+                log.error("/predict: %s", error.message)
+            return error_response(error)
+        except ClientDisconnect:  # the client left mid-body: nobody reads an answer
+            return Response(status_code=400)
+        except Exception as error:  # a bug: answered (and logged) without dropping the connection
+            log.exception("/predict failed")
+            return json_response({"detail": f"internal error ({type(error).__name__})"}, 500)
+
+    # Documented (OpenAPI) as a FastAPI route, but served by a plain Starlette route placed first:
+    # FastAPI's per-request dependency solving cost about 200 µs, more than the rest of a 1-row request.
+    app.post("/predict", openapi_extra=request_body)(predict)
+    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
+
+    @app.get("/health")
+    async def health() -> Response:
+        problem = files_problem(options.show_paths)
+        if problem:
+            return json_response({"status": "unavailable", "reason": problem, **identity}, 503)
+        return json_response({"status": "ok", **identity})
+
+    @app.get("/schema")
+    async def schema() -> dict[str, Any]:
+        return description
 
 
 def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
@@ -134,7 +171,8 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     batcher: MicroBatcher[RowBlock] | None = (MicroBatcher(lambda blocks: run_batch(predictor, blocks), options.batch_rows, options.batch_wait_ms / 1000,
                             options.queue_size) if options.batching else None)
     app.state.predictor, app.state.batcher, app.state.options = predictor, batcher, options
-    identity = _identity(predictor, directory, options)
+    identity = service_identity(predictor.backend, directory, predictor.backbone, [t.name for t in predictor.tasks],
+                                predictor.run_dir, options)
 
     def block_of(body: bytes) -> RowBlock:
         return validate_rows(predictor.schema, parse_rows(body, options.max_batch))
@@ -148,35 +186,7 @@ def create_app(directory: str | Path, options: ServeOptions) -> FastAPI:
             raise outcome
         return outcome
 
-    async def predict(request: Request) -> Response:
-        try:
-            return Response(await answer(request), media_type="application/json")
-        except RequestError as error:
-            if error.status >= 500:
-                log.error("/predict: %s", error.message)
-            return _error(error)
-        except ClientDisconnect:  # the client left mid-body: nobody reads an answer
-            return Response(status_code=400)
-        except Exception as error:  # a bug: answered (and logged) without dropping the connection
-            log.exception("/predict failed")
-            return _json({"detail": f"internal error ({type(error).__name__})"}, 500)
-
-    # Documented (OpenAPI) as a FastAPI route, but served by a plain Starlette route placed first:
-    # FastAPI's per-request dependency solving cost about 200 µs, more than the rest of a 1-row request.
-    app.post("/predict", openapi_extra=_REQUEST_BODY)(predict)
-    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
-
-    @app.get("/health")
-    async def health() -> Response:
-        problem = predictor.files_problem(options.show_paths)
-        if problem:
-            return _json({"status": "unavailable", "reason": problem, **identity}, 503)
-        return _json({"status": "ok", **identity})
-
-    @app.get("/schema")
-    async def schema() -> dict[str, Any]:
-        return description
-
+    add_routes(app, answer, predictor.files_problem, identity, description, options, _REQUEST_BODY)
     return app
 
 

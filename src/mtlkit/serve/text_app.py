@@ -26,12 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
-from starlette.routing import Route
 
-from mtlkit.serve.app import INLINE_BYTES, _error, _json
+from mtlkit.serve.app import INLINE_BYTES, add_routes, service_identity
 from mtlkit.serve.batching import MicroBatcher
 from mtlkit.serve.body import read_body
 from mtlkit.serve.options import ServeOptions
@@ -54,19 +51,6 @@ def text_schema(model: TextModel, options: ServeOptions) -> dict[str, Any]:
             "tokenization": "on the server; an input longer than its task's max_length is refused (413), never truncated"}
 
 
-def _identity(model: TextModel, directory: Path, options: ServeOptions) -> dict[str, Any]:
-    identity: dict[str, Any] = {"backend": model.backend, "model": directory.resolve().name, "backbone": Path(model.encoder).name,
-                                "tasks": list(model.tasks)}
-    if options.show_paths:
-        identity["run"] = model.run_dir
-        if model.backend != "pytorch":
-            identity["export"] = str(directory.resolve())
-    identity["batching"] = ({"max_rows": options.batch_rows, "max_wait_ms": options.batch_wait_ms, "queue_size": options.queue_size}
-                            if options.batching else False)
-    identity["limits"] = {"max_batch": options.max_batch, "max_body_bytes": options.max_body_bytes}
-    return identity
-
-
 def create_text_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     """The service of an NLP run's best model or its ONNX export (loaded once, here)."""
     options.check()
@@ -79,7 +63,7 @@ def create_text_app(directory: str | Path, options: ServeOptions) -> FastAPI:
     batcher: MicroBatcher[TextRequest] | None = (MicroBatcher(lambda requests: run_text_batch(model, requests), options.batch_rows,
                                                             options.batch_wait_ms / 1000, options.queue_size, inline_rows=0) if options.batching else None)
     app.state.model, app.state.batcher, app.state.options = model, batcher, options
-    identity = _identity(model, directory, options)
+    identity = service_identity(model.backend, directory, Path(model.encoder).name, list(model.tasks), model.run_dir, options)
     description = text_schema(model, options)
 
     def parse(body: bytes) -> TextRequest:
@@ -96,33 +80,7 @@ def create_text_app(directory: str | Path, options: ServeOptions) -> FastAPI:
             raise outcome
         return outcome
 
-    async def predict(request: Request) -> Response:
-        try:
-            return Response(await answer(request), media_type="application/json")
-        except RequestError as error:
-            if error.status >= 500:
-                log.error("/predict: %s", error.message)
-            return _error(error)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        except Exception as error:  # a bug: answered (and logged) without dropping the connection
-            log.exception("/predict failed")
-            return _json({"detail": f"internal error ({type(error).__name__})"}, 500)
-
-    app.post("/predict", openapi_extra=_REQUEST_BODY)(predict)
-    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
-
-    @app.get("/health")
-    async def health() -> Response:
-        problem = model.files_problem(options.show_paths)
-        if problem:
-            return _json({"status": "unavailable", "reason": problem, **identity}, 503)
-        return _json({"status": "ok", **identity})
-
-    @app.get("/schema")
-    async def schema() -> dict[str, Any]:
-        return description
-
+    add_routes(app, answer, model.files_problem, identity, description, options, _REQUEST_BODY)
     return app
 
 
