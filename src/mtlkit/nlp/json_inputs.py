@@ -30,24 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtlkit.nlp.examples import TextExample
+from mtlkit.serve.rows import json_type  # one JSON type name for every served-input message
 
 
 class InputError(ValueError):
     """A served input a task kind cannot take; the message says what it takes."""
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 def text(value: Any, what: str = "the text") -> str:

@@ -61,9 +61,22 @@ def _regression_output(label_transform: str | None) -> str:
     return "value" + (" (expm1 of the log1p model)" if label_transform == "log1p" else "")
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def file_stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time: what tells a model file replaced since it was loaded."""
     status = path.stat()
     return status.st_size, status.st_mtime_ns
+
+
+def changed_files_problem(stamps: dict[Path, tuple[int, int]], show_paths: bool = False) -> str | None:
+    """Why files loaded with ``stamps`` are no longer what was loaded (gone or replaced), or None."""
+    for path, stamp in stamps.items():
+        name = str(path.resolve()) if show_paths else path.name
+        try:
+            if file_stamp(path) != stamp:
+                return f"model file {name} changed since the server loaded it: restart the server to serve it"
+        except OSError:
+            return f"model file {name} is gone (the run or export directory was moved or deleted)"
+    return None
 
 
 @dataclass
@@ -83,7 +96,7 @@ class Predictor:
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.stamps = {path: _stamp(path) for path in self.files}
+        self.stamps = {path: file_stamp(path) for path in self.files}
 
     def predict_table(self, table: pa.Table, source: str = "request") -> dict[str, np.ndarray]:
         return self.forward(self.encode(table, source))
@@ -95,14 +108,7 @@ class Predictor:
 
     def files_problem(self, show_paths: bool = False) -> str | None:
         """Why the files the model was loaded from are no longer what was loaded (gone or replaced), or None."""
-        for path, stamp in self.stamps.items():
-            name = str(path.resolve()) if show_paths else path.name
-            try:
-                if _stamp(path) != stamp:
-                    return f"model file {name} changed since the server loaded it: restart the server to serve it"
-            except OSError:
-                return f"model file {name} is gone (the run or export directory was moved or deleted)"
-        return None
+        return changed_files_problem(self.stamps, show_paths)
 
 
 def _served_tasks_of_run(tasks: list[Any]) -> list[ServedTask]:

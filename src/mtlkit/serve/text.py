@@ -48,6 +48,7 @@ from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.featurize import TEXT_INPUTS
 from mtlkit.nlp.json_inputs import InputError, json_type
 from mtlkit.serve.body import parse_json
+from mtlkit.serve.predictor import changed_files_problem, file_stamp
 from mtlkit.serve.rows import RequestError
 
 log = logging.getLogger("mtlkit.serve")
@@ -67,11 +68,6 @@ INPUT_FORMS = {
 }
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_size, status.st_mtime_ns
-
-
 @dataclass
 class TextModel:
     """A served NLP model: its tasks with something to predict, the tokenizer, and ``forward(inputs, names)``."""
@@ -87,7 +83,7 @@ class TextModel:
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.stamps = {path: _stamp(path) for path in self.files}
+        self.stamps = {path: file_stamp(path) for path in self.files}
 
     @property
     def single_text_tasks(self) -> list[str]:
@@ -95,14 +91,7 @@ class TextModel:
 
     def files_problem(self, show_paths: bool = False) -> str | None:
         """Why the files the model was loaded from are no longer what was loaded (gone or replaced), or None."""
-        for path, stamp in self.stamps.items():
-            name = str(path.resolve()) if show_paths else path.name
-            try:
-                if _stamp(path) != stamp:
-                    return f"model file {name} changed since the server loaded it: restart the server to serve it"
-            except OSError:
-                return f"model file {name} is gone (the run or export directory was moved or deleted)"
-        return None
+        return changed_files_problem(self.stamps, show_paths)
 
     def describe(self, name: str) -> dict[str, Any]:
         """A task as ``/schema`` lists it."""
