@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.nlp.featurize import tokenize
 from mtlkit.nn.mlp import MLP
 
 IGNORE = -100  # the label of positions that carry no supervision (cross_entropy's ignore_index)
@@ -39,6 +40,17 @@ def require_fast(tokenizer: Any, task: str) -> None:
                           f"got {type(tokenizer).__name__}")
     if getattr(tokenizer, "padding_side", "right") != "right":
         raise ConfigError(f"task {task!r}: needs a tokenizer that pads on the right (position 0 is the null answer)")
+
+
+def corruptible_tokens(examples: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Tensor], Tensor]:
+    """The tokenized texts (and pairs) of ``examples`` and which positions a self-supervised task may
+    corrupt: real tokens, not padding nor special tokens (masked LM, replaced-token detection)."""
+    sources = [getattr(e, "source", "") for e in examples]
+    pairs = [getattr(e, "text_pair", None) for e in examples]
+    inputs = tokenize(tokenizer, [e.text for e in examples], pairs, max_length, sources, mixed=True)
+    ids = inputs["input_ids"]
+    special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids.dtype))
+    return inputs, inputs["attention_mask"].bool() & ~special
 
 
 def model_inputs(encoding: Any) -> dict[str, Tensor]:

@@ -49,7 +49,7 @@ from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.metrics import METRICS
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
-from mtlkit.nlp.featurize import tokenize
+from mtlkit.nlp.kinds._common import corruptible_tokens
 
 IGNORE = -100  # label of positions that are not predicted
 POSITIONS = "tok:mlm_positions"  # (B, L) bool input: the chosen positions (a "tok:" input is trimmed with the text)
@@ -116,12 +116,8 @@ class MaskedLMTask(NLPTask):
         if tokenizer.mask_token_id is None:
             raise ConfigError(f"task {self.name!r}: the tokenizer has no mask token, so masked-LM cannot run")
         self.set_vocabulary(tokenizer.mask_token_id, len(tokenizer))
-        sources = [getattr(e, "source", "") for e in examples]
-        pairs = [getattr(e, "text_pair", None) for e in examples]
-        inputs = tokenize(tokenizer, [e.text for e in examples], pairs, self.max_length, sources, mixed=True)
+        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length)
         ids = inputs["input_ids"]
-        special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids.dtype))
-        eligible = inputs["attention_mask"].bool() & ~special
         inputs[POSITIONS] = torch.zeros_like(eligible)
         target = ids.where(eligible, torch.full_like(ids, IGNORE))
         return EncodedTable(inputs, {self.name: target}, {self.name: eligible.any(1)})

@@ -41,7 +41,7 @@ from mtlkit.data.batch import Batch, EncodedTable
 from mtlkit.errors import ConfigError
 from mtlkit.metrics.functions import METRICS, Metric
 from mtlkit.nlp.base import NLP_KINDS, NLPHead, NLPTask
-from mtlkit.nlp.featurize import tokenize
+from mtlkit.nlp.kinds._common import corruptible_tokens
 
 IGNORE = -100
 
@@ -82,12 +82,8 @@ class ReplacedTokenTask(NLPTask):
 
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         self.set_vocabulary(len(tokenizer))
-        sources = [getattr(e, "source", "") for e in examples]
-        pairs = [getattr(e, "text_pair", None) for e in examples]
-        inputs = tokenize(tokenizer, [e.text for e in examples], pairs, self.max_length, sources, mixed=True)
+        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length)
         ids = inputs["input_ids"]
-        special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids.dtype))
-        eligible = inputs["attention_mask"].bool() & ~special
         target = torch.where(eligible, torch.zeros_like(ids), torch.full_like(ids, IGNORE))
         return EncodedTable(inputs, {self.name: target}, {self.name: eligible.any(1)})
 
