@@ -19,14 +19,13 @@ majority share 0.55).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from machine import cpu_model
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.shortvideo import DEVICES, shortvideo_schema, shortvideo_table, shortvideo_tasks, split_by_request
@@ -35,13 +34,6 @@ from mtlkit.metrics.functions import gauc
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer, TrainSpec, predict_logits
-
-
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def with_device_code(table: pa.Table) -> pa.Table:

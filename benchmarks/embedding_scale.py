@@ -38,11 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_description
 
 from mtlkit.balancing import BalancerSpec, GradientBalancer, build_balancer
 from mtlkit.balancing.gradient import shared_jacobian, split_parameters
 from mtlkit.data.datasets.shortvideo import shortvideo_table, split_by_request
-from mtlkit.data.schema import FittedCategorical, FittedNumeric, FittedSchema, stable_hash
+from mtlkit.data.encoding import stable_hash
+from mtlkit.data.schema import FittedCategorical, FittedNumeric, FittedSchema
 from mtlkit.metrics.functions import auc, logloss
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.nn import sparse_weights
@@ -220,16 +222,6 @@ def _jacobian_columns(model, balancer, data, batch_size) -> int | None:
 
 
 # -- the sweep ------------------------------------------------------------------------------------
-def cpu_description() -> str:
-    model, flags = platform.processor(), []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        present = set(next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")))
-        flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile") if f in present]
-    except (OSError, StopIteration):
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs; flags: {' '.join(flags) or 'n/a'})"
 
 
 def available_mib() -> float:

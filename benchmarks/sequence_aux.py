@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.shortvideo import shortvideo_schema, shortvideo_table, shortvideo_tasks, split_by_request
@@ -65,14 +65,6 @@ def variants(args) -> dict[str, tuple[dict, list[dict]]]:
 RATE = DerivedTarget(name="user_category_ctr", kind="rate", by=["user_id", "category"], of="click", time="request_id", prior=5.0)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(name: str, sequence: dict, objectives: list[dict], splits: dict, seed: int, args) -> dict:

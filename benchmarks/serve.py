@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_model, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["click", "like", "share", "watch_time"]
@@ -129,10 +129,6 @@ def export(directory: Path, runs: dict[str, Path], backends: list[str]) -> dict[
     return served
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -191,16 +187,6 @@ def measure(servers: list[Server], body: bytes, seconds: float, min_calls: int =
 # -- --load: many concurrent 1-row clients ----------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -28,8 +28,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,20 +36,14 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_model, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "nlp"
 TASKS = ["sst2", "ner", "ent", "source"]
 WNUT = ["O"] + [f"{p}-{t}" for t in ("corporation", "creative-work", "group", "location", "person", "product") for p in "BI"]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def tiny_encoder(directory: Path) -> str:
@@ -92,10 +84,6 @@ def train(directory: Path, encoder: str, rows: int) -> Path:
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(directory: Path, batching: bool) -> tuple[subprocess.Popen, int]:

@@ -21,22 +21,13 @@ import time
 
 import torch
 from census import ALIASES, GRID  # the census protocol's settings (benchmarks/census.py)
+from machine import cpu_model
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.run import count_parameters
 from mtlkit.train import Trainer, TrainSpec
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def peak_rss_mib() -> float:
