@@ -50,10 +50,13 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> Tensor:
     params = [p for p in params if p.grad is not None]
     total = grad_norm(params)
     coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for p in params:
-        grad = cast(Tensor, p.grad)  # not None: filtered above
-        values = grad._values() if grad.is_sparse else grad  # coalesced by grad_norm: values are the rows
-        values.mul_(coefficient.to(values))
+    grads = [cast(Tensor, p.grad) for p in params]  # not None: filtered above
+    values = [g._values() if g.is_sparse else g for g in grads]  # coalesced by grad_norm: values are the rows
+    if values and len({(v.device, v.dtype) for v in values}) == 1:
+        torch._foreach_mul_(values, coefficient.to(values[0]))  # one kernel over all gradients, as torch's clipping does
+    else:
+        for v in values:
+            v.mul_(coefficient.to(v))
     return total
 
 
