@@ -17,8 +17,15 @@ The balancer part times MGDA / PCGrad / UPGrad steps (the default table optimise
 touched rows in the Jacobian) against equal weighting at each ``--balancer-sizes`` value:
 a step-time ratio that does not move with ``V`` means the Jacobian does not grow with the table.
 
-The training loop is driven here (forward, task losses, balancer backward, OptimizerSet step)
-until the trainer is wired to :mod:`mtlkit.optim`.
+The training loop is driven here (forward, task losses, balancer backward, OptimizerSet step), so
+that every configuration times the same steps over the same batches.
+
+Peers (``--optimizers ... torch-rechub deepctr-torch``): the same MMoE built by torch-rechub 0.9.0
+(``MMOE``: BatchNorm after every Linear, its only MLP) and DeepCTR-Torch 0.3.0 (``MMOE`` with
+``gate_dnn_hidden_units=()``, no L2), each with its dense ``nn.Embedding`` tables and
+``torch.optim.Adam`` (lr 1e-3, what both libraries' trainers use), driven by the same loop over
+the same batches (their trainers' data loaders are left out, so the table's cost is what differs).
+They run where their dense weights, gradients and Adam moments fit in memory (the same skip rule).
 
     python benchmarks/embedding_scale.py                                  # the full sweep (slow)
     python benchmarks/embedding_scale.py --rows 300000 --sizes 1e3 1e5 1e6 4e6 --threads 1
@@ -100,6 +107,43 @@ def model_and_optimizers(buckets: int, optimizer: str):
     return model, build_optimizers(model, spec, lr=1e-3, field_names=["user_id", "item_id", "device"])
 
 
+PEERS = ("torch-rechub", "deepctr-torch")
+
+
+def peer_model(library: str, buckets: int) -> tuple[torch.nn.Module, object]:
+    """(the peer's MMoE, a function batch → its (B, 2) click/like probabilities)."""
+    torch.manual_seed(0)
+    vocab = {"user_id": buckets + 1, "item_id": buckets + 1, "device": len(DEVICES) + 1}  # id 0 = unseen, as mtlkit
+    if library == "torch-rechub":
+        from torch_rechub.basic.features import DenseFeature, SparseFeature
+        from torch_rechub.models.multi_task import MMOE
+
+        features = [SparseFeature(name, vocab_size=size, embed_dim=DIM) for name, size in vocab.items()] + [DenseFeature("duration")]
+        model = MMOE(features, ["classification"] * len(TASKS), 4, expert_params={"dims": [64]},
+                     tower_params_list=[{"dims": [32]} for _ in TASKS])
+
+        def rechub_forward(batch):
+            x = {name: batch["categorical"][:, i] for i, name in enumerate(vocab)}
+            return model({**x, "duration": batch["numeric"][:, 0]})
+
+        return model, rechub_forward
+    import types
+
+    sys.modules.setdefault("requests", types.ModuleType("requests"))  # deepctr-torch imports it for a PyPI version check only
+    from deepctr_torch.inputs import DenseFeat, SparseFeat
+    from deepctr_torch.models import MMOE as DeepCTRMMOE
+
+    columns = [SparseFeat(name, vocabulary_size=size, embedding_dim=DIM) for name, size in vocab.items()] + [DenseFeat("duration", 1)]
+    model = DeepCTRMMOE(columns, num_experts=4, expert_dnn_hidden_units=(64,), gate_dnn_hidden_units=(), tower_dnn_hidden_units=(32,),
+                        l2_reg_embedding=0.0, l2_reg_linear=0.0, task_types=("binary",) * len(TASKS),
+                        task_names=tuple(t.name for t in TASKS), device="cpu", seed=0)
+
+    def deepctr_forward(batch):  # its input: one float matrix, the columns in feature order
+        return model(torch.cat([batch["categorical"].float(), batch["numeric"]], dim=1))
+
+    return model, deepctr_forward
+
+
 def losses(model, batch) -> dict[str, torch.Tensor]:
     logits = model({"categorical": batch["categorical"], "numeric": batch["numeric"]})
     ones = torch.ones_like(batch["click"], dtype=torch.bool)
@@ -132,7 +176,9 @@ def reset_peak_rss() -> None:
 
 
 def state_bytes(opt) -> int:
-    return sum(t.numel() * t.element_size() for o in opt.optimizers for s in o.state.values()
+    """Bytes of optimiser state: an mtlkit OptimizerSet or one torch optimiser."""
+    optimizers = [opt] if isinstance(opt, torch.optim.Optimizer) else opt.optimizers
+    return sum(t.numel() * t.element_size() for o in optimizers for s in o.state.values()
                for t in s.values() if isinstance(t, torch.Tensor))
 
 
@@ -143,9 +189,15 @@ def run_training(args, buckets: int, optimizer: str) -> dict:
     loading_peak = peak_rss_mib()
     reset_peak_rss()
     baseline = rss_mib()  # interpreter, torch and the encoded data: what the table's memory adds to
-    model, opt = model_and_optimizers(buckets, optimizer)
-    balancer = build_balancer(BalancerSpec(), TASKS)
-    table = model.encoder.embedding.table.weight
+    peer = optimizer in PEERS
+    if peer:
+        model, forward = peer_model(optimizer, buckets)
+        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    else:
+        model, opt = model_and_optimizers(buckets, optimizer)
+        balancer = build_balancer(BalancerSpec(), TASKS)
+        tables = [model.encoder.embedding.table.weight]
     n = len(train["click"])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(1))
     steps, warmup = n // args.batch_size, 10
@@ -156,16 +208,22 @@ def run_training(args, buckets: int, optimizer: str) -> dict:
         start = time.perf_counter()
         index = order[step * args.batch_size:(step + 1) * args.batch_size]
         batch = {k: v[index] for k, v in train.items()}
-        opt.zero_grad()
-        balancer.backward(losses(model, batch), model)
-        opt.step()
+        if peer:  # both peers output probabilities and train on their binary cross-entropy
+            adam.zero_grad()
+            target = torch.stack([batch[t.name] for t in TASKS], dim=1)
+            torch.nn.functional.binary_cross_entropy(forward(batch), target, reduction="sum").div(len(target)).backward()
+            adam.step()
+        else:
+            opt.zero_grad()
+            balancer.backward(losses(model, batch), model)
+            opt.step()
         if step >= warmup:
             durations.append(time.perf_counter() - start)
         if time.perf_counter() - begin > args.max_seconds:
             finished = False
             break
     wall = time.perf_counter() - begin
-    weights = table.numel() * table.element_size()
+    weights = sum(t.numel() * t.element_size() for t in tables)
     result = {"V": buckets, "optimizer": optimizer, "threads": args.threads_now, "steps": step + 1, "epoch_done": finished,
               # per-step percentiles: on shared cores the 10th is what a step costs when no other
               # process takes the core; the median and the epoch's wall-clock rate are next to it
@@ -173,13 +231,20 @@ def run_training(args, buckets: int, optimizer: str) -> dict:
               "median_samples_per_s": args.batch_size / float(np.median(durations)) if durations else float("nan"),
               "epoch_samples_per_s": (step + 1) * args.batch_size / wall,
               "peak_rss_mib": max(peak_rss_mib(), loading_peak), "training_peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline,
-              "table_mib": weights / 2**20, "state_mib": state_bytes(opt) / 2**20}
+              "table_mib": weights / 2**20,
+              "state_mib": (state_bytes(adam) if peer else state_bytes(opt)) / 2**20}
     if finished:
         model.eval()
         scores = {t.name: [] for t in TASKS}
         with torch.no_grad():
             for first in range(0, len(test["click"]), 8192):
-                logits = model({k: test[k][first:first + 8192] for k in ("categorical", "numeric")})
+                rows = {k: test[k][first:first + 8192] for k in ("categorical", "numeric")}
+                if peer:
+                    probabilities = forward(rows)
+                    for i, t in enumerate(TASKS):
+                        scores[t.name].append(probabilities[:, i])
+                    continue
+                logits = model(rows)
                 for t in TASKS:
                     scores[t.name].append(torch.sigmoid(logits[t.name]))
         for t in TASKS:
@@ -233,7 +298,7 @@ def available_mib() -> float:
 
 def needed_mib(buckets: int, optimizer: str) -> float:
     weights = (2 * buckets + 4) * DIM * 4 / 2**20
-    factor = {"dense": 4.2, "lazy_adam": 3.2, "rowwise_adagrad": 1.1, "sgd": 1.05}[optimizer]  # weights, grad, moments
+    factor = {"dense": 4.2, "lazy_adam": 3.2, "rowwise_adagrad": 1.1, "sgd": 1.05}.get(optimizer, 4.2)  # weights, grad, moments
     return weights * factor + 600
 
 
@@ -254,7 +319,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e3, 1e5, 1e6, 4e6, 1.6e7], help="buckets per ID field")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--optimizers", nargs="+", default=["dense", "rowwise_adagrad", "lazy_adam", "sgd"])
+    parser.add_argument("--optimizers", nargs="+", default=["dense", "rowwise_adagrad", "lazy_adam", "sgd", *PEERS],
+                        choices=["dense", "rowwise_adagrad", "lazy_adam", "sgd", *PEERS],
+                        help="mtlkit's table optimisers, and the peers' MMoE (dense tables + Adam)")
     parser.add_argument("--rows", type=int, default=2_000_000, help="short-video log rows (80%% train, 10%% test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -335,6 +402,12 @@ def report_training(results: list[dict], sizes: list[int]) -> None:
             for t in TASKS]
     if gaps:
         print("\nrow-wise AdaGrad AUC − dense Adam AUC: " + ", ".join(f"{t}t V={v:.0e} {n} {g:+.4f}" for t, v, n, g in gaps))
+    default = {(r["threads"], r["V"]): r for r in results if r["optimizer"] == "rowwise_adagrad"}
+    for peer in PEERS:
+        pairs = [(r, default[(r["threads"], r["V"])]) for r in results if r["optimizer"] == peer and (r["threads"], r["V"]) in default]
+        if pairs:
+            print(f"\nmtlkit row-wise AdaGrad samples/s ÷ {peer}: " + ", ".join(
+                f"{r['threads']}t V={r['V']:.0e} {d['samples_per_s'] / r['samples_per_s']:.1f}×" for r, d in pairs))
 
 
 def report_balancers(results: list[dict]) -> None:

@@ -18,7 +18,7 @@ from mtlkit.models.ple import CGC, PLE
 from mtlkit.models.snr import SNRAver, SNRTrans
 from mtlkit.models.youtube_mmoe import YouTubeMMoE
 from mtlkit.nn import MLP
-from mtlkit.nn.experts import BatchedLinear, ExpertBank
+from mtlkit.nn.experts import BatchedLinear, ExpertBank, shared_input_linears
 from mtlkit.nn.gates import Gates, gate_dropout, smooth_step
 from mtlkit.tasks import Task
 from mtlkit.train import Trainer, TrainSpec, evaluate
@@ -149,6 +149,44 @@ def test_batched_linear_is_one_parameter_per_layer_and_rejects_bad_shapes():
     assert [p.shape for p in layer.parameters()] == [(3, 4, 2), (3, 2)]
     with pytest.raises(ValueError, match=r"\(B, 3, 4\)"):
         layer(torch.zeros(5, 2, 4))
+
+
+def test_shared_input_linears_equal_separate_maps_in_values_and_gradients():
+    torch.manual_seed(0)
+    layers = [BatchedLinear(4, 6, 5), BatchedLinear(2, 6, 4, bias=False), BatchedLinear(1, 6, 3)]
+    x = torch.randn(7, 6, requires_grad=True)
+    wrt = [x, *(p for layer in layers for p in layer.parameters())]
+    fused = shared_input_linears(x, layers)
+    separate = [layer(x) for layer in layers]
+    assert [tuple(y.shape) for y in fused] == [(7, 4, 5), (7, 2, 4), (7, 1, 3)]
+    cotangents = [torch.randn_like(y) for y in separate]
+    fused_grads = torch.autograd.grad(fused, wrt, cotangents)
+    separate_grads = torch.autograd.grad(separate, wrt, cotangents)
+    for a, b in zip([*fused, *fused_grads], [*separate, *separate_grads]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"one \(B, in\) input"):
+        shared_input_linears(torch.zeros(2, 3, 6), layers)
+
+
+def test_mmoe_one_gemm_forward_equals_experts_and_gates_apart_with_the_same_gradients():
+    torch.manual_seed(0)
+    bb = MMoE(6, TASKS, MMoE.Options(experts=3, expert_hidden=[5, 4]))
+    x = torch.randn(9, 6)
+
+    def loss_of(outputs):
+        return sum((out * (i + 1)).sum() for i, out in enumerate(outputs.values()))
+
+    fused = bb(x)
+    loss_of(fused).backward()
+    fused_grads = {n: p.grad.clone() for n, p in bb.named_parameters()}
+    bb.zero_grad(set_to_none=True)
+    mixed = torch.bmm(bb.gates(x), bb.experts(x))  # the two maps computed apart (Eq. 6-8 as written)
+    apart = {name: mixed[:, t] for t, name in enumerate(TASKS)}
+    loss_of(apart).backward()
+    for name in TASKS:
+        torch.testing.assert_close(fused[name], apart[name], atol=1e-6, rtol=0)
+    for n, p in bb.named_parameters():
+        torch.testing.assert_close(fused_grads[n], p.grad, atol=1e-5, rtol=0, msg=n)
 
 
 # -- PLE wiring -------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ in Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018).
 ``n`` identical expert MLPs ``f_i`` read the input. OMoE (Eq. 5) mixes them with one gate shared
 by every task, ``y_k = h^k(Σ_i g(x)_i f_i(x))``; MMoE (Eq. 6–8) gives each task ``k`` its own
 gate ``g^k(x) = softmax(W_gk x)``, so ``f^k(x) = Σ_i g^k(x)_i f_i(x)``. The towers ``h^k`` belong
-to the model. The experts are one batched op (:class:`mtlkit.nn.experts.ExpertBank`) and all
-gates one matmul (:class:`mtlkit.nn.gates.Gates`); ``gate="dselect_k"`` swaps the softmax for
+to the model. The experts are one batched op (:class:`mtlkit.nn.experts.ExpertBank`), all
+gates one map (:class:`mtlkit.nn.gates.Gates`), and since both read the same input, the experts'
+first layer and every gate run as one GEMM (:func:`mtlkit.nn.experts.shared_input_linears`); ``gate="dselect_k"`` swaps the softmax for
 the sparse DSelect-k gate, ``gate_dropout`` adds the gate dropout of Zhao et al. (2019).
 
 Example:
@@ -29,7 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mtlkit.models.base import BACKBONES, Backbone, BackboneOptions
-from mtlkit.nn.experts import ExpertBank, mix
+from mtlkit.nn.experts import ExpertBank, mix, shared_input_linears
 from mtlkit.nn.gates import Gates
 
 
@@ -76,10 +77,11 @@ class MixtureOfExperts(Backbone):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.bottom(x)
-        experts = self.experts(h)
+        first, logits = shared_input_linears(h, [self.experts.first_layer, self.gates.linear])
+        experts = self.experts.from_first_layer(first)
         if torch.is_grad_enabled():  # what every task reads: the representation MGDA-UB differentiates
             self.last_shared_features = experts
-        fused = mix(self.gates(h), experts)  # (B, gates, d)
+        fused = mix(self.gates.from_logits(logits), experts)  # (B, gates, d)
         return {name: fused[:, self._gate_of(i)] for i, name in enumerate(self.task_names)}
 
     def _gate_of(self, task_index: int) -> int:

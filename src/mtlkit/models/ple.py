@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mtlkit.models.base import BACKBONES, Backbone
 from mtlkit.models.mmoe import ExpertGateOptions, make_gates
-from mtlkit.nn.experts import ExpertBank, mix
+from mtlkit.nn.experts import ExpertBank, mix, shared_input_linears
 
 
 class CGCOptions(ExpertGateOptions):
@@ -73,18 +73,22 @@ class ExtractionLevel(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """→ fused ``(B, K or K+1, d)``, task gate weights ``(B, K, n)``, shared gate weights ``(B, 1, E)``."""
-        if h.dim() == 2:
-            expert_in, task_in, shared_in = h, h, h
+        gates = [self.task_gates] + ([self.shared_gate] if self.shared_gate is not None else [])
+        if h.dim() == 2:  # level 1: experts and gates read the same input, one GEMM for all
+            first, *logits = shared_input_linears(h, [self.experts.first_layer, *(g.linear for g in gates)])
+            experts = self.experts.from_first_layer(first)  # (B, E, d)
         else:
-            expert_in, task_in, shared_in = h[:, self.expert_group], h[:, : self.n_tasks], h[:, self.n_tasks]
-        experts = self.experts(expert_in)  # (B, E, d)
-        task_w = self.task_gates(task_in)  # (B, K, n)
+            experts = self.experts(h[:, self.expert_group])
+            logits = [self.task_gates.linear(h[:, : self.n_tasks])]
+            if self.shared_gate is not None:
+                logits.append(self.shared_gate.linear(h[:, self.n_tasks]))
+        task_w = self.task_gates.from_logits(logits[0])  # (B, K, n)
         index = self.task_experts.expand(h.shape[0], -1, -1)
         # Place each task's weights over the whole bank (zeros elsewhere): one bmm mixes all gates.
         weights = task_w.new_zeros(h.shape[0], self.n_tasks, self.n_experts).scatter(2, index, task_w)
         shared_w = None
         if self.shared_gate is not None:
-            shared_w = self.shared_gate(shared_in)  # (B, 1, E)
+            shared_w = self.shared_gate.from_logits(logits[1])  # (B, 1, E)
             weights = torch.cat([weights, shared_w], dim=1)
         return mix(weights, experts), task_w, shared_w
 

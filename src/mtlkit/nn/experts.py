@@ -4,7 +4,8 @@ Mixture-of-experts backbones (MMoE, Ma et al. KDD 2018, Eq. 5: ``f_i(x)``; PLE, 
 RecSys 2020, Eq. 2) apply ``E`` experts of the same shape. Instead of a Python list of ``E`` MLPs,
 each layer holds one ``(E, in, out)`` weight: the first layer of experts that share an input is a
 single ``(in, E·out)`` matmul, and experts that each read their own input (PLE from level 2, SNR)
-are one ``bmm`` over the expert axis.
+are one ``bmm`` over the expert axis. Maps that read the same input (an MoE's experts and its
+gates) can run as one GEMM together: :func:`shared_input_linears`.
 
 Example:
     >>> import torch
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -49,12 +51,16 @@ class BatchedLinear(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def flat_weight(self) -> Tensor:
+        """The weight as one ``(in, n·out)`` matrix, the maps side by side (what a shared input multiplies)."""
+        return self.weight.permute(1, 0, 2).reshape(self.in_features, self.n * self.out_features)
+
     def forward(self, x: Tensor) -> Tensor:
         # The bias is fused into the matmul (addmm / baddbmm): one kernel, and under bf16 autocast
         # the output stays bf16 instead of being promoted by a separate fp32 add.
         if x.dim() == 2:
             # Shared input: all maps side by side in one (in, n·out) matmul.
-            flat = self.weight.permute(1, 0, 2).reshape(self.in_features, self.n * self.out_features)
+            flat = self.flat_weight()
             y = x @ flat if self.bias is None else torch.addmm(self.bias.reshape(-1), x, flat)
             return y.view(x.shape[0], self.n, self.out_features)
         if x.dim() == 3 and x.shape[1] == self.n:
@@ -100,14 +106,55 @@ class ExpertBank(nn.Module):
         self.input_dim = input_dim
         self.output_dim = widths[-1]
 
+    @property
+    def first_layer(self) -> BatchedLinear:
+        """The map every expert applies to the input first (the one an MoE fuses with its gates)."""
+        return cast(BatchedLinear, self.layers[0])
+
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in)`` or ``(B, E, in)`` → ``(B, E, output_dim)``."""
+        return self.from_first_layer(self.first_layer(x))
+
+    def from_first_layer(self, y: Tensor) -> Tensor:
+        """The bank's output given its first linear map's output ``y = first_layer(x)``, ``(B, E, hidden[0])``.
+
+        Lets the first map run inside a larger GEMM (:func:`shared_input_linears`)."""
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            if i:
+                y = layer(y)
             if self.norms is not None:
-                x = self.norms[i](x.flatten(1)).view_as(x)
-            x = self.dropout(self.activation(x))
-        return x
+                y = self.norms[i](y.flatten(1)).view_as(y)
+            y = self.dropout(self.activation(y))
+        return y
+
+
+def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear]) -> list[Tensor]:
+    """``[layer(x) for layer in layers]`` for one ``(B, in)`` input that every layer reads, as one GEMM.
+
+    An MoE's experts and its gates read the same input (MMoE, Ma et al. 2018, Eq. 6–8; PLE's first
+    level). Apart, each gate map is a skinny ``(in, G·E)`` GEMM that runs far below the machine's
+    matmul rate, and the backward adds their ``(B, in)`` input gradients. Side by side, the gates are
+    ``G·E`` more columns of the experts' ``(in, E·H)`` GEMM: one ``addmm`` forward, two backward.
+    The weights are concatenated per call (a copy of ``in × columns`` values, small next to the GEMM).
+
+    Example:
+        >>> import torch
+        >>> experts, gates = BatchedLinear(4, 10, 8), BatchedLinear(2, 10, 4, bias=False)
+        >>> x = torch.randn(3, 10)
+        >>> e, g = shared_input_linears(x, [experts, gates])
+        >>> e.shape, g.shape, bool(torch.allclose(g, gates(x), atol=1e-6))
+        (torch.Size([3, 4, 8]), torch.Size([3, 2, 4]), True)
+    """
+    if x.dim() != 2:
+        raise ValueError(f"shared_input_linears needs one (B, in) input, got {tuple(x.shape)}")
+    if len(layers) == 1:
+        return [layers[0](x)]
+    weight = torch.cat([layer.flat_weight() for layer in layers], dim=1)
+    bias = torch.cat([layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
+                      for layer in layers])
+    y = torch.addmm(bias, x, weight)
+    parts = y.split([layer.n * layer.out_features for layer in layers], dim=1)
+    return [part.view(x.shape[0], layer.n, layer.out_features) for part, layer in zip(parts, layers)]
 
 
 def mix(weights: Tensor, experts: Tensor) -> Tensor:

@@ -105,7 +105,11 @@ class Gates(nn.Module):
             raise ValueError(f"unknown gate kind {kind!r}; choose softmax or dselect_k")
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.linear(x)  # (B, G, ·)
+        return self.from_logits(self.linear(x))
+
+    def from_logits(self, logits: Tensor) -> Tensor:
+        """The gate weights ``(B, G, E)`` from ``self.linear``'s output ``(B, G, ·)`` (computed elsewhere,
+        e.g. inside the experts' GEMM: :func:`mtlkit.nn.experts.shared_input_linears`)."""
         weights = logits.softmax(-1) if self.kind == "softmax" else self._dselect(logits)
         if self.training and self.dropout > 0:
             weights = gate_dropout(weights, self.dropout)
