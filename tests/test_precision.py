@@ -77,11 +77,14 @@ def fp32_aucs(balancer: str) -> dict[str, float]:
 
 
 def record_dtypes(trainer) -> dict[str, set]:
-    """The dtypes the linear layers computed in and the balancer's Jacobians had, during training."""
-    seen = {"linear": set(), "jacobian": set()}
-    for module in trainer.model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.register_forward_hook(lambda module, args, out: seen["linear"].add(out.dtype) if torch.is_grad_enabled() else None)
+    """The dtypes the backbone computed its representations in and the balancer's Jacobians had, during training."""
+    seen = {"backbone": set(), "jacobian": set()}
+
+    def record(module, args, out):
+        if torch.is_grad_enabled():
+            seen["backbone"].update(rep.dtype for rep in out.values())
+
+    trainer.model.backbone.register_forward_hook(record)
     aggregate = getattr(trainer.balancer, "aggregate", None)
     if aggregate is not None:
         def recording(jacobian, present):
@@ -96,7 +99,7 @@ def test_bf16_trains_to_fp32_quality(balancer):
     trainer, batches, valid = make(balancer, precision="bf16")
     seen = record_dtypes(trainer)
     aucs = fit_aucs(trainer, batches, valid)
-    assert seen["linear"] == {torch.bfloat16}  # autocast was on
+    assert seen["backbone"] == {torch.bfloat16}  # autocast was on
     if balancer != "fixed":
         assert seen["jacobian"] == {torch.float32}  # Jacobians (hence Gramians) stay fp32
     expected = fp32_aucs(balancer)
@@ -164,7 +167,7 @@ def test_fp16_scaler_path_trains_to_fp32_quality(monkeypatch, balancer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lr_scheduler.step() after a skipped optimizer.step(); non-finite solves
         aucs = fit_aucs(trainer, batches, valid)
-    assert seen["linear"] == {torch.float16}
+    assert seen["backbone"] == {torch.float16}
     assert trainer.scaler.get_scale() < 2.0 ** 24  # overflows happened and were skipped
     expected = fp32_aucs(balancer)
     for task in expected:

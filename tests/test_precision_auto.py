@@ -41,7 +41,7 @@ def test_auto_trains_in_bf16_only_where_native(native, is_native, expected):
     assert trainer.precision == ("bf16" if is_native else "fp32")
     seen = record_dtypes(trainer)
     result = trainer.fit(batches, valid)
-    assert seen["linear"] == {expected}
+    assert seen["backbone"] == {expected}
     assert result.precision == trainer.precision
 
 

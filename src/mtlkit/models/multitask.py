@@ -33,6 +33,7 @@ from mtlkit.models.esmm import product_logit
 from mtlkit.models.fusion import FusionSpec
 from mtlkit.models.relations import DCMTRelation, ESCM2Relation, TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower
+from mtlkit.models.stacked_heads import stackable, stacked_heads
 from mtlkit.nn import MLP, TabularEncoder
 from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
 from mtlkit.protocols import AuxiliaryTask, TrainableModel
@@ -103,8 +104,10 @@ class MultiTaskModel(TrainableModel):
         self.shallow_tower = shallow_tower
         self.fusion = fusion
         self._order = self.relations.order(self.task_names)
-        # Without relations every head reads only its representation: the plain, fastest path.
+        # Without relations every head reads only its representation: the plain, fastest path,
+        # and when the towers are alike, all of them run as one batched matmul per layer.
         self._plain = not self.relations.any()
+        self._stacked = self._plain and stackable([(self.heads[n].tower, self.heads[n].output) for n in self.task_names])
         self._penalties: dict[str, Tensor] = {}
         self._auxiliary_logits: dict[str, Tensor] = {}
         # Adversarial tasks: λ at the current training progress (gradient reversal before their tower).
@@ -154,12 +157,17 @@ class MultiTaskModel(TrainableModel):
         bias: dict[str, Tensor] = {}
         if self.shallow_tower is not None and self.shallow_tower.applies():
             bias = self.shallow_tower(inputs["bias"])
-        if self._plain:
+        if not self._plain:
+            return self._related_heads(reps, bias)
+        if self._stacked:
+            heads = [self.heads[name] for name in self.task_names]
+            outputs = stacked_heads([(h.tower, h.output) for h in heads], [reps[name] for name in self.task_names])
+            out = {name: y.squeeze(-1) if h.squeeze else y for name, h, y in zip(self.task_names, heads, outputs)}
+        else:
             out = {name: self.heads[name](reps[name]) for name in self.task_names}
-            for name, bias_logit in bias.items():
-                out[name] = out[name] + bias_logit
-            return out
-        return self._related_heads(reps, bias)
+        for name, bias_logit in bias.items():
+            out[name] = out[name] + bias_logit
+        return out
 
     def _related_heads(self, reps: Mapping[str, Tensor], bias: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Heads in dependency order; the bias logit joins before any other task reads a head."""
