@@ -31,6 +31,11 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
   rejects any other in ``metrics`` (without it: any name registered in ``METRICS``).
 - ``resolve(train_examples)``: a copy with what the data decides filled in (e.g. the label list
   of a classification task); the resolved task is what ``config.yaml`` of a run records.
+- ``check_examples(examples, split)``: raise a one-line DataError for labelled examples the task
+  cannot learn from (span QA: a question without an answer unless ``allow_unanswerable``).
+- ``calibrate(outputs, table, examples)``: inference-time options chosen after training on the
+  validation split's outputs of the best model (span QA's null threshold τ); the run stores them in
+  ``calibration.json`` and every loader of the run applies them.
 - ``transform_batch(batch, generator)``: a per-batch random transform (masked-LM masking),
   applied by the samplers and the evaluator with a generator seeded by ``(seed, epoch, step)``,
   so resumed runs see exactly the same masks.
@@ -128,6 +133,13 @@ class NLPTask(BaseModel):
 
     def resolve(self, train_examples: Sequence[Any]) -> NLPTask:
         return self
+
+    def check_examples(self, examples: Sequence[Any], split: str) -> None:
+        """Raise a DataError for a labelled example this task cannot take (nothing by default)."""
+
+    def calibrate(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> dict[str, Any]:
+        """Task option updates chosen on the validation split after training (none by default)."""
+        return {}
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         return batch
