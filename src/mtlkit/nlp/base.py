@@ -60,7 +60,7 @@ sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token target
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -78,10 +78,16 @@ class HeadOptions(BaseModel):
 
 
 class NLPHead(nn.Module):
-    """A task kind's head: ``forward(sequence, pooled, inputs)`` (see :mod:`mtlkit.nlp.model`), and two optional hooks."""
+    """A task kind's head: ``forward(sequence, pooled, inputs)`` (see :mod:`mtlkit.nlp.model`), and three optional hooks."""
+
+    rewrites_inputs: ClassVar[bool] = False  # True: the model encodes rewrite_inputs(inputs) for this head (ELECTRA's generator)
 
     def forward(self, sequence: Tensor, pooled: Tensor, inputs: Any) -> Any:
         raise NotImplementedError
+
+    def rewrite_inputs(self, inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The inputs the encoder reads for this head, and that ``forward`` then gets (only if ``rewrites_inputs``)."""
+        return inputs
 
     def bind_encoder(self, encoder: nn.Module) -> None:
         """Handed the task's encoder once the model is built (masked-LM ties its decoder to the input embeddings)."""
