@@ -31,6 +31,8 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
   rejects any other in ``metrics`` (without it: any name registered in ``METRICS``).
 - ``resolve(train_examples)``: a copy with what the data decides filled in (e.g. the label list
   of a classification task); the resolved task is what ``config.yaml`` of a run records.
+- ``fit(train_examples, tokenizer)``: statistics of the training split only, before any split is
+  featurized (the token-frequency table); validation and test text never reach it.
 - ``check_examples(examples, split)``: raise a one-line DataError for labelled examples the task
   cannot learn from (span QA: a question without an answer unless ``allow_unanswerable``).
 - ``calibrate(outputs, table, examples)``: inference-time options chosen after training on the
@@ -139,6 +141,9 @@ class NLPTask(BaseModel):
 
     def resolve(self, train_examples: Sequence[Any]) -> NLPTask:
         return self
+
+    def fit(self, train_examples: Sequence[Any], tokenizer: Any) -> None:
+        """Learn what featurizing needs from the training split only (nothing by default)."""
 
     def check_examples(self, examples: Sequence[Any], split: str) -> None:
         """Raise a DataError for a labelled example this task cannot take (nothing by default)."""

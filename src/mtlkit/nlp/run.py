@@ -138,6 +138,7 @@ def prepare(config: NLPRunConfig) -> PreparedNLP:
     tokenizer = load_tokenizer(config.encoder)
     tables: dict[str, dict[str, EncodedTable]] = {s: {} for s in SPLITS}
     for task in tasks:
+        task.fit(examples[task.name].get("train", []), tokenizer)  # training rows only: nothing of validation/test
         for split, rows in examples[task.name].items():
             task.check_examples(rows, split)
             tables[split][task.name] = task.featurize(rows, tokenizer)
