@@ -164,7 +164,7 @@ def calibrate(prepared: PreparedNLP, model: torch.nn.Module, device: Any = "cpu"
     finally:
         model.train(was_training)
     if found:
-        prepared.tasks = [t.model_copy(update=found.get(t.name, {})) for t in prepared.tasks]
+        prepared.tasks = [t.model_copy(update=found[t.name]) if t.name in found else t for t in prepared.tasks]
         by_name = {t.name: t for t in prepared.tasks}
         entries = [e.model_copy(update={"task": by_name[e.task.name]}) for e in prepared.config.tasks]
         prepared.config = prepared.config.model_copy(update={"tasks": entries})

@@ -19,7 +19,9 @@ original token counts as original, as in the paper. Two corruptions:
 
 Masking (and, for the generator, one uniform per position for the inverse-CDF sample) is drawn
 per batch with the sampler's step generator, exactly as :mod:`~mtlkit.nlp.kinds.mlm`
-does, so resumed runs corrupt the same tokens and validation uses a fixed seed. Metric:
+does, so resumed runs corrupt the same tokens and validation uses a fixed seed (with the
+generator, validation's positions and uniforms are fixed; its samples follow the generator as it
+trains, as ELECTRA's discriminator task hardens). Metric:
 ``replaced_token_accuracy`` (per-token accuracy of the discriminator on the real tokens).
 
 Example:
