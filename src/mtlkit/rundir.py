@@ -44,7 +44,7 @@ from mtlkit.safe_yaml import load_yaml, read_yaml_file
 CONFIG, SUMMARY, LAST = "config.yaml", "summary.json", "last.pt"
 # Everything a run writes (the trainer, callbacks, diagnostics); removed when a run restarts.
 WRITTEN = {CONFIG, SUMMARY, LAST, "schema.json", "best.pt", "metrics.jsonl", "metrics.csv", "test_metrics.json",
-           "gates.csv", "gates.png", "gradients.csv", "gradients.png", "tensorboard"}
+           "gates.csv", "gates.png", "gradients.csv", "gradients.png", "tensorboard", "calibration.json"}
 # Keys that change how a run is shown, not what it computes: a resume may differ in them.
 NOT_COMPARED = {("train", "progress"), ("train", "threads")}
 OVERWRITE = "pass --overwrite to replace it"

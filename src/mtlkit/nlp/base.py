@@ -31,6 +31,13 @@ Optional hooks (defaults do nothing; see :mod:`mtlkit.nlp.model` for the model's
   rejects any other in ``metrics`` (without it: any name registered in ``METRICS``).
 - ``resolve(train_examples)``: a copy with what the data decides filled in (e.g. the label list
   of a classification task); the resolved task is what ``config.yaml`` of a run records.
+- ``fit(train_examples, tokenizer)``: statistics of the training split only, before any split is
+  featurized (the token-frequency table); validation and test text never reach it.
+- ``check_examples(examples, split)``: raise a one-line DataError for labelled examples the task
+  cannot learn from (span QA: a question without an answer unless ``allow_unanswerable``).
+- ``calibrate(outputs, table, examples)``: inference-time options chosen after training on the
+  validation split's outputs of the best model (span QA's null threshold τ); the run stores them in
+  ``calibration.json`` and every loader of the run applies them.
 - ``transform_batch(batch, generator)``: a per-batch random transform (masked-LM masking),
   applied by the samplers and the evaluator with a generator seeded by ``(seed, epoch, step)``,
   so resumed runs see exactly the same masks.
@@ -55,7 +62,7 @@ sequence length ``L' ≤`` the table's; ``compute_loss`` slices per-token target
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -73,10 +80,16 @@ class HeadOptions(BaseModel):
 
 
 class NLPHead(nn.Module):
-    """A task kind's head: ``forward(sequence, pooled, inputs)`` (see :mod:`mtlkit.nlp.model`), and two optional hooks."""
+    """A task kind's head: ``forward(sequence, pooled, inputs)`` (see :mod:`mtlkit.nlp.model`), and three optional hooks."""
+
+    rewrites_inputs: ClassVar[bool] = False  # True: the model encodes rewrite_inputs(inputs) for this head (ELECTRA's generator)
 
     def forward(self, sequence: Tensor, pooled: Tensor, inputs: Any) -> Any:
         raise NotImplementedError
+
+    def rewrite_inputs(self, inputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The inputs the encoder reads for this head, and that ``forward`` then gets (only if ``rewrites_inputs``)."""
+        return inputs
 
     def bind_encoder(self, encoder: nn.Module) -> None:
         """Handed the task's encoder once the model is built (masked-LM ties its decoder to the input embeddings)."""
@@ -128,6 +141,16 @@ class NLPTask(BaseModel):
 
     def resolve(self, train_examples: Sequence[Any]) -> NLPTask:
         return self
+
+    def fit(self, train_examples: Sequence[Any], tokenizer: Any) -> None:
+        """Learn what featurizing needs from the training split only (nothing by default)."""
+
+    def check_examples(self, examples: Sequence[Any], split: str) -> None:
+        """Raise a DataError for a labelled example this task cannot take (nothing by default)."""
+
+    def calibrate(self, outputs: Any, table: EncodedTable, examples: Sequence[Any]) -> dict[str, Any]:
+        """Task option updates chosen on the validation split after training (none by default)."""
+        return {}
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         return batch

@@ -27,6 +27,8 @@ What the heads see — the convention every task kind follows (see :mod:`mtlkit.
   (:mod:`mtlkit.nlp.prediction_inputs`).
 - A head with ``bind_encoder(encoder)`` is handed its task's encoder after construction
   (masked-LM ties its decoder to the input embeddings this way).
+- A head with ``rewrites_inputs`` gets its own encoder pass over ``head.rewrite_inputs(inputs)``
+  (ELECTRA's discriminator reads the text its generator corrupted, :mod:`mtlkit.nlp.electra`).
 
 Gradient balancers see ``shared_parameters()`` = the shared encoder and the mixing backbone;
 ``task_parameters(task)`` = the task's head and, for ``own``, its encoder.
@@ -181,18 +183,28 @@ class NLPMultiTaskModel(TrainableModel):
         encoded: dict[str, tuple[Tensor, Tensor]] = {}
         predicted: dict[str, Tensor] = {}  # source predictions of this batch, shared by every consumer
         for key, members in groups.items():
-            sequence, pooled = encoded[key] = self.encode(key, inputs)
-            if key == SHARED and self.keep_shared_features and torch.is_grad_enabled():
-                self.last_shared_features = sequence  # every head reads it (pooled is a function of it)
-            mixed = self.mix(pooled) if key == SHARED and self.mixing is not None and any(n in self.mixed_names for n in members) else {}
-            for name in members:
-                vector = mixed.get(name, pooled)
-                if self.tasks[name].prediction_inputs:
-                    with torch.no_grad():  # the stop-gradient: this task's loss never trains its sources
-                        features = self._prediction_inputs(name, inputs, encoded, predicted)
-                    vector = torch.cat([vector, features.to(vector.dtype)], dim=-1)
-                outputs[name] = self.heads[name](sequence, vector, inputs)
+            for batch_members, batch_inputs in self._passes(members, inputs):
+                sequence, pooled = self.encode(key, batch_inputs)
+                if batch_inputs is inputs:
+                    encoded[key] = (sequence, pooled)
+                if key == SHARED and self.keep_shared_features and torch.is_grad_enabled() and self.last_shared_features is None:
+                    self.last_shared_features = sequence  # every head reads it (pooled is a function of it)
+                mixed = (self.mix(pooled) if key == SHARED and self.mixing is not None and any(n in self.mixed_names for n in batch_members)
+                         else {})
+                for name in batch_members:
+                    vector = mixed.get(name, pooled)
+                    if self.tasks[name].prediction_inputs:
+                        with torch.no_grad():  # the stop-gradient: this task's loss never trains its sources
+                            features = self._prediction_inputs(name, inputs, encoded, predicted)
+                        vector = torch.cat([vector, features.to(vector.dtype)], dim=-1)
+                    outputs[name] = self.heads[name](sequence, vector, batch_inputs)
         return outputs
+
+    def _passes(self, members: Sequence[str], inputs: Mapping[str, Tensor]) -> list[tuple[list[str], Mapping[str, Tensor]]]:
+        """Encoder passes of one encoder's tasks: one over the batch's inputs, one per head that rewrites them (ELECTRA)."""
+        plain = [n for n in members if not self.heads[n].rewrites_inputs]
+        own = [([n], self.heads[n].rewrite_inputs(inputs)) for n in members if self.heads[n].rewrites_inputs]
+        return ([(plain, inputs)] if plain else []) + own
 
     def _prediction_inputs(self, name: str, inputs: Mapping[str, Tensor], encoded: dict[str, tuple[Tensor, Tensor]],
                            done: dict[str, Tensor]) -> Tensor:

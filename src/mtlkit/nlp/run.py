@@ -39,6 +39,7 @@ from mtlkit.nlp.sampling import TaskSampler, seed_key
 from mtlkit.run import DAMAGED_RUN_HINT, load_weights
 
 SUMMARY = "summary.json"
+CALIBRATION = "calibration.json"  # {task: {option: value}} chosen on validation after training (span QA's null_threshold)
 
 
 def _subsample(examples: list, rows: int, seed: int) -> list:
@@ -137,9 +138,37 @@ def prepare(config: NLPRunConfig) -> PreparedNLP:
     tokenizer = load_tokenizer(config.encoder)
     tables: dict[str, dict[str, EncodedTable]] = {s: {} for s in SPLITS}
     for task in tasks:
+        task.fit(examples[task.name].get("train", []), tokenizer)  # training rows only: nothing of validation/test
         for split, rows in examples[task.name].items():
+            task.check_examples(rows, split)
             tables[split][task.name] = task.featurize(rows, tokenizer)
     return PreparedNLP(config, tasks, examples, tables, tokenizer)
+
+
+def calibrate(prepared: PreparedNLP, model: torch.nn.Module, device: Any = "cpu") -> dict[str, dict[str, Any]]:
+    """Each task's ``calibrate`` on the validation outputs of ``model``; ``prepared`` gets the updated tasks."""
+    from mtlkit.nlp.evaluation import predict_task
+
+    found: dict[str, dict[str, Any]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for task in prepared.tasks:
+            table = prepared.tables["validation"].get(task.name)
+            if table is None or len(table) == 0 or type(task).calibrate is NLPTask.calibrate:
+                continue
+            outputs, _, _ = predict_task(model, task, table, prepared.config.train.eval_batch_size, device)
+            update = task.calibrate(outputs, table, prepared.examples[task.name]["validation"])
+            if update:
+                found[task.name] = update
+    finally:
+        model.train(was_training)
+    if found:
+        prepared.tasks = [t.model_copy(update=found[t.name]) if t.name in found else t for t in prepared.tasks]
+        by_name = {t.name: t for t in prepared.tasks}
+        entries = [e.model_copy(update={"task": by_name[e.task.name]}) for e in prepared.config.tasks]
+        prepared.config = prepared.config.model_copy(update={"tasks": entries})
+    return found
 
 
 def _validation(prepared: PreparedNLP, split: str):
@@ -190,6 +219,12 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
                             transforms={t.name: t.transform_batch for t in tasks})
         with out_of_memory("training"):
             result = trainer.fit(train, _validation(prepared, "validation"), resume=resume)
+        calibration = calibrate(prepared, model, trainer.device)  # the best model's validation outputs, never test
+        if calibration and path is not None and ctx.is_main:
+            from mtlkit.outputs import write_text
+
+            write_text(path / CALIBRATION, json.dumps(calibration, indent=1))
+        config, tasks = prepared.config, prepared.tasks
     test = _validation(prepared, "test").evaluate(model, trainer.device) if prepared.tables["test"] else None
     summary = run_summary(
         result, model, test,
@@ -203,6 +238,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
         processes=ctx.world,
         trained_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         **({"init_from": {"path": str(config.init_from), "loaded": warm.loaded, "fresh": warm.fresh}} if warm else {}),
+        **({"calibration": calibration} if calibration else {}),
     )
     if path is not None and ctx.is_main:
         from mtlkit.outputs import write_text
@@ -214,7 +250,7 @@ def train_nlp_run(config: NLPRunConfig, run_dir: str | Path | None = None, overw
 
 
 def load_nlp_config(run_dir: str | Path, task_updates: dict[str, dict[str, Any]] | None = None) -> NLPRunConfig:
-    """A trained run's ``config.yaml`` (its tasks already resolved), with ``task_updates`` applied."""
+    """A trained run's ``config.yaml`` (its tasks already resolved), with ``calibration.json`` then ``task_updates`` applied."""
     from mtlkit.config import read_config_file
 
     run_dir = Path(run_dir)
@@ -222,6 +258,13 @@ def load_nlp_config(run_dir: str | Path, task_updates: dict[str, dict[str, Any]]
         if not (run_dir / name).exists():
             raise ConfigError(f"{run_dir}: not a trained mtlkit run (no {name})")
     raw = read_config_file(run_dir / "config.yaml")
+    if (run_dir / CALIBRATION).is_file():
+        try:
+            calibration = json.loads((run_dir / CALIBRATION).read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ConfigError(f"{run_dir / CALIBRATION}: damaged ({error}); retrain the run") from None
+        for entry in raw["tasks"]:
+            entry.update(calibration.get(entry["name"], {}))
     for task, update in (task_updates or {}).items():
         entry = next((t for t in raw["tasks"] if t["name"] == task), None)
         if entry is None:
@@ -257,5 +300,5 @@ def evaluate_nlp_run(run_dir: str | Path, task_updates: dict[str, dict[str, Any]
     return {split: _validation(prepared, split).evaluate(model) for split in ("validation", "test") if prepared.tables[split]}
 
 
-__all__ = ["PreparedNLP", "evaluate_nlp_run", "load_examples", "load_nlp_config", "load_nlp_model", "load_nlp_run",
+__all__ = ["CALIBRATION", "PreparedNLP", "calibrate", "evaluate_nlp_run", "load_examples", "load_nlp_config", "load_nlp_model", "load_nlp_run",
            "prepare", "train_nlp_run"]

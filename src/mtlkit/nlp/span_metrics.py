@@ -12,7 +12,8 @@ prints them ×100).
   F1 = 2PR / (P + R), 0 where undefined.
 - **SQuAD EM/F1** (Rajpurkar et al. 2016, official v1.1 script): answers normalised by
   lower-casing, removing punctuation and the articles a/an/the, and collapsing whitespace; F1
-  on the bag of normalised tokens; both maximised over the gold answers.
+  on the bag of normalised tokens; both maximised over the gold answers. A question with no gold
+  answer (SQuAD 2.0) scores 1 iff the prediction is the null answer "" (the v2.0 script's rule).
 
 Example:
     >>> bio_entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"])
@@ -102,6 +103,8 @@ def normalize_answer(text: str) -> str:
 
 def squad_exact_match(prediction: str, answers: Sequence[str]) -> float:
     norm = normalize_answer(prediction)
+    if not answers:  # SQuAD 2.0: unanswerable, right iff the prediction is null
+        return float(norm == "")
     return float(any(norm == normalize_answer(a) for a in answers))
 
 
@@ -115,6 +118,8 @@ def _token_f1(prediction: str, answer: str) -> float:
 
 
 def squad_f1(prediction: str, answers: Sequence[str]) -> float:
+    if not answers:  # SQuAD 2.0: unanswerable, right iff the prediction is null
+        return float(normalize_answer(prediction) == "")
     return max((_token_f1(prediction, a) for a in answers), default=0.0)
 
 

@@ -21,6 +21,17 @@ with loss ``span + answer_loss_weight · BCE``. At inference, windows whose prob
 ``answer_threshold`` are skipped (if all windows of a question are, the most likely one is kept,
 since SQuAD v1.1 questions always have an answer).
 
+**Unanswerable questions** (SQuAD 2.0, Rajpurkar et al. 2018; the BERT recipe, Devlin et al. 2019 §4.3):
+with ``allow_unanswerable: true`` a question without an answer is a training example whose
+windows all point at [CLS]. At inference a question's null score is the smallest
+``s_null = S·h_[CLS] + E·h_[CLS]`` over its windows and ``ŝ = max_{i≤j} S·h_i + E·h_j`` its best
+span; the prediction is null (``answer: ""``, ``answerable: false``) when ``s_null − ŝ > τ``.
+``τ`` (``null_threshold``) is chosen after training on the **validation** split to maximise
+SQuAD 2.0 F1 (:func:`best_null_threshold`, as the official evaluation script's ``best_f1``) and
+stored in the run's ``calibration.json``; test scores, ``mtlkit predict``, ``mtlkit serve`` and the
+ONNX export all read it from there. EM/F1 follow SQuAD 2.0: a null prediction is right iff the
+gold is null. Without the option a question with no answer is a data error.
+
 *Design choice:* the classifier is a second output of this kind, not a companion kind: it reads
 exactly the same windows, and the filter needs its score inside the same decoding. The cost is
 that a balancer sees one loss for both; ``answer_loss_weight`` sets their mix. "With vs without
@@ -40,6 +51,10 @@ Example:
     >>> s, e, score = decode_spans(start, end, allowed, max_answer_length=2)
     >>> s.tolist(), e.tolist(), score.tolist()           # (1, 1): 1 + 9 beats (2, 3): 5 + 2
     ([1], [1], [10.0])
+    >>> # null − best-span differences of 4 questions, F1 if answered, gold null or not
+    >>> best_null_threshold(torch.tensor([3.0, 1.0, -1.0, -2.0]), torch.tensor([0.0, 1.0, 1.0, 1.0]),
+    ...                     torch.tensor([True, False, False, False]))   # null only the first: τ between 3 and 1
+    2.0
 """
 
 from __future__ import annotations
@@ -87,6 +102,33 @@ def decode_spans(start_logits: Tensor, end_logits: Tensor, allowed: Tensor,
     return start, start + offset, best
 
 
+def best_null_threshold(null_minus_span: Tensor, answered_f1: Tensor, gold_null: Tensor) -> float:
+    """τ maximising SQuAD 2.0 F1 when question ``q`` is predicted null iff ``null_minus_span[q] > τ``.
+
+    ``answered_f1[q]``: F1 of the best span against the gold (0 for a null gold); a null prediction
+    scores 1 iff ``gold_null[q]``. Sorting the differences in decreasing order, nulling the first
+    ``k`` questions scores ``Σ_{i≤k} null_i + Σ_{i>k} f1_i``; the best ``k`` (ties between equal
+    differences cannot be split) gives τ midway between the ``k``-th and ``k+1``-th differences.
+    """
+    diff = null_minus_span.double().clamp(-1e9, 1e9)  # a question with no span at all: +inf, always null
+    order = torch.argsort(diff, descending=True, stable=True)
+    d, f1, null = diff[order], answered_f1.double()[order], gold_null.double()[order]
+    n = len(d)
+    # score[k] = nulls among the first k + F1 of the rest, k = 0..n
+    score = torch.cat([torch.zeros(1, dtype=torch.double), torch.cumsum(null, 0)]) + torch.cat(
+        [torch.flip(torch.cumsum(torch.flip(f1, [0]), 0), [0]), torch.zeros(1, dtype=torch.double)])
+    splittable = torch.ones(n + 1, dtype=torch.bool)
+    splittable[1:n] = d[:-1] > d[1:]
+    k = int(torch.where(splittable, score, torch.tensor(-1.0, dtype=torch.double)).argmax())
+    if n == 0:
+        return 0.0
+    if k == 0:
+        return float(d[0]) + 1.0
+    if k == n:
+        return float(d[-1]) - 1.0
+    return float(d[k] + (d[k - 1] - d[k]) / 2)
+
+
 class SpanQAHead(NLPHead):
     def __init__(self, hidden_size: int, hidden: Sequence[int], dropout: float, answer_classifier: bool) -> None:
         super().__init__()
@@ -119,9 +161,13 @@ class SpanQATask(NLPTask):
     answer_classifier: bool = False
     answer_loss_weight: float = Field(default=0.5, ge=0.0)
     answer_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    allow_unanswerable: bool = False  # SQuAD 2.0: questions without an answer; null when s_null − best span > τ
+    null_threshold: float | None = None  # τ; None: chosen on the validation split after training (calibration.json)
 
     @model_validator(mode="after")
     def _check(self) -> SpanQATask:
+        if self.null_threshold is not None and not self.allow_unanswerable:
+            raise ValueError("null_threshold decides unanswerable questions: set allow_unanswerable: true")
         if self.answer_threshold is not None and not self.answer_classifier:
             raise ValueError("answer_threshold filters windows by the answer classifier: set answer_classifier: true")
         if self.doc_stride >= self.max_length - self.max_question_length - 4:
@@ -130,6 +176,15 @@ class SpanQATask(NLPTask):
         return self
 
     # -- data ----------------------------------------------------------------------------
+    def check_examples(self, examples: Sequence[QAExample], split: str) -> None:
+        """A labelled question without an answer is a data error unless ``allow_unanswerable``."""
+        if self.allow_unanswerable:
+            return
+        for ex in examples:
+            if not ex.answers:
+                raise DataError(f"{ex.source or ex.id}: {split} question {ex.id!r} has no answer; for SQuAD 2.0-style "
+                                f"unanswerable questions set allow_unanswerable: true on task {self.name!r}")
+
     def _questions(self, examples: Sequence[QAExample], tokenizer: Any) -> list[str]:
         """Questions cut to ``max_question_length`` tokens, so a window always has room for context."""
         encoded = tokenizer([ex.question for ex in examples], add_special_tokens=False, return_offsets_mapping=True)
@@ -227,7 +282,7 @@ class SpanQATask(NLPTask):
         offsets = table.extras["offsets"]
         logits = fit_length(stack_outputs(outputs).float(), offsets.shape[1])
         start, end, score = decode_spans(logits[..., 0], logits[..., 1], offsets[..., 0] >= 0, self.max_answer_length)
-        return start, end, score, torch.sigmoid(logits[:, 0, 2])
+        return start, end, score, torch.sigmoid(logits[:, 0, 2]), logits[:, 0, 0] + logits[:, 0, 1]
 
     def predict_answers(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> dict[str, str]:
@@ -237,8 +292,21 @@ class SpanQATask(NLPTask):
 
     def _predict(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                  examples: Sequence[QAExample]) -> tuple[dict[int, str], Tensor]:
-        """The answer text per example index (ids may repeat: served questions often have none), and p(answer) per window."""
-        start, end, score, p_answer = self._window_scores(outputs, table)
+        """The answer per example index ("" for null; ids may repeat: served questions often have none), p(answer) per window."""
+        spans, diffs, p_answer = self._best_spans(outputs, table, examples)
+        if not self.allow_unanswerable:
+            return spans, p_answer
+        return {ex: ("" if diffs[ex] > self.threshold else text) for ex, text in spans.items()}, p_answer
+
+    @property
+    def threshold(self) -> float:
+        """τ in use: ``null_threshold``, else 0 (BERT's default) before a run has calibrated one."""
+        return 0.0 if self.null_threshold is None else self.null_threshold
+
+    def _best_spans(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
+                    examples: Sequence[QAExample]) -> tuple[dict[int, str], dict[int, float], Tensor]:
+        """Best span text per example index, its ``s_null − ŝ`` (+inf without a span), and p(answer) per window."""
+        start, end, score, p_answer, null = self._window_scores(outputs, table)
         offsets, example_index = table.extras["offsets"], table.extras["example_index"].tolist()
         kept = torch.ones_like(score, dtype=torch.bool)
         if self.answer_threshold is not None:
@@ -247,19 +315,38 @@ class SpanQATask(NLPTask):
         for w, ex in enumerate(example_index):
             windows.setdefault(ex, []).append(w)
         answers: dict[int, str] = {}
+        diffs: dict[int, float] = {}
         for ex, ws in windows.items():
             candidates = [w for w in ws if kept[w]] or [max(ws, key=lambda w: float(p_answer[w]))]
             best = max(candidates, key=lambda w: float(score[w]))
+            diffs[ex] = min(float(null[w]) for w in ws) - float(score[best])  # +inf when no span
             if score[best] == -math.inf:  # no window had context tokens
                 answers[ex] = ""
                 continue
             begin, stop = int(offsets[best, start[best], 0]), int(offsets[best, end[best], 1])
             answers[ex] = examples[ex].context[begin:stop]
-        return answers, p_answer
+        return answers, diffs, p_answer
+
+    def calibrate(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable, examples: Sequence[QAExample]) -> dict[str, Any]:
+        """``{"null_threshold": τ}`` maximising F1 on these (validation) outputs, when τ is not set."""
+        if not self.allow_unanswerable or self.null_threshold is not None:
+            return {}
+        return {"null_threshold": self._choose_threshold(*self._best_spans(outputs, table, examples)[:2], examples)}
+
+    def _choose_threshold(self, spans: dict[int, str], diffs: dict[int, float], examples: Sequence[QAExample]) -> float:
+        ids = sorted(spans)
+        gold = [[a.text for a in examples[i].answers] for i in ids]
+        f1 = torch.tensor([span_metrics.squad_f1(spans[i], g) if spans[i] else float(not g) for i, g in zip(ids, gold)])
+        return best_null_threshold(torch.tensor([diffs[i] for i in ids]), f1, torch.tensor([not g for g in gold]))
 
     def evaluate(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                  examples: Sequence[QAExample]) -> dict[str, float]:
-        predicted, p_answer = self._predict(outputs, table, examples)
+        """SQuAD EM/F1; with unanswerable questions and no ``null_threshold`` yet, at the τ best on this split (validation)."""
+        spans, diffs, p_answer = self._best_spans(outputs, table, examples)
+        predicted = spans
+        if self.allow_unanswerable:
+            tau = self._choose_threshold(spans, diffs, examples) if self.null_threshold is None else self.null_threshold
+            predicted = {ex: ("" if diffs[ex] > tau else text) for ex, text in spans.items()}
         pairs = [(text, [a.text for a in examples[i].answers]) for i, text in predicted.items()]
         values = {
             "squad_em": sum(span_metrics.squad_exact_match(p, g) for p, g in pairs) / len(pairs),
@@ -273,9 +360,12 @@ class SpanQATask(NLPTask):
 
     def predict_records(self, outputs: Tensor | Sequence[Tensor], table: EncodedTable,
                         examples: Sequence[QAExample]) -> list[dict[str, Any]]:
-        """``{"id", "answer"}`` per question, in ``examples`` order."""
+        """``{"id", "answer"}`` per question, in ``examples`` order; with ``allow_unanswerable`` also
+        ``"answerable"`` (False: the null answer, ``answer`` is "")."""
         answers, _ = self._predict(outputs, table, examples)
-        return [{"id": ex.id, "answer": answers.get(i, "")} for i, ex in enumerate(examples)]
+        if not self.allow_unanswerable:
+            return [{"id": ex.id, "answer": answers.get(i, "")} for i, ex in enumerate(examples)]
+        return [{"id": ex.id, "answer": answers.get(i, ""), "answerable": bool(answers.get(i, ""))} for i, ex in enumerate(examples)]
 
 
-__all__ = ["SpanQAHead", "SpanQATask", "decode_spans"]
+__all__ = ["SpanQAHead", "SpanQATask", "best_null_threshold", "decode_spans"]
