@@ -97,7 +97,6 @@ class MetaHeac(Backbone):
     Options = MetaHeacOptions
     options: MetaHeacOptions
     needs_scenario = True
-    feature_columns: Tensor
 
     def __init__(self, input_dim: int, task_names: Sequence[str], options: MetaHeacOptions, layout: InputLayout | None = None) -> None:
         super().__init__(input_dim, task_names, options)
@@ -108,11 +107,12 @@ class MetaHeac(Backbone):
         if n < 2:
             raise ConfigError(f"model.scenario: {layout.scenario!r} has no values seen in training")
         self.n_scenarios = n
-        # The row's other categorical fields (first embedding copy), averaged into the gates' input.
-        others = [layout.field_columns(name) for name in layout.categorical if name != layout.scenario]
+        # The row's other categorical fields (first embedding copy), averaged into the gates' input:
+        # (all fields' sum − the scenario field's) / (F − 1), from contiguous slices.
         self.embedding_dim = layout.embedding_dim
-        columns = [c for s in others for c in range(s.start, s.stop)]
-        self.register_buffer("feature_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        self.fields = layout.copy_columns(0)
+        self.own = layout.field_columns(layout.scenario, key="model.scenario")
+        self.n_others = layout.n_fields - 1
         # e_p for the seen scenarios 1..n-1; e_0 (unseen) is a fixed zero row.
         self.scenario_embedding = nn.Parameter(torch.randn(n - 1, options.scenario_dim))
         self.task_embedding = nn.Parameter(torch.randn(len(self.task_names), options.task_dim))
@@ -147,8 +147,11 @@ class MetaHeac(Backbone):
         """The per-row part of ``z``: ``[e_p ; mean field embedding]``, ``(B, scenario_dim + D)``."""
         if scenario is None:
             scenario = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        fields = x[:, self.feature_columns].view(x.shape[0], -1, self.embedding_dim)
-        mean = fields.mean(1) if fields.shape[1] else x.new_zeros(x.shape[0], self.embedding_dim)
+        if self.n_others:
+            total = x[:, self.fields].reshape(x.shape[0], -1, self.embedding_dim).sum(1)
+            mean = (total - x[:, self.own]) / self.n_others
+        else:
+            mean = x.new_zeros(x.shape[0], self.embedding_dim)
         return torch.cat([self.scenario_vectors(scenario), mean], dim=1)
 
     def mixtures(self, x: Tensor, scenario: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -164,8 +167,8 @@ class MetaHeac(Backbone):
         a, b = self.mixtures(x, scenario)
         h = torch.bmm(a, experts)  # (B, T, d): each task's expert mixture
         B, T = h.shape[0], h.shape[1]
-        critics = self.critics(h.reshape(B * T, -1))  # (B·T, C, dc)
-        r = torch.bmm(b.reshape(B * T, 1, -1), critics).view(B, T, -1)
+        critics = self.critics(h.reshape(B * T, -1)).view(B, T, self.options.critics, -1)  # (B, T, C, dc)
+        r = (b.unsqueeze(-1) * critics).sum(2)  # (B, T, dc)
         return {name: r[:, t] for t, name in enumerate(self.task_names)}
 
     def gate_weights(self, x: Tensor, scenario: Tensor | None = None) -> dict[str, Tensor]:
