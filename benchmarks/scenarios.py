@@ -9,8 +9,8 @@ part). Conversion is observed only after a click, and both tasks are scored over
 
 Every backbone trains with the same protocol: Adam, early stopping on the validation AUC, the
 test split scored once at the end; ``model.scenario: country``. Printed: per backbone the
-parameter count, the test AUC per scenario and task (mean ± std over seeds), pooled AUC, and wall
-time per run.
+parameter count, the test AUC per scenario and task (mean ± std over seeds), pooled AUC, wall
+time and epochs per run, next to the oracle (the generator's true probabilities: a ceiling).
 
     python benchmarks/scenarios.py --seeds 3 --rows 60000 --threads 1
 """
@@ -28,6 +28,7 @@ from machine import cpu_model
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
+from mtlkit.metrics.functions import auc
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.run import count_parameters
 from mtlkit.scenarios import scenario_metrics
@@ -75,8 +76,22 @@ def multi_scenario_log(rows: int, seed: int, n_scenarios: int = 4, specific: flo
     buy_logit = c[s] * (u[user] * v2[item]).sum(1) + (x * (w2 + specific * delta2[s])).sum(1) - 1.5
     click = rng.random(rows) < 1 / (1 + np.exp(-click_logit))
     buy = click & (rng.random(rows) < 1 / (1 + np.exp(-buy_logit)))
+    p_click = 1 / (1 + np.exp(-click_logit))
     return pa.table({"country": [f"c{i}" for i in s], "user": user, "item": item, "category": category[item],
-                     **{f"x{i}": x[:, i] for i in range(4)}, "click": click.astype(int), "conversion": buy.astype(int)})
+                     **{f"x{i}": x[:, i] for i in range(4)}, "click": click.astype(int), "conversion": buy.astype(int),
+                     # the generator's own probabilities (not features): the oracle's AUC, a ceiling
+                     "true_click": p_click, "true_conversion": p_click / (1 + np.exp(-buy_logit))})
+
+
+def oracle_auc(table: pa.Table) -> dict[str, float]:
+    """AUC of the true probabilities, pooled and per country: what no model can beat on this sample."""
+    country = np.array(table["country"].to_pylist())
+    out = {}
+    for key in ["all", *sorted(set(country))]:
+        rows = np.ones(len(country), bool) if key == "all" else country == key
+        for task in ("click", "conversion"):
+            out[f"{key}/{task}"] = auc(table[f"true_{task}"].to_numpy()[rows], table[task].to_numpy()[rows])
+    return out
 
 
 def main() -> None:
@@ -96,7 +111,8 @@ def main() -> None:
     print(f"CPU: {platform.processor() or platform.machine()} ({cpu_model()}), {args.threads} thread(s), torch {torch.__version__}")
     print(f"{args.scenarios} scenarios (shares ∝ 2^-s), specific={args.specific}; {args.rows} train / {args.rows // 3} validation / "
           f"{args.rows // 3} test rows; {args.seeds} seeds; up to {args.epochs} epochs, patience {args.patience}, batch {args.batch_size}")
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, float]]] = {"oracle": []}
+    epochs: dict[str, list[int]] = {}
     seconds: dict[str, list[float]] = {}
     params: dict[str, int] = {}
     for seed in range(args.seeds):
@@ -105,6 +121,7 @@ def main() -> None:
         schema = SPEC.fit(tables["train"])
         encoded = {split: schema.encode(t, TASKS) for split, t in tables.items()}
         field = [f.name for f in schema.categorical].index("country")
+        results["oracle"].append(oracle_auc(tables["test"]))
         for name in args.backbones:
             torch.manual_seed(seed)
             spec = ModelSpec(backbone=name, options=BACKBONES[name], embedding_dim=8, tower=[32], scenario="country")
@@ -114,24 +131,28 @@ def main() -> None:
                                    patience=args.patience, progress=False)
             trainer = Trainer(model, TASKS, build_balancer(BalancerSpec(), TASKS), train_spec)
             start = time.perf_counter()
-            trainer.fit(encoded["train"].batches(args.batch_size, shuffle=True, seed=seed), encoded["validation"])
+            fitted = trainer.fit(encoded["train"].batches(args.batch_size, shuffle=True, seed=seed), encoded["validation"])
             seconds.setdefault(name, []).append(time.perf_counter() - start)
+            epochs.setdefault(name, []).append(len(fitted.history))
             row = {f"all/{t}": m["auc"] for t, m in evaluate(model, TASKS, encoded["test"]).items()}
             per = scenario_metrics(model, TASKS, encoded["test"], schema.categorical[field], field)
             row.update({f"{s}/{t}": m["auc"] for s, by_task in per.items() for t, m in by_task.items()})
             results.setdefault(name, []).append(row)
-            print(f"  seed {seed} {name:<9} " + " ".join(f"{k}={v:.4f}" for k, v in row.items()) + f"  ({seconds[name][-1]:.0f}s)", flush=True)
-    keys = list(next(iter(results.values()))[0])
+            print(f"  seed {seed} {name:<9} " + " ".join(f"{k}={v:.4f}" for k, v in row.items())
+                  + f"  ({seconds[name][-1]:.0f}s, {epochs[name][-1]} epochs)", flush=True)
+    keys = list(results["oracle"][0])
     print(f"\ntest AUC, mean ± std over {args.seeds} seeds (rows of each scenario in the test split: share ∝ 2^-s)")
     print(f"{'':<22}" + "".join(f"{name:>20}" for name in results))
-    print(f"{'parameters':<22}" + "".join(f"{params[name]:>20}" for name in results))
+    print(f"{'parameters':<22}" + "".join(f"{params.get(name, '-'):>20}" for name in results))
     for key in keys:
         cells = []
         for name in results:
             values = np.array([r[key] for r in results[name]])
             cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
         print(f"{key:<22}" + "".join(f"{c:>20}" for c in cells))
-    print(f"{'seconds per run':<22}" + "".join(f"{np.mean(seconds[name]):>20.0f}" for name in results))
+    print(f"{'seconds per run':<22}" + "".join(f"{np.mean(seconds[name]):>20.0f}" if name in seconds else f"{'-':>20}" for name in results))
+    print(f"{'epochs per run':<22}" + "".join(f"{np.mean(epochs[name]):>20.1f}" if name in epochs else f"{'-':>20}" for name in results))
+    print("oracle: the generator's true probabilities (a ceiling); every model trains with the same protocol and selects on validation")
 
 
 if __name__ == "__main__":

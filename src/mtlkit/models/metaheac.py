@@ -25,8 +25,9 @@ general model; its online stage fine-tunes on a new campaign's seed set). It doe
 trainer's contract: one forward, task losses, a balancer, one backward, optimiser steps that
 include row-wise sparse updates of the embedding tables. MAML needs a second-order backward through
 an inner update of every parameter, embedding tables included, per scenario and step. Here the
-model is trained jointly on all scenarios' rows (the paper's "w/o meta" ablation); adapting to a
-new scenario is a warm-started run (``init_from``) on its rows.
+model is trained jointly on all scenarios' rows (no meta-learning: the architecture alone). The
+online stage (fine-tuning on a new scenario's seed set) is not provided either: a scenario unseen in
+training is served with the shared parameters only, as below.
 
 **Unseen scenarios.** A value unseen in training (id 0) has ``e_0 = 0``, fixed: its gates read
 only the task embedding and the row's features, and every network it uses is shared. Training rows
