@@ -7,9 +7,11 @@ same process so the ratios are comparable.
     python benchmarks/throughput.py --root ../shared/data/census_income_kdd
     python benchmarks/throughput.py --backbones shared_bottom single_task --epochs 2
     python benchmarks/throughput.py --backbones mmoe adatt home home_nofix pepnet dbmtl stem --train-rows 50000
+    python benchmarks/throughput.py --backbones mmoe star metaheac --scenario sex --train-rows 50000
 
 Each backbone runs with the first setting of its ``GRID`` entry in ``benchmarks/census.py`` (the
-census protocol's default; ``home_nofix`` is HoME with its four fixes off).
+census protocol's default; ``home_nofix`` is HoME with its four fixes off). Multi-scenario backbones
+(STAR, MetaHeac) read ``--scenario`` (a census categorical column) as ``model.scenario``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from machine import cpu_model
 
 from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.datasets.census import load_census
-from mtlkit.models import ModelSpec, build_model
+from mtlkit.models import BACKBONES, ModelSpec, build_model
 from mtlkit.run import count_parameters
 from mtlkit.train import Trainer, TrainSpec
 
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-rows", type=int, default=None, help="time on the first N training rows only")
+    parser.add_argument("--scenario", default="sex", help="model.scenario for the backbones that need one (star, metaheac)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -57,7 +60,9 @@ def main() -> None:
     for backbone in args.backbones:
         torch.manual_seed(0)
         options = GRID[backbone][0] if backbone in GRID else {}
-        spec = ModelSpec(backbone=ALIASES.get(backbone, backbone), options=options, embedding_dim=8, tower=[32])
+        name = ALIASES.get(backbone, backbone)
+        scenario = args.scenario if BACKBONES.get(name).needs_scenario else None
+        spec = ModelSpec(backbone=name, options=options, embedding_dim=8, tower=[32], scenario=scenario)
         model = build_model(spec, schema, data.tasks)
         train_spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, progress=False, patience=None)
         trainer = Trainer(model, data.tasks, build_balancer(BalancerSpec(), data.tasks), train_spec)

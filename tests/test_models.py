@@ -34,8 +34,8 @@ SPEC = SchemaSpec(categorical=[CategoricalFeature(name="cat")], numeric=[Numeric
 
 
 def scenario_of(backbone: str) -> dict:
-    """STAR needs a scenario column (model.scenario): the categorical feature here."""
-    return {"scenario": "cat"} if backbone == "star" else {}
+    """STAR and MetaHeac need a scenario column (model.scenario): the categorical feature here."""
+    return {"scenario": "cat"} if BACKBONES.get(backbone).needs_scenario else {}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES.names())

@@ -57,7 +57,8 @@ def make_backbone(config: str, input_dim: int = 6, tasks=TASKS):
 
 def test_every_new_backbone_is_registered_and_configured_here():
     # The 2022–2024 backbones (and ppnet, PEPNet without EPNet) are tested in test_ranking_backbones.py.
-    new = set(BACKBONES.names()) - {"shared_bottom", "single_task", "adatt", "home", "pepnet", "ppnet", "dbmtl", "stem", "star"}
+    new = set(BACKBONES.names()) - {"shared_bottom", "single_task", "adatt", "home", "pepnet", "ppnet", "dbmtl", "stem", "star",
+                                        "metaheac"}
     assert new == {registry_name(c) for c in CONFIGS}
 
 

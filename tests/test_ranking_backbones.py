@@ -1,4 +1,4 @@
-"""The 2022–2024 ranking backbones (AdaTT, HoME, PEPNet/PPNet, DBMTL, STEM, STAR): structure against
+"""The 2022–2024 ranking backbones (AdaTT, HoME, PEPNet/PPNet, DBMTL, STEM, STAR, MetaHeac): structure against
 the papers, batch of one, gates, ONNX export, the embedding-table registry, BatchNorm options, bad input."""
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ CONFIGS = {
     "dbmtl": ("dbmtl", {"options": {"bottom": [16], "tower": [8], "relation": [4]}}),
     "stem": ("stem", {"options": {"levels": 2, "experts_per_task": 1, "shared_experts": 1, "expert_hidden": [8]}}),
     "star": ("star", {"options": {"hidden": [8, 4], "auxiliary": [4]}, "scenario": "country"}),
+    "metaheac": ("metaheac", {"options": {"experts": 3, "expert_hidden": [8], "critics": 2, "critic_hidden": [4], "gate_hidden": 4},
+                              "scenario": "country"}),
     "mmoe_batch_norm": ("mmoe", {"options": {"experts": 3, "expert_hidden": [8], "batch_norm": True}, "tower": [4],
                                  "tower_batch_norm": True}),
 }
-NEW = {"adatt", "home", "pepnet", "ppnet", "dbmtl", "stem", "star"}
+NEW = {"adatt", "home", "pepnet", "ppnet", "dbmtl", "stem", "star", "metaheac"}
 
 
 def table(n: int, seed: int) -> pa.Table:
@@ -90,7 +92,7 @@ def test_batch_of_one_trains_and_predicts(config, data):
     assert many["watch"].shape == (64,) and torch.isfinite(many["watch"]).all()
 
 
-@pytest.mark.parametrize("config", ["adatt", "adatt_shared", "home", "home_plain", "stem"])
+@pytest.mark.parametrize("config", ["adatt", "adatt_shared", "home", "home_plain", "stem", "metaheac"])
 def test_gates_are_distributions_labelled_by_their_experts(config, data):
     schema, encoded = data
     model = build(config, schema)

@@ -6,6 +6,7 @@ from mtlkit.models import (
     dbmtl,
     dselect_k,
     home,
+    metaheac,
     mmoe,
     pepnet,
     ple,
