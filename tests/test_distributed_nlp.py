@@ -7,7 +7,7 @@ global batches are the sampler's (a function of seed, epoch and step), each rank
 of every batch, gradients are averaged: the best checkpoint of the 2-process run equals the
 1-process one's to ATOL (float summation order), and only rank 0 writes files. The same holds with
 per-task LoRA adapters on the frozen encoder (``encoder: {adapters: lora}``): the frozen weights have
-no gradient on any rank, the adapters' are averaged.
+no gradient on any rank, the adapters' are averaged; and with one adapter for both tasks (``groups``).
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ NLP = SHARED_DATA / "nlp"
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
+ADAPTERS = {"full": {}, "lora": {"adapters": "lora", "r": 4, "alpha": 8},
+            "lora_group": {"adapters": "lora", "r": 4, "alpha": 8, "groups": {"glue": ["sst2", "stsb"]}}}
+
+
+@pytest.fixture(scope="module", params=list(ADAPTERS))
 def runs(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"ddp_nlp_{request.param}")
     save_tiny_bert(tmp / "bert", [(NLP / "sst2" / "train.tsv", 40), (NLP / "stsb" / "sts-train.tsv", 40)], dropout=0.0, max_positions=64)
     rows = {"train": 40, "validation": 16}
     config = {
-        "seed": 0, "encoder": {"name": str(tmp / "bert"), **({"adapters": "lora", "r": 4, "alpha": 8} if request.param == "lora" else {})},
+        "seed": 0, "encoder": {"name": str(tmp / "bert"), **ADAPTERS[request.param]},
         "sampling": {"strategy": "proportional"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "threads": 1, "monitor": "loss",
                   "precision": "fp32"},  # an fp32 comparison, whatever "auto" picks here

@@ -204,6 +204,9 @@ class NLPRunConfig(BaseModel):
                 raise ValueError(f"encoder.adapters: task {own[0]!r} has `encoder: own`; adapters sit on the one shared encoder")
             if self.mixing is not None:
                 raise ValueError("encoder.adapters: mixing reads one shared pooled vector, but with adapters every task has its own")
+            from mtlkit.nlp.adapters import adapter_names
+
+            adapter_names(self.encoder.groups or {}, names)  # unknown tasks, a group named after a task outside it
             if issubclass(BALANCERS.get(self.balancer.name), GradientBalancer):
                 raise ValueError(f"encoder.adapters: balancer {self.balancer.name!r} compares gradients of shared parameters; "
                                  "with adapters the shared encoder is frozen (use a loss-weighting balancer)")

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
@@ -60,16 +60,26 @@ class EncoderSpec(BaseModel):
     name: str = MINILM
     tokenizer: str | None = None  # defaults to `name`
     pooling: Literal["auto", "cls", "mean"] = "auto"  # auto: what the encoder was trained with (trained_pooling)
-    # Per-task LoRA adapters on the frozen encoder (mtlkit.nlp.adapters): adapters: lora, r, alpha, ...
+    # Per-task (or per task group) LoRA adapters on the frozen encoder (mtlkit.nlp.adapters): adapters: lora, r, alpha, groups, ...
     adapters: Literal["lora"] | None = None
     r: int | None = Field(default=None, ge=1)
     alpha: float | None = Field(default=None, gt=0)
     adapter_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     target_modules: list[str] | None = None
+    groups: dict[str, list[str]] | None = None  # {group: [task, …]}: one adapter shared by the group's tasks
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, groups: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        from mtlkit.nlp.adapters import check_groups
+
+        if groups is not None:
+            check_groups(groups)
+        return groups
 
     @model_validator(mode="after")
     def _adapter_keys(self) -> EncoderSpec:
-        given = [k for k in ("r", "alpha", "adapter_dropout", "target_modules") if getattr(self, k) is not None]
+        given = [k for k in ("r", "alpha", "adapter_dropout", "target_modules", "groups") if getattr(self, k) is not None]
         if given and self.adapters is None:
             raise ValueError(f"{given[0]} configures adapters: set adapters: lora")
         return self
@@ -81,7 +91,8 @@ class EncoderSpec(BaseModel):
             return None
         from mtlkit.nlp.adapters import AdapterSpec
 
-        values: dict[str, Any] = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules}
+        values: dict[str, Any] = {"r": self.r, "alpha": self.alpha, "dropout": self.adapter_dropout, "target_modules": self.target_modules,
+                                  "groups": self.groups}
         return AdapterSpec(**{k: v for k, v in values.items() if v is not None})
 
     @property

@@ -126,18 +126,19 @@ class NLPMultiTaskModel(TrainableModel):
             {t.name: t.build_head(self.hidden_size + extra_width(t, self.tasks)) for t in tasks})
         for name, head in self.heads.items():
             head.bind_encoder(self.encoders[self.encoder_of[name]])
-        # Per-task LoRA adapters (mtlkit.nlp.adapters): each task's key names its adapter on the one frozen encoder.
+        # Per-task (or per-group) LoRA adapters (mtlkit.nlp.adapters): each task's key names its adapter on the one frozen encoder.
         self.adapter_of: dict[str, str] = {}
         if adapters is not None:
             if set(self.encoder_of.values()) != {SHARED}:
                 raise ValueError("encoder.adapters: every task must use the shared encoder (no `encoder: own`)")
             if mixing is not None:
                 raise ValueError("encoder.adapters: mixing reads one shared pooled vector; with adapters each task has its own")
-            from mtlkit.nlp.adapters import wrap
+            from mtlkit.nlp.adapters import adapter_names, wrap
 
-            self.encoders[SHARED] = wrap(self.encoders[SHARED], adapters, [t.name for t in tasks])
-            self.encoder_of = {t.name: f"{ADAPTER}{t.name}" for t in tasks}
-            self.adapter_of = {f"{ADAPTER}{t.name}": t.name for t in tasks}
+            adapter = adapter_names(adapters.groups, [t.name for t in tasks])  # {task: its adapter (own, or its group's)}
+            self.encoders[SHARED] = wrap(self.encoders[SHARED], adapters, list(dict.fromkeys(adapter.values())))
+            self.encoder_of = {t.name: f"{ADAPTER}{adapter[t.name]}" for t in tasks}  # a group's tasks share one encoder pass
+            self.adapter_of = {f"{ADAPTER}{a}": a for a in adapter.values()}
         self.mixed_names = [t.name for t in tasks if not t.token_level and self.encoder_of[t.name] == SHARED] if mixing else []
         self.mixing: Backbone | None = None
         self.mix_projection: nn.Module | None = None
@@ -259,8 +260,8 @@ class NLPMultiTaskModel(TrainableModel):
         if task in self.heads:
             yield from self.heads[task].parameters()
         key = self.encoder_of.get(task)
-        if key in self.adapter_of:  # the task's own adapter
-            yield from (p for n, p in self.encoders[SHARED].named_parameters() if f".{task}." in n and "lora_" in n)
+        if key in self.adapter_of:  # the task's adapter (its group's, shared with the group's other tasks)
+            yield from (p for n, p in self.encoders[SHARED].named_parameters() if f".{self.adapter_of[key]}." in n and "lora_" in n)
         elif key is not None and key != SHARED:
             yield from self.encoders[key].parameters()
 
