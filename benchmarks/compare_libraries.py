@@ -30,7 +30,8 @@ Common configuration (all libraries)
     3 epochs, shuffled, 2 threads. Each library keeps its own initialisation and loss reduction
     (mtlkit: sum of the tasks' mean BCE-with-logits; torch-rechub: mean of the tasks' BCE on
     probabilities; DeepCTR-Torch: summed BCE on probabilities). torch-rechub's MLP always has
-    BatchNorm after every Linear (experts, gates, towers); mtlkit and DeepCTR-Torch use none.
+    BatchNorm after every Linear (experts, gates, towers); mtlkit and DeepCTR-Torch use none, unless
+    ``--batch-norm`` gives mtlkit's experts / bottom and towers theirs (mtlkit's gates stay linear).
 
 How each library is fed and timed (training epochs only; no data loading, preprocessing,
 validation or test evaluation inside the timed region)
@@ -132,6 +133,7 @@ def common_config(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "seed": args.seed,
         "train_rows": args.train_rows,
+        "batch_norm": args.batch_norm,
     }
 
 
@@ -325,8 +327,11 @@ def _mtlkit_setup(cfg: dict, model_name: str, data_dir: str):
     backbone, options = _mtlkit_spec(model_name, cfg)
     if backbone not in BACKBONES:
         return None, f"mtlkit backbone {backbone!r} is not registered yet (have: {', '.join(BACKBONES.names())})"
+    if cfg.get("batch_norm"):  # BatchNorm after every expert / bottom and tower layer, as torch-rechub's MLP
+        options = {**options, "batch_norm": True}
     try:
-        spec = ModelSpec(backbone=backbone, options=options, embedding_dim=cfg["embedding_dim"], tower=cfg["tower"])
+        spec = ModelSpec(backbone=backbone, options=options, embedding_dim=cfg["embedding_dim"], tower=cfg["tower"],
+                         tower_batch_norm=bool(cfg.get("batch_norm")))
     except ValidationError as error:
         return None, f"mtlkit backbone {backbone!r} rejects options {options}: {str(error).splitlines()[0]}"
     torch.manual_seed(cfg["seed"])
@@ -840,6 +845,9 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=None, help="train on the first N rows only (smoke tests)")
     parser.add_argument("--auc-tolerance", type=float, default=0.002, help="'equal' test AUC: within this of the other")
     parser.add_argument("--profile", action="store_true", help="also profile mtlkit MMoE's training step")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="mtlkit with BatchNorm after every expert/bottom and tower layer (batch_norm, tower_batch_norm), "
+                             "the architecture torch-rechub always builds")
     parser.add_argument("--data-dir", default=None, help="where the encoded arrays go (default: a temporary directory)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     parser.add_argument("--verbose", action="store_true", help="show every worker's output")
