@@ -15,8 +15,9 @@ Three comparisons, each measured against the generator's ground truth on the tes
    *all* test impressions: AUC against labels drawn from ``true_like_prob`` (fixed seed) and
    the correlation with it, plus the usual AUC on clicked impressions.
 
-4. **Counterfactual CVR: ESMM vs ESCM² (IPS, DR) vs DCMT**, scored as in 3 on all test
-   impressions against ``true_like_prob`` (plus AUC on the *unclicked* test impressions alone,
+4. **Counterfactual CVR: ESMM vs ESCM² (IPS, DR) vs DCMT vs DC2VR** (alone, under ESMM, and the
+   same towers without the intervention as its ablation), scored as in 3 on all test impressions
+   against ``true_like_prob`` (plus AUC on the *unclicked* test impressions alone,
    where the models must extrapolate). Run it on both generators: ``--selection-bias 0`` (the
    conversion function is the same in and outside the clicked space) and e.g. ``3`` (outside the
    clicked space conversion depends on relevance the other way: the selection-bias mechanism
@@ -164,7 +165,11 @@ def counterfactual_cvr(data, seed, args) -> list[dict]:
     variants = {"ESMM": {"esmm": [funnel]},
                 "ESCM2-IPS": {"escm2": {**funnel, "estimator": "ips"}},
                 "ESCM2-DR": {"escm2": {**funnel, "estimator": "dr"}},
-                "DCMT": {"dcmt": funnel}}
+                "DCMT": {"dcmt": funnel},
+                # TorchEasyRec's DC2VR: the click tower intervenes on the CVR tower (cvr on clicked rows; ctcvr its own head)
+                "DC2VR": {"dc2vr": {"task": "cvr", "sources": ["ctr"], "rank": 4}},
+                "DC2VR ablation: no intervention": {},
+                "ESMM+DC2VR": {"esmm": [funnel], "dc2vr": {"task": "cvr", "sources": ["ctr"], "rank": 4}}}
     rows = []
     for name, relations in variants.items():
         spec = ModelSpec(backbone="shared_bottom", options={"hidden": [128]}, embedding_dim=8, tower=[32], relations=relations)

@@ -220,6 +220,10 @@ CASES = [
         "- name: price\n", "- name: price\n    clip: [.nan, 1]\n"))),
     Case("negative learning rate", train(), 2, ("key 'train.lr'",), config(train__lr=-1)),
     Case("unknown backbone", train(), 2, ("mmmoe",), config(model__backbone="mmmoe")),
+    Case("dc2vr rank at the tower width", train(), 2, ("model.relations.dc2vr.rank", "below the tower widths"),
+         config(model__relations={"dc2vr": {"task": "buy", "sources": ["click"], "rank": 4}})),
+    Case("dc2vr unknown source task", train(), 2, ("model.relations.dc2vr.sources", "'clik'"),
+         config(model__relations={"dc2vr": {"task": "buy", "sources": ["clik"]}})),
     Case("fp16 on mps", train(), 2, ("train", "'fp16' trains on cpu or cuda"), config(train__precision="fp16", train__device="mps")),
     Case("an unknown precision", train(), 2, ("train.precision", "fp8"), config(train__precision="fp8")),
     # config files: bytes and YAML

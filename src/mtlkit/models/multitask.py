@@ -25,8 +25,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlkit.errors import ConfigError
 from mtlkit.models.aitm import TransferChain, calibrator_loss
 from mtlkit.models.base import Backbone
+from mtlkit.models.dc2vr import Intervention
 from mtlkit.models.dcmt import dcmt_risk
 from mtlkit.models.escm2 import dr_risks, ips_risk
 from mtlkit.models.esmm import product_logit
@@ -101,6 +103,16 @@ class MultiTaskModel(TrainableModel):
         if counterfactual is not None and needs_second_tower:
             second = Task(name="counterfactual", kind=TaskKind.BINARY)
             self.auxiliary["counterfactual"] = TaskHead(input_dim(counterfactual.cvr), second, tower_hidden, tower_dropout)
+        # DC2VR: the source towers' outputs intervene on the target tower's output (before its output layer).
+        self.intervention: Intervention | None = None
+        dc2vr = self.relations.dc2vr
+        if dc2vr is not None:
+            base_dim = self.heads[dc2vr.task].tower.output_dim
+            source_dim = sum(self.heads[name].tower.output_dim for name in dc2vr.sources)
+            if dc2vr.rank >= min(base_dim, source_dim):
+                raise ConfigError(f"model.relations.dc2vr.rank: {dc2vr.rank} must be below the tower widths "
+                                  f"({dc2vr.task}: {base_dim}, sources: {source_dim})")
+            self.intervention = Intervention(base_dim, source_dim, dc2vr.rank, dc2vr.dropout)
         self.shallow_tower = shallow_tower
         self.fusion = fusion
         self._order = self.relations.order(self.task_names)
@@ -177,6 +189,8 @@ class MultiTaskModel(TrainableModel):
         second = self.auxiliary["counterfactual"] if "counterfactual" in self.auxiliary else None
         chain = self.relations.aitm.chain if self.relations.aitm is not None else []
         fused: dict[str, Tensor] = {}
+        dc2vr = self.relations.dc2vr
+        final: dict[str, Tensor] = {}  # each tower's output as its output layer reads it (DC2VR's sources)
         for name in self._order:
             if name in products:
                 out[name] = product_logit(*(out[factor] for factor in products[name]))
@@ -197,6 +211,9 @@ class MultiTaskModel(TrainableModel):
                 previous = chain[i - 1] if i > 0 else None
                 features = self.transfer.fuse(name, previous, fused.get(previous) if previous else None, features)
                 fused[name] = features
+            if dc2vr is not None and self.intervention is not None and name == dc2vr.task:
+                features = self.intervention(features, torch.cat([final[s] for s in dc2vr.sources], dim=-1))
+            final[name] = features
             out[name] = self.heads[name].logits(features)
             if name in bias:
                 out[name] = out[name] + bias[name]
@@ -214,11 +231,13 @@ class MultiTaskModel(TrainableModel):
 
     def relation_losses(self, logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
                         masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """ESCM²'s counterfactual risk or DCMT's twin-tower loss: the CVR task's training loss."""
+        """ESCM²'s counterfactual risk or DCMT's twin-tower loss: the CVR task's training loss; DC2VR's
+        task-space weighted loss."""
+        own = self._space_weighted_loss(logits, targets, masks)
         r = self.relations.counterfactual()
         if r is None or r.ctr not in targets:
             self._auxiliary_logits = {}
-            return {}
+            return own
         rows = masks[r.ctr].to(logits[r.cvr].dtype)  # impressions with a click label: the space D
         clicked = targets[r.ctr].to(rows) * rows
         # r is read on clicked rows only; elsewhere (no conversion label) it is 0 by definition.
@@ -233,6 +252,19 @@ class MultiTaskModel(TrainableModel):
             return {r.cvr: r.weight * (dr + imputation)}
         return {r.cvr: r.weight * dcmt_risk(cvr_logit, auxiliary["counterfactual"].float(), converted, clicked, propensity,
                                             r.constraint, r.ips_clip, rows)}
+
+    def _space_weighted_loss(self, logits: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+                             masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """TorchEasyRec's task-space weights: rows whose ``space`` label is positive weigh ``in_space_weight``,
+        the others ``out_space_weight``; the task's weighted mean loss (so only their ratio matters)."""
+        r = self.relations.dc2vr
+        if r is None or r.space is None or r.task not in targets or r.space not in targets:
+            return {}
+        task = self.tasks[r.task]
+        logit = logits[r.task].float()
+        in_space = (targets[r.space].nan_to_num(0.0) > 0).to(logit.dtype)
+        weight = r.in_space_weight * in_space + r.out_space_weight * (1 - in_space)
+        return {r.task: task.compute_loss(logit, targets[r.task], weight, masks[r.task])}
 
     def predictions(self, logits: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each task's prediction (probability, value or class distribution) from its logits."""
@@ -249,6 +281,8 @@ class MultiTaskModel(TrainableModel):
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         if task in self.heads:
             yield from self.heads[task].parameters()
+        if self.intervention is not None and self.relations.dc2vr is not None and task == self.relations.dc2vr.task:
+            yield from self.intervention.parameters()
         counterfactual = self.relations.counterfactual()
         if counterfactual is not None and task == counterfactual.cvr:
             yield from self.auxiliary.parameters()

@@ -12,6 +12,9 @@ task heads are wired, never the backbone.
   ``cvr`` is trained by that risk.
 - ``dcmt``: ``{ctr: ctr, cvr: cvr, ctcvr: ctcvr}``: a factual and a counterfactual CVR tower
   trained over the entire space (see :mod:`mtlkit.models.dcmt`); ``ctcvr`` is optional.
+- ``dc2vr``: ``{task: cvr, sources: [ctr], rank: 2}``: the click tower's output, gradient stopped,
+  intervenes on the conversion tower's through orthonormal low-rank projections, as TorchEasyRec
+  implements it (see :mod:`mtlkit.models.dc2vr`); optional task-space loss weights.
 - ``prediction_inputs``: ``[{task: cvr, source: ctr, stop_gradient: true}]``: ``cvr``'s tower also
   reads ``ctr``'s prediction (probability, value or class distribution). With the default
   stop-gradient, ``cvr``'s loss does not flow back into ``ctr``'s tower; set it to false to let it.
@@ -27,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,6 +71,17 @@ class DCMTRelation(BaseModel):
     ips_clip: float = Field(default=15.0, ge=1.0)
 
 
+class DC2VRRelation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    task: str                                         # the conversion task whose tower is intervened on
+    sources: list[str] = Field(min_length=1)          # the click task(s) whose tower output intervenes
+    rank: int = Field(default=2, ge=1)                # r, below both tower widths
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)  # after the intervention (TorchEasyRec's default)
+    space: str | None = None                          # task whose positive label marks `task`'s space (click)
+    in_space_weight: float = Field(default=1.0, ge=0.0)
+    out_space_weight: float = Field(default=1.0, ge=0.0)
+
+
 class PredictionInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task: str
@@ -81,6 +95,7 @@ class TaskRelations(BaseModel):
     aitm: AITMRelation | None = None
     escm2: ESCM2Relation | None = None
     dcmt: DCMTRelation | None = None
+    dc2vr: DC2VRRelation | None = None
     prediction_inputs: list[PredictionInput] = Field(default_factory=list)
 
     def untrained(self) -> set[str]:
@@ -105,7 +120,7 @@ class TaskRelations(BaseModel):
 
     def any(self) -> bool:
         """Whether any relation is declared (then the model wires its heads in dependency order)."""
-        return bool(self.esmm or self.aitm or self.prediction_inputs or self.escm2 or self.dcmt)
+        return bool(self.esmm or self.aitm or self.prediction_inputs or self.escm2 or self.dcmt or self.dc2vr)
 
     def sources(self, task: str) -> list[PredictionInput]:
         return [p for p in self.prediction_inputs if p.task == task]
@@ -152,6 +167,8 @@ class TaskRelations(BaseModel):
                     raise ValueError(f"relations.aitm.chain: {name!r} is an ESMM product and has no tower")
             if len(set(self.aitm.chain)) < len(self.aitm.chain):
                 raise ValueError("relations.aitm.chain: a task appears twice")
+        if self.dc2vr is not None:
+            self._check_dc2vr(self.dc2vr, tasks, known, derived)
         for i, p in enumerate(self.prediction_inputs):
             known(p.task, f"prediction_inputs[{i}].task")
             known(p.source, f"prediction_inputs[{i}].source")
@@ -159,11 +176,38 @@ class TaskRelations(BaseModel):
                 raise ValueError(f"relations.prediction_inputs[{i}].task: {p.task!r} is an ESMM product and has no tower")
         self.order([t.name for t in tasks])  # raises on a cycle
 
+    def _check_dc2vr(self, r: DC2VRRelation, tasks: Sequence[Task], known: Callable[[str, str], None], derived: set[str]) -> None:
+        known(r.task, "dc2vr.task")
+        for name in r.sources:
+            known(name, "dc2vr.sources")
+        for name in (r.task, *r.sources):
+            if name in derived:
+                raise ValueError(f"relations.dc2vr: {name!r} is an ESMM product and has no tower")
+        if r.task in r.sources or len(set(r.sources)) < len(r.sources):
+            raise ValueError("relations.dc2vr.sources: a task appears twice or is the intervened task itself")
+        if self.aitm is not None and r.task in self.aitm.chain:
+            raise ValueError(f"relations.dc2vr.task: {r.task!r} is in the aitm chain; both rewrite its tower's output, declare one")
+        if r.space is None:
+            if r.in_space_weight != 1.0 or r.out_space_weight != 1.0:
+                raise ValueError("relations.dc2vr.space: in_space_weight/out_space_weight need the task marking the space (e.g. space: ctr)")
+            return
+        known(r.space, "dc2vr.space")
+        counterfactual = self.counterfactual()
+        if r.task in self.untrained() or (counterfactual is not None and r.task == counterfactual.cvr):
+            raise ValueError(f"relations.dc2vr.space: {r.task!r} is trained by another relation's loss; drop the space weights")
+        task = next(t for t in tasks if t.name == r.task)
+        if task.mask is not None:
+            raise ValueError(f"relations.dc2vr.space: task {r.task!r} has a mask, so its out-of-space rows never count; drop one")
+        if task.weight_column is not None or task.positive_weight_column is not None or task.needs_groups:
+            raise ValueError(f"relations.dc2vr.space: task {r.task!r} has its own row weights or groups; they do not combine with space weights")
+
     def order(self, names: Sequence[str]) -> list[str]:
         """Task names with every source before the tasks that read it (stable otherwise)."""
         after: dict[str, set[str]] = {n: set() for n in names}
         for p in self.prediction_inputs:
             after[p.task].add(p.source)
+        if self.dc2vr is not None:
+            after[self.dc2vr.task] |= set(self.dc2vr.sources)
         if self.aitm is not None:
             for previous, task in zip(self.aitm.chain, self.aitm.chain[1:]):
                 after[task].add(previous)
@@ -179,4 +223,4 @@ class TaskRelations(BaseModel):
         return ordered
 
 
-__all__ = ["AITMRelation", "DCMTRelation", "ESCM2Relation", "ESMMRelation", "PredictionInput", "TaskRelations"]
+__all__ = ["AITMRelation", "DC2VRRelation", "DCMTRelation", "ESCM2Relation", "ESMMRelation", "PredictionInput", "TaskRelations"]
