@@ -227,7 +227,10 @@ def run_training(args, buckets: int, optimizer: str) -> dict:
     result = {"V": buckets, "optimizer": optimizer, "threads": args.threads_now, "steps": step + 1, "epoch_done": finished,
               # per-step percentiles: on shared cores the 10th is what a step costs when no other
               # process takes the core; the median and the epoch's wall-clock rate are next to it
-              "samples_per_s": args.batch_size / float(np.percentile(durations, 10)) if durations else float("nan"),
+              # fewer steps than the warm-up in --max-seconds (a peer's dense step over a huge table):
+              # the epoch's wall-clock rate stands in, marked "*" in the table
+              "samples_per_s": args.batch_size / float(np.percentile(durations, 10)) if durations else (step + 1) * args.batch_size / wall,
+              "rate_from_epoch": not durations,
               "median_samples_per_s": args.batch_size / float(np.median(durations)) if durations else float("nan"),
               "epoch_samples_per_s": (step + 1) * args.batch_size / wall,
               "peak_rss_mib": max(peak_rss_mib(), loading_peak), "training_peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline,
@@ -379,7 +382,8 @@ def main() -> None:
 def report_training(results: list[dict], sizes: list[int]) -> None:
     print("\n## Training: samples/s, ratio to the smallest V, memory, test metrics after one epoch\n")
     print("samples/s: batch / the 10th-percentile step time (a step's cost when no other process takes the shared")
-    print("core; the ratio uses it), then the median step's rate and the epoch's wall-clock rate in brackets\n")
+    print("core; the ratio uses it), then the median step's rate and the epoch's wall-clock rate in brackets;")
+    print("* = fewer steps than the warm-up fitted in --max-seconds: the epoch's wall-clock rate\n")
     print("peak RSS: the configuration's own process; the next column: its training peak above the RSS before the model")
     print("was built (interpreter, torch, encoded data), divided by the table's weights + the optimiser state\n")
     print("| optimizer | threads | V | samples/s | vs V=min | peak RSS MiB | (peak − baseline) / (table + state) | "
@@ -392,7 +396,8 @@ def report_training(results: list[dict], sizes: list[int]) -> None:
         memory = (r["training_peak_rss_mib"] - r["baseline_rss_mib"]) / own if own else float("nan")
         metrics = [f"{r[k]:.4f}" if k in r else "—" for k in ("auc_click", "auc_like", "logloss_click", "logloss_like")]
         partial = "" if r["epoch_done"] else f" ({r['steps']} steps)"
-        print(f"| {r['optimizer']} | {r['threads']} | {r['V']:.0e} | {r['samples_per_s']:.0f} ({r['median_samples_per_s']:.0f}, "
+        star = "*" if r.get("rate_from_epoch") else ""
+        print(f"| {r['optimizer']} | {r['threads']} | {r['V']:.0e} | {r['samples_per_s']:.0f}{star} ({r['median_samples_per_s']:.0f}, "
               f"{r['epoch_samples_per_s']:.0f}){partial} | {ratio:.2f} | "
               f"{r['peak_rss_mib']:.0f} | {memory:.2f} (table {r['table_mib']:.0f} + state {r['state_mib']:.0f} MiB) | "
               + " | ".join(metrics) + " |")
