@@ -18,6 +18,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.export import export_run
 from mtlkit.nlp.config import parse_nlp_config
 from mtlkit.serve import create_app
+from nlp_resume import train_whole_and_resumed
 
 from nlp_serving_runs import NLP, WNUT
 from tiny_bert import save_tiny_bert
@@ -157,28 +158,11 @@ def test_groups_without_adapters_is_a_config_error(tmp_path):
 
 def test_an_interrupted_grouped_run_resumes_exactly(trained, tmp_path, monkeypatch):
     """last.pt holds the group adapters, heads and optimizer state: the resumed run's metrics equal the whole run's."""
-    import mtlkit.nlp.run as nlp_run
-    from mtlkit.nlp.run import train_nlp_run
-
     directory, _ = trained
     raw = _raw(directory / "bert")
     raw["train"].update(checkpoint_every=2)
     config = parse_nlp_config(raw)
-    whole = train_nlp_run(config, tmp_path / "whole")
-    original, seen = nlp_run.TaskSampler.epoch, [0]
-
-    def interrupted(self, epoch=0, start_step=0):
-        for step in original(self, epoch, start_step):
-            seen[0] += 1
-            if seen[0] == 9:  # in epoch 2 (6 steps an epoch), one step after a checkpoint
-                raise KeyboardInterrupt
-            yield step
-
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_nlp_run(config, tmp_path / "resumed")
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", original)
-    resumed = train_nlp_run(config, tmp_path / "resumed")
+    whole, resumed = train_whole_and_resumed(config, tmp_path, monkeypatch, interrupt_at=9)  # in epoch 2 (6 steps an epoch), one step after a checkpoint
     assert resumed["validation"] == whole["validation"]
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]

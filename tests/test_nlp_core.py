@@ -23,6 +23,7 @@ from mtlkit.nlp.model import MixingSpec, NLPMultiTaskModel, trim_padding  # noqa
 from mtlkit.nlp.readers.glue import read_glue_tsv, read_mrpc, read_sts  # noqa: E402
 from mtlkit.nlp.readers.ranking import read_ranking_tsv  # noqa: E402
 from mtlkit.nlp.sampling import SamplingSpec, TaskSampler, capped, probabilities  # noqa: E402
+from nlp_resume import train_whole_and_resumed, validation_log
 
 from conftest import SHARED_DATA  # noqa: E402
 from tiny_bert import save_tiny_bert  # noqa: E402
@@ -453,9 +454,6 @@ def test_second_stage_starts_from_the_multitask_weights(tiny, tmp_path):
 
 def test_interrupted_run_resumes_exactly(tiny, tmp_path, monkeypatch):
     """Sampler order and masked-LM masks are functions of (seed, epoch, step): a resumed run matches."""
-    import mtlkit.nlp.run as nlp_run
-    from mtlkit.nlp.run import train_nlp_run
-
     root, _, _ = tiny
     rows = {"train": 24, "validation": 8}
     config = parse_nlp_config({
@@ -465,25 +463,10 @@ def test_interrupted_run_resumes_exactly(tiny, tmp_path, monkeypatch):
                    "data": {"train": str(NLP / "sst2" / "train.tsv"), "validation": str(NLP / "sst2" / "dev.tsv"),
                             "format": "glue_tsv", "max_rows": rows}},
                   {"name": "lm", "kind": "mlm", "max_length": 24, "data": {"from_tasks": ["sst2"]}}]})
-    whole = train_nlp_run(config, tmp_path / "whole")
-    original, seen = nlp_run.TaskSampler.epoch, [0]
-
-    def interrupted(self, epoch=0, start_step=0):
-        for step in original(self, epoch, start_step):
-            seen[0] += 1
-            if seen[0] == 9:  # mid-epoch 2, one step after a checkpoint
-                raise KeyboardInterrupt
-            yield step
-
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_nlp_run(config, tmp_path / "resumed")
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", original)
-    resumed = train_nlp_run(config, tmp_path / "resumed")
+    whole, resumed = train_whole_and_resumed(config, tmp_path, monkeypatch, interrupt_at=9)  # mid-epoch 2, one step after a checkpoint
     assert resumed["validation"] == whole["validation"]
     assert (tmp_path / "whole" / "metrics.jsonl").read_text().count("perplexity") == 2
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k.startswith("val/")} for line in path.read_text().splitlines()]  # noqa: E731
-    assert strip(tmp_path / "resumed" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+    assert validation_log(tmp_path / "resumed") == validation_log(tmp_path / "whole")
 
 
 def test_example_glue_config_is_valid():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import transformers  # noqa: F401  (the test extra installs it: a missing one fails, never skips)
@@ -14,6 +12,7 @@ from mtlkit.nlp.electra import sample_inverse_cdf
 from mtlkit.nlp.examples import TextExample
 from mtlkit.nlp.kinds.replaced_token import CHOSEN, ReplacedTokenTask
 from mtlkit.nlp.model import NLPMultiTaskModel
+from nlp_resume import train_whole_and_resumed, validation_log
 
 from conftest import SHARED_DATA
 from tiny_bert import save_tiny_bert
@@ -127,30 +126,12 @@ def _config(root, **train):
 
 def test_an_interrupted_generator_run_resumes_exactly(tiny, tmp_path, monkeypatch):
     """Choices and the uniforms of the samples are functions of (seed, epoch, step): a resumed run matches bit for bit."""
-    import mtlkit.nlp.run as nlp_run
-    from mtlkit.nlp.run import train_nlp_run
-
     root, _, _ = tiny
     config = _config(root)
-    whole = train_nlp_run(config, tmp_path / "whole")
+    whole, resumed = train_whole_and_resumed(config, tmp_path, monkeypatch, interrupt_at=9)  # mid-epoch 2, one step after a checkpoint
     assert {"replaced_token_accuracy", "generator_perplexity"} <= set(whole["validation"]["rtd"])
-    original, seen = nlp_run.TaskSampler.epoch, [0]
-
-    def interrupted(self, epoch=0, start_step=0):
-        for step in original(self, epoch, start_step):
-            seen[0] += 1
-            if seen[0] == 9:  # mid-epoch 2, one step after a checkpoint
-                raise KeyboardInterrupt
-            yield step
-
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_nlp_run(config, tmp_path / "resumed")
-    monkeypatch.setattr(nlp_run.TaskSampler, "epoch", original)
-    resumed = train_nlp_run(config, tmp_path / "resumed")
     assert resumed["validation"] == whole["validation"]
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k.startswith("val/")} for line in path.read_text().splitlines()]  # noqa: E731
-    assert strip(tmp_path / "resumed" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+    assert validation_log(tmp_path / "resumed") == validation_log(tmp_path / "whole")
     a = torch.load(tmp_path / "whole" / "best.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "resumed" / "best.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
