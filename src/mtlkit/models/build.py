@@ -99,9 +99,9 @@ def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
                 raise ConfigError(f"model.shallow_tower.tasks: unknown task {name!r}; tasks are: {', '.join(names)}")
             if name in derived:
                 raise ConfigError(f"model.shallow_tower.tasks: {name!r} is an ESMM product; its bias comes through its factors")
-        if not getattr(schema, "bias_cardinalities", None):
+        if not schema.bias_cardinalities:
             raise ConfigError("model.shallow_tower needs bias features: list them under features.bias (e.g. position, device)")
-    for seq in getattr(schema, "sequences", []):
+    for seq in schema.sequences:
         if seq.pooling == "dien" and f"dien:{seq.name}" in names:
             raise ConfigError(f"tasks: {f'dien:{seq.name}'!r} is the name of sequence {seq.name!r}'s DIEN auxiliary task; rename the task")
     if spec.fusion is not None:

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -80,10 +81,9 @@ class TokenFrequencyTask(NLPTask):
             raise ConfigError(f"task {self.name!r}: kind token_frequency counts the training split only, and data.train "
                               "gives it no rows (a frequency from validation or test text would leak)")
         texts = [t for e in train_examples for t in (e.text, getattr(e, "text_pair", None)) if t]
-        counts = torch.zeros(len(tokenizer), dtype=torch.float64)
-        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(counts)).double()[: len(counts)]
-        self.set_table(counts)
+        # One count over all word pieces (a bincount per text would allocate a vocabulary-sized tensor each).
+        ids = torch.tensor(list(itertools.chain.from_iterable(tokenizer(texts, add_special_tokens=False)["input_ids"])), dtype=torch.long)
+        self.set_table(torch.bincount(ids, minlength=len(tokenizer)).double()[: len(tokenizer)])
 
     def set_table(self, counts: Tensor) -> None:
         """The standardised add-α log relative frequency per token id from raw ``counts``."""
