@@ -18,7 +18,11 @@ backbone with each loss balancer (issue: MMoE × every balancer).
     python benchmarks/census.py --group 1 --seeds 5 --backbones mmoe adatt home home_nofix pepnet dbmtl stem mmoe_bn
 
 Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
-``census_group<G>[_<tag>]_summary.json`` to --out.
+``census_group<G>[_<tag>]_summary.json`` to --out. ``--resume`` keeps the runs already in that CSV
+(same backbone, options, balancer, seed and tuning role) and runs only the missing ones, so a sweep
+killed half-way, or extended from 3 to 5 seeds, repeats nothing:
+
+    python benchmarks/census.py --group 1 --seeds 5 --tune --resume --backbones single_task mmoe home
 """
 
 from __future__ import annotations
@@ -94,13 +98,49 @@ def run_one(backbone: str, options: dict, balancer: str, seed: int, data, schema
     result = trainer.fit(encoded["train"].batches(args.batch_size, shuffle=True, seed=seed), encoded["validation"])
     row = {"backbone": backbone, "balancer": balancer, "embedding_optimizer": args.embedding_optimizer, "options": json.dumps(options, separators=(",", ":")),
            "seed": seed, "tuning": False, "epochs": len(result.history), "best_epoch": json.dumps(result.best_epoch),
-           "train_seconds": round(result.train_seconds, 1)}
+           "train_seconds": round(result.train_seconds, 1), "protocol": protocol_key(args)}
     for task in data.tasks:
         row[f"val_auc_{task.name}"] = result.best_results[task.name]["auc"]
     test = evaluate(model, data.tasks, encoded["test"])
     for task in data.tasks:
         row[f"test_auc_{task.name}"] = test[task.name]["auc"]
     return row
+
+
+def finished_runs(path: Path, args) -> dict[tuple, dict]:
+    """Rows of an earlier CSV keyed by what defines a run, with their numbers read back as numbers.
+
+    Only runs of the same training protocol count: a CSV written with other epochs, batch size,
+    learning rate, embedding size or optimiser is an error rather than silently mixed in.
+    """
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    protocol = {"protocol": protocol_key(args)}
+    done = {}
+    for row in rows:
+        if row.get("protocol", "") != protocol["protocol"]:
+            raise SystemExit(f"--resume: {path} holds runs of another protocol ({row.get('protocol') or 'unrecorded'}; "
+                             f"this one: {protocol['protocol']}); use another --tag or --out")
+        for key, value in row.items():
+            if key.startswith(("val_", "test_")) or key == "train_seconds":
+                row[key] = float(value)
+        row["seed"], row["epochs"] = int(row["seed"]), int(row["epochs"])
+        row["tuning"] = row["tuning"] == "True"
+        done[run_key(row["backbone"], row["options"], row["balancer"], row["seed"], row["tuning"])] = row
+    return done
+
+
+def protocol_key(args) -> str:
+    return (f"epochs={args.epochs},patience={args.patience},batch={args.batch_size},lr={args.lr},"
+            f"dim={args.embedding_dim},tables={args.embedding_optimizer},train_rows={args.train_rows}")
+
+
+def run_key(backbone: str, options: str | dict, balancer: str, seed: int, tuning: bool) -> tuple:
+    if not isinstance(options, str):
+        options = json.dumps(options, separators=(",", ":"))
+    return backbone, options, balancer, seed, tuning
 
 
 def mean_validation_auc(rows: list[dict], names: list[str]) -> float:
@@ -130,6 +170,8 @@ def main() -> None:
                         help="reduced scale: a seeded random subset of this many training rows (validation and test stay whole)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished runs of an earlier CSV with the same name; run only the missing ones")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,6 +187,19 @@ def main() -> None:
     stem = f"census_group{args.group}" + (f"_{args.tag}" if args.tag else "")
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    done = finished_runs(args.out / f"{stem}.csv", args) if args.resume else {}
+
+    def run(backbone: str, options: dict, balancer: str, seed: int, tuning: bool) -> dict:
+        key = run_key(backbone, options, balancer, seed, tuning)
+        if key in done:
+            row = done.pop(key)
+            rows.append(row)
+            console.print(f"{'tuning ' if tuning else ''}{backbone}/{balancer} seed {seed}: reused from the earlier CSV")
+            return row
+        row = run_one(backbone, options, balancer, seed, data, schema, encoded, args)
+        row["tuning"] = tuning
+        record(row)
+        return row
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -155,7 +210,7 @@ def main() -> None:
         with open(args.out / f"{stem}.csv", "w", newline="") as f:  # rewritten per run: nothing lost on a crash
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rows + list(done.values()))  # runs not reached yet stay in the file
 
     chosen: dict[str, dict] = {}
     previous = json.loads(args.options_from.read_text()) if args.options_from else {}
@@ -168,10 +223,7 @@ def main() -> None:
             for options in candidates:  # tuned with equal weighting; balancers reuse the choice
                 runs = []
                 for seed in range(args.tune_seeds):
-                    row = run_one(backbone, options, args.balancers[0], seed, data, schema, encoded, args)
-                    row["tuning"] = True
-                    record(row)
-                    runs.append(row)
+                    runs.append(run(backbone, options, args.balancers[0], seed, tuning=True))
                 scores.append(mean_validation_auc(runs, names))
             chosen[backbone] = candidates[int(np.argmax(scores))]
             console.print(f"{backbone}: chose {chosen[backbone]} (validation AUC " + ", ".join(f"{s:.4f}" for s in scores) + ")")
@@ -179,7 +231,7 @@ def main() -> None:
             chosen[backbone] = candidates[0]
         for balancer in args.balancers:
             for seed in range(args.seeds):
-                record(run_one(backbone, chosen[backbone], balancer, seed, data, schema, encoded, args))
+                run(backbone, chosen[backbone], balancer, seed, tuning=False)
 
     final = [r for r in rows if not r["tuning"]]
     by_balancer = len(args.balancers) > 1

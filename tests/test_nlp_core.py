@@ -100,6 +100,27 @@ def test_each_head_shapes_and_loss_batch_of_one_and_empty_mask(tiny):
     assert set(metrics) == {"accuracy", "f1", "mcc"}
 
 
+def test_mlm_takes_the_text_of_any_readers_records(tiny):
+    """Masked LM over a tagging file's sentences or a QA file's contexts reads the same text as a plain row;
+    a record with no text is a one-line config error naming the task, not an AttributeError."""
+    from mtlkit.nlp.records import Answer, QAExample, TaggedSentence
+
+    _, tokenizer, _ = tiny
+    task = MaskedLMTask(name="lm", max_length=16)
+    plain = task.featurize([TextExample("a man is playing a flute ."), TextExample("bleak and desperate")], tokenizer)
+    records = [TaggedSentence(("a", "man", "is", "playing", "a", "flute", "."), ("O",) * 7),
+               QAExample("q1", "who plays ?", "bleak and desperate", (Answer("bleak", 0),))]
+    mixed = task.featurize(records, tokenizer)
+    assert torch.equal(mixed.inputs["input_ids"], plain.inputs["input_ids"])
+    assert torch.equal(mixed.targets["lm"], plain.targets["lm"])
+
+    class NoText:
+        source = "file.jsonl:3"
+
+    with pytest.raises(ConfigError, match="task 'lm'.*NoText holds no text"):
+        task.featurize([NoText()], tokenizer)
+
+
 def test_mlm_masking_rates_deterministic_and_tied_head(tiny):
     _, tokenizer, bert = tiny
     task = MaskedLMTask(name="lm")

@@ -135,9 +135,9 @@ def _verification_examples(entry: Any, task: NLPTask, fallback: list[str]) -> li
 
 
 def _texts(examples: Sequence[Any]) -> list[str]:
-    from mtlkit.nlp.run import _texts as texts_of
+    from mtlkit.nlp.examples import texts_of
 
-    return [texts_of(ex, "", "")[0] for ex in examples]
+    return [texts_of(ex)[0] for ex in examples]
 
 
 def _difference(got: np.ndarray, want: Tensor) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from mtlkit.diagnostics.gradients import gradient_diagnostics
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.nlp.base import NLPTask
 from mtlkit.nlp.config import SPLITS, HoldoutSpec, NLPRunConfig, dump_nlp_config, parse_nlp_config
-from mtlkit.nlp.examples import TextExample
+from mtlkit.nlp.examples import TextExample, texts_of
 from mtlkit.nlp.sampling import TaskSampler, seed_key
 from mtlkit.run import DAMAGED_RUN_HINT, load_weights
 
@@ -70,15 +70,10 @@ def _holdout(train: list, fractions: dict[str, float], seed: int, task: str, gro
 
 
 def _texts(example: Any, task: str, source: str) -> tuple[str, str | None]:
-    if hasattr(example, "text"):
-        return example.text, getattr(example, "text_pair", None)
-    if hasattr(example, "tokens"):
-        return " ".join(example.tokens), None
-    if hasattr(example, "context"):
-        return example.context, None
-    if hasattr(example, "query"):
-        return example.query, None
-    raise ConfigError(f"task {task!r}: cannot take texts from task {source!r} ({type(example).__name__} has none)")
+    try:
+        return texts_of(example)
+    except TypeError as error:
+        raise ConfigError(f"task {task!r}: cannot take texts from task {source!r} ({error})") from None
 
 
 def load_examples(config: NLPRunConfig) -> dict[str, dict[str, list]]:

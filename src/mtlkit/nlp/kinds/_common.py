@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
+from mtlkit.nlp.examples import texts_of
 from mtlkit.nlp.featurize import tokenize
 from mtlkit.nn.mlp import MLP
 
@@ -42,12 +43,16 @@ def require_fast(tokenizer: Any, task: str) -> None:
         raise ConfigError(f"task {task!r}: needs a tokenizer that pads on the right (position 0 is the null answer)")
 
 
-def corruptible_tokens(examples: Sequence[Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Tensor], Tensor]:
-    """The tokenized texts (and pairs) of ``examples`` and which positions a self-supervised task may
-    corrupt: real tokens, not padding nor special tokens (masked LM, replaced-token detection)."""
-    sources = [getattr(e, "source", "") for e in examples]
-    pairs = [getattr(e, "text_pair", None) for e in examples]
-    inputs = tokenize(tokenizer, [e.text for e in examples], pairs, max_length, sources, mixed=True)
+def corruptible_tokens(examples: Sequence[Any], tokenizer: Any, max_length: int, task: str) -> tuple[dict[str, Tensor], Tensor]:
+    """The tokenized texts (and pairs) of ``examples`` — any reader's records, see
+    :func:`~mtlkit.nlp.examples.texts_of` — and which positions a self-supervised task may corrupt:
+    real tokens, not padding nor special tokens (masked LM, replaced-token detection)."""
+    try:
+        texts = [texts_of(e) for e in examples]
+    except TypeError as error:
+        raise ConfigError(f"task {task!r}: its data holds no text to corrupt ({error})") from None
+    sources = [e.source for e in examples]
+    inputs = tokenize(tokenizer, [t for t, _ in texts], [p for _, p in texts], max_length, sources, mixed=True)
     ids = inputs["input_ids"]
     special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids.dtype))
     return inputs, inputs["attention_mask"].bool() & ~special

@@ -18,12 +18,14 @@ metric (``train.monitor: stsb/pearson``), since a good adversary means a *low* d
 ``adversarial: false`` drops the reversal: the same head as an ordinary auxiliary task, whose
 gradient teaches the encoder the domain instead (the ablation "with vs without reversal").
 
-Example:
+Example: the encoder's pooled vector gets the domain classifier's gradient times ``−λ``.
+
     >>> import torch
-    >>> x = torch.ones(3, requires_grad=True)
-    >>> reverse_gradient(x, 0.5).sum().backward()
-    >>> x.grad.tolist()
-    [-0.5, -0.5, -0.5]
+    >>> head = DomainHead(4, n_domains=2, options=HeadOptions(dropout=0.0), lam=0.5)
+    >>> pooled, plain = torch.ones(3, 4, requires_grad=True), torch.ones(3, 4, requires_grad=True)
+    >>> head(None, pooled, {}).sum().backward(); head.classifier(None, plain, {}).sum().backward()
+    >>> head(None, pooled, {}).shape, torch.allclose(pooled.grad, -0.5 * plain.grad)
+    (torch.Size([3, 2]), True)
 """
 
 from __future__ import annotations

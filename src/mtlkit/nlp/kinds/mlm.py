@@ -116,7 +116,7 @@ class MaskedLMTask(NLPTask):
         if tokenizer.mask_token_id is None:
             raise ConfigError(f"task {self.name!r}: the tokenizer has no mask token, so masked-LM cannot run")
         self.set_vocabulary(tokenizer.mask_token_id, len(tokenizer))
-        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length)
+        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length, self.name)
         ids = inputs["input_ids"]
         inputs[POSITIONS] = torch.zeros_like(eligible)
         target = ids.where(eligible, torch.full_like(ids, IGNORE))

@@ -179,7 +179,7 @@ class ReplacedTokenTask(NLPTask):
         if self.corruption == "generator" and tokenizer.mask_token_id is None:
             raise ConfigError(f"task {self.name!r}: corruption: generator needs a tokenizer with a mask token")
         self.set_vocabulary(len(tokenizer), tokenizer.mask_token_id)
-        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length)
+        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length, self.name)
         ids = inputs["input_ids"]
         # uniform: 0 (not replaced yet); generator: the original token, the generator's MLM label
         target = torch.where(eligible, ids if self.corruption == "generator" else torch.zeros_like(ids), torch.full_like(ids, IGNORE))

@@ -104,7 +104,7 @@ class TokenFrequencyTask(NLPTask):
 
     def featurize(self, examples: Sequence[Any], tokenizer: Any) -> EncodedTable:
         table = self.table
-        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length)
+        inputs, eligible = corruptible_tokens(examples, tokenizer, self.max_length, self.name)
         ids = inputs["input_ids"].clamp(0, len(table) - 1)
         target = torch.where(eligible, table[ids], torch.full(ids.shape, math.nan))
         return EncodedTable(inputs, {self.name: target}, {self.name: eligible.any(1)})
