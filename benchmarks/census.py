@@ -17,6 +17,10 @@ backbone with each loss balancer (issue: MMoE × every balancer).
     python benchmarks/census.py --group 1 --seeds 3 --backbones mmoe --balancers fixed uncertainty dwa mgda
     python benchmarks/census.py --group 1 --seeds 5 --backbones mmoe adatt home home_nofix pepnet dbmtl stem mmoe_bn
 
+With ``single_task`` among the backbones a second table gives each backbone's paired test-AUC
+difference against it, seed by seed, with a 95% bootstrap interval and a verdict (the statistics of
+``mtlkit study``).
+
 Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
 ``census_group<G>[_<tag>]_summary.json`` to --out. ``--resume`` keeps the runs already in that CSV
 (same backbone, options, balancer, seed and tuning role) and runs only the missing ones, so a sweep
@@ -259,7 +263,39 @@ def main() -> None:
                 cells += [f"{values.mean():.4f} ± {std:.4f}", quoted]
             table.add_row(backbone, *([balancer] if by_balancer else []), *cells, f"{summary[key]['train_seconds']:.0f}")
     console.print(table)
+    if "single_task" in args.backbones:
+        console.print(paired_table(final, args, names, summary))
     (args.out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def paired_table(final: list[dict], args, names: list[str], summary: dict) -> Table:
+    """Each backbone against single-task, seed by seed (same seed: same data order and initial draw):
+    mean paired difference of test AUC, its 95% bootstrap interval and the verdict (mtlkit.study.stats),
+    also written to the summary as ``vs_single_task``."""
+    from mtlkit.study.stats import compare
+
+    def by_seed(backbone: str, balancer: str, name: str) -> dict[int, float]:
+        return {r["seed"]: r[f"test_auc_{name}"] for r in final if r["backbone"] == backbone and r["balancer"] == balancer}
+
+    table = Table(title=f"Paired test-AUC difference against single_task over {args.seeds} seeds: mean [95% bootstrap interval]")
+    table.add_column("backbone")
+    for name in names:
+        table.add_column(name, justify="right")
+    for backbone in args.backbones:
+        for balancer in args.balancers:
+            if backbone == "single_task" and balancer == args.balancers[0]:
+                continue
+            key = f"{backbone}/{balancer}" if len(args.balancers) > 1 else backbone
+            cells, paired = [], {}
+            for name in names:
+                arm, base = by_seed(backbone, balancer, name), by_seed("single_task", args.balancers[0], name)
+                seeds = sorted(set(arm) & set(base))
+                c = compare([arm[s] for s in seeds], [base[s] for s in seeds], higher_is_better=True)
+                paired[name] = {"mean": c.mean, "low": c.low, "high": c.high, "verdict": c.verdict, "seeds": seeds}
+                cells.append(f"{c.mean:+.4f} [{c.low:+.4f}, {c.high:+.4f}] {c.verdict}")
+            summary[key]["vs_single_task"] = paired
+            table.add_row(key, *cells)
+    return table
 
 
 if __name__ == "__main__":
