@@ -5,7 +5,8 @@ the synthetic short-video log (:mod:`mtlkit.data.datasets.shortvideo`), two hash
 (user_id, item_id) of ``V`` buckets each, one small categorical (device) and one numeric field
 (log duration), embedding dim 16, batch 1024. For every ``V``, thread count and table optimiser
 (``dense`` = today's dense gradient + fused Adam over the tables too; ``rowwise_adagrad``,
-``lazy_adam``, ``sgd`` = sparse gradients, touched rows only; the dense parameters always take
+``lazy_adam``, ``sgd`` = sparse gradients, touched rows only; ``rowwise_adagrad+bf16`` = the same
+with the tables stored in bfloat16, ``model.embedding_storage``; the dense parameters always take
 fused Adam, lr 1e-3) it trains one epoch and reports samples/s, the ratio to ``V = 1e3``, the
 peak RSS, the memory above the pre-model baseline against weights + optimiser state, and the test
 AUC / logloss per task. Each configuration runs in its own subprocess, so its peak RSS is its own.
@@ -99,10 +100,15 @@ def schema(buckets: int) -> FittedSchema:
                         numeric=[FittedNumeric("duration", "standard", None, 0.0, 1.0, False)])
 
 
+BF16 = "+bf16"  # an optimiser name with this suffix: the same optimiser on tables stored in bfloat16
+
+
 def model_and_optimizers(buckets: int, optimizer: str):
     torch.manual_seed(0)
-    model = build_model(ModelSpec(backbone="mmoe", options={"experts": 4, "expert_hidden": [64]}, embedding_dim=DIM, tower=[32]),
-                        schema(buckets), TASKS)
+    storage = "bfloat16" if optimizer.endswith(BF16) else "float32"
+    optimizer = optimizer.removesuffix(BF16)
+    model = build_model(ModelSpec(backbone="mmoe", options={"experts": 4, "expert_hidden": [64]}, embedding_dim=DIM, tower=[32],
+                                  embedding_storage=storage, embedding_optimizer={"name": optimizer}), schema(buckets), TASKS)
     spec = EmbeddingOptimizerSpec(name=optimizer) if optimizer == "dense" else EmbeddingOptimizerSpec(name=optimizer, lr=TABLE_LR[optimizer])
     return model, build_optimizers(model, spec, lr=1e-3, field_names=["user_id", "item_id", "device"])
 
@@ -301,7 +307,8 @@ def available_mib() -> float:
 
 def needed_mib(buckets: int, optimizer: str) -> float:
     weights = (2 * buckets + 4) * DIM * 4 / 2**20
-    factor = {"dense": 4.2, "lazy_adam": 3.2, "rowwise_adagrad": 1.1, "sgd": 1.05}.get(optimizer, 4.2)  # weights, grad, moments
+    factor = {"dense": 4.2, "lazy_adam": 3.2, "rowwise_adagrad": 1.1, "sgd": 1.05,  # weights, grad, moments
+              "rowwise_adagrad+bf16": 0.6}.get(optimizer, 4.2)
     return weights * factor + 600
 
 
@@ -322,9 +329,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e3, 1e5, 1e6, 4e6, 1.6e7], help="buckets per ID field")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--optimizers", nargs="+", default=["dense", "rowwise_adagrad", "lazy_adam", "sgd", *PEERS],
-                        choices=["dense", "rowwise_adagrad", "lazy_adam", "sgd", *PEERS],
-                        help="mtlkit's table optimisers, and the peers' MMoE (dense tables + Adam)")
+    parser.add_argument("--optimizers", nargs="+", default=["dense", "rowwise_adagrad", "rowwise_adagrad+bf16", "lazy_adam", "sgd", *PEERS],
+                        choices=["dense", "rowwise_adagrad", "rowwise_adagrad+bf16", "lazy_adam", "sgd", *PEERS],
+                        help="mtlkit's table optimisers (+bf16: tables stored in bfloat16), and the peers' MMoE (dense tables + Adam)")
     parser.add_argument("--rows", type=int, default=2_000_000, help="short-video log rows (80%% train, 10%% test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -408,6 +415,14 @@ def report_training(results: list[dict], sizes: list[int]) -> None:
     if gaps:
         print("\nrow-wise AdaGrad AUC − dense Adam AUC: " + ", ".join(f"{t}t V={v:.0e} {n} {g:+.4f}" for t, v, n, g in gaps))
     default = {(r["threads"], r["V"]): r for r in results if r["optimizer"] == "rowwise_adagrad"}
+    half = [(r, default[(r["threads"], r["V"])]) for r in results
+            if r["optimizer"] == "rowwise_adagrad" + BF16 and (r["threads"], r["V"]) in default]
+    if half:
+        print("\nbf16 tables vs fp32 tables (row-wise AdaGrad): " + "; ".join(
+            f"{r['threads']}t V={r['V']:.0e} peak RSS {r['peak_rss_mib'] / d['peak_rss_mib']:.2f}×, samples/s "
+            f"{r['samples_per_s'] / d['samples_per_s']:.2f}×" + "".join(
+                f", AUC {t.name} {r[f'auc_{t.name}'] - d[f'auc_{t.name}']:+.4f}" for t in TASKS if f"auc_{t.name}" in r and f"auc_{t.name}" in d)
+            for r, d in half))
     for peer in PEERS:
         pairs = [(r, default[(r["threads"], r["V"])]) for r in results if r["optimizer"] == peer and (r["threads"], r["V"]) in default]
         if pairs:

@@ -6,8 +6,8 @@ rows is split ``rank::2``; each rank's table gradient is a COO tensor over the r
 of the 1-process run on the whole batch, without a dense tensor of the table's size, for
 equal weighting (all_gather_sparse_grads) and for MGDA with the table in its Jacobian (the
 touched-row columns aligned over ranks before J is averaged); 3 training steps with row-wise
-AdaGrad must end with the 1-process weights, equal on both ranks; and so must 2 epochs of the
-trainer itself (``model.embedding_optimizer``'s tables, fixed weighting and MGDA).
+AdaGrad must end with the 1-process weights, equal on both ranks (a bf16 table within a bf16
+rounding, its ranks bit-equal); and so must 2 epochs of the trainer itself (``model.embedding_optimizer``'s tables, fixed weighting and MGDA).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ WORKER = textwrap.dedent('''
     from pathlib import Path
     import torch
     sys.path.insert(0, sys.argv[2])
-    from test_sparse_tables import TASKS, _batch, _losses, _model
+    from test_sparse_tables import TASKS, _batch, _losses, _model, _schema
+    from mtlkit.models import ModelSpec, build_model
     from mtlkit.balancing import BalancerSpec, GradientBalancer, build_balancer
     from mtlkit.optim import EmbeddingOptimizerSpec, build_optimizers
     from mtlkit.data.batch import EncodedTable
@@ -74,6 +75,15 @@ WORKER = textwrap.dedent('''
     for _ in range(3):
         step(model, balancer, opt)
     result["trained"] = {k: v.clone() for k, v in model.state_dict().items()}
+    # A bf16 table (model.embedding_storage): bf16 gradient rows gathered and summed in fp32.
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone="mmoe", options={"experts": 2, "expert_hidden": [8]}, embedding_dim=4, tower=[4],
+                                  embedding_storage="bfloat16", embedding_optimizer={"name": "rowwise_adagrad"}), _schema(500), TASKS)
+    model.encoder.embedding.set_sparse_gradients(True)
+    opt = build_optimizers(model, EmbeddingOptimizerSpec(name="rowwise_adagrad", lr=0.1), lr=1e-2)
+    for _ in range(3):
+        step(model, build_balancer(BalancerSpec(name="fixed"), TASKS), opt)
+    result["trained-bf16"] = {k: v.clone() for k, v in model.state_dict().items()}
     # Through the trainer: row-wise AdaGrad tables, loss weighting (tables exchanged as rows) and
     # MGDA (tables in the rank-averaged Jacobian); 61 rows: a last global batch of 13 (7 + 6 rows).
     data = EncodedTable(full_inputs, full_targets, {k: torch.ones(61, dtype=torch.bool) for k in full_targets})
@@ -135,3 +145,16 @@ def test_two_processes_exchange_sparse_table_gradients_like_one(tmp_path):
     for key, want in single["trained"].items():
         torch.testing.assert_close(ranks[0]["trained"][key], want, rtol=0, atol=1e-5, msg=key)
         assert torch.equal(ranks[0]["trained"][key], ranks[1]["trained"][key]), key
+    bf16 = single["trained-bf16"]
+    assert bf16[table].dtype == torch.bfloat16
+    for key, want in bf16.items():
+        got = ranks[0]["trained-bf16"][key]
+        assert torch.equal(got, ranks[1]["trained-bf16"][key]), key  # the ranks stay in step
+        # Per-rank partial sums round differently, and a stochastic rounding of a value that differs
+        # in its last bits may go the other way: a few values end a few bf16 steps (2⁻⁷ relative) apart.
+        if key == table:
+            differ = got != want
+            assert differ.float().mean() < 0.01, key
+            torch.testing.assert_close(got.float()[differ], want.float()[differ], rtol=2**-4, atol=1e-4, msg=key)
+        else:  # fp32 weights, fed by those embeddings: Adam (lr 0.01) amplifies their few-ulp difference
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-3, msg=key)  # where a gradient is near 0

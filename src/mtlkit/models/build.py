@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,7 +29,8 @@ from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
 from mtlkit.optim.build import table_field_names
-from mtlkit.optim.spec import AUTO, EmbeddingOptimizerSpec, check_fields
+from mtlkit.optim.rounding import STORAGE_DTYPES
+from mtlkit.optim.spec import AUTO, AUTO_SPARSE_ROWS, EmbeddingOptimizerSpec, check_fields
 from mtlkit.protocols import TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
@@ -45,6 +46,9 @@ class ModelSpec(BaseModel):
     # how the tables train: auto (row-wise AdaGrad on the rows a batch touched for tables over 50k rows,
     # else dense), rowwise_adagrad, lazy_adam, sgd or dense (mtlkit.optim.spec)
     embedding_optimizer: EmbeddingOptimizerSpec = Field(default_factory=lambda: EmbeddingOptimizerSpec(name=AUTO))
+    # the tables' weights: float32, or bfloat16 (half the memory; needs a row-wise table optimiser,
+    # which updates in fp32 and rounds back stochastically: mtlkit.optim.rounding)
+    embedding_storage: Literal["float32", "bfloat16"] = "float32"
     tower: list[int] = Field(default_factory=list)
     tower_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     relations: TaskRelations = Field(default_factory=TaskRelations)
@@ -112,6 +116,17 @@ def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
                 raise ConfigError(f"model.fusion.weights: task {name!r} is multiclass and has no scalar prediction")
 
 
+def _check_storage(spec: ModelSpec, encoder: TabularEncoder) -> None:
+    """Reduced-precision tables need a row-wise table optimiser: a dense optimiser would add its
+    updates in bf16, rounding to nearest, and lose every step under 2⁻⁹ of a weight."""
+    rows = sum(rows.stop - rows.start for rows in encoder.embedding.field_rows()) if encoder.embedding is not None else 0
+    if spec.embedding_optimizer.for_rows(rows).dense:
+        why = ("'auto' picks dense Adam for tables of at most "
+               f"{AUTO_SPARSE_ROWS:,} rows (these have {rows:,})") if spec.embedding_optimizer.name == AUTO else "it is 'dense'"
+        raise ConfigError(f"model.embedding_storage: {spec.embedding_storage} tables need a row-wise table optimizer, "
+                          f"and model.embedding_optimizer does not give one ({why}); name one, e.g. {{name: rowwise_adagrad}}")
+
+
 def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) -> TrainableModel:
     _check_spec(spec, schema, tasks)
     backbone_cls = BACKBONES.get(spec.backbone)
@@ -122,7 +137,10 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
 
     def assemble(model_tasks: Sequence[Task]) -> MultiTaskModel:
         layout = input_layout(spec, schema, len(model_tasks))
-        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies, objectives)
+        encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies, objectives,
+                                             STORAGE_DTYPES[spec.embedding_storage])
+        if spec.embedding_storage != "float32":
+            _check_storage(spec, encoder)
         backbone = backbone_cls.create(encoder.output_dim, [t.name for t in model_tasks], options, layout)
         shallow = None
         if spec.shallow_tower is not None:

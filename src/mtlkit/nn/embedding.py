@@ -60,6 +60,7 @@ class TabularEncoder(nn.Module):
         copies: int = 1,
         objectives: Sequence[ObjectiveField] = (),
         max_lengths: Sequence[int] = (),
+        storage: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if copies < 1:
@@ -70,7 +71,8 @@ class TabularEncoder(nn.Module):
         # ``copies`` independent embeddings per categorical field (STEM's shared and task-specific
         # tables): copy c of field f is table field c·F + f, all in the one registered table.
         fields = [*cardinalities, *(list(cardinalities) * (copies - 1)), *own]
-        self.embedding = EMBEDDING_TABLES.get(table)(fields, embedding_dim) if fields else None
+        # storage: the table weights' dtype (bf16 halves their memory; lookups return fp32 either way)
+        self.embedding = EMBEDDING_TABLES.get(table)(fields, embedding_dim, dtype=storage) if fields else None
         self.numeric_dim = numeric_dim
         self.sequences = list(sequences)
         self._sequence_fields: list[int] = []  # the fused-table field each sequence reads
@@ -120,7 +122,7 @@ class TabularEncoder(nn.Module):
 
     @classmethod
     def from_schema(cls, schema: FittedSchema, embedding_dim: int, table: str = "fused", copies: int = 1,
-                    objectives: Sequence[ObjectiveField] = ()) -> TabularEncoder:
+                    objectives: Sequence[ObjectiveField] = (), storage: torch.dtype = torch.float32) -> TabularEncoder:
         """The encoder for a fitted schema: categoricals, numerics and its sequence features."""
         index = {f.name: i for i, f in enumerate(schema.categorical)}
         fields = [
@@ -135,7 +137,7 @@ class TabularEncoder(nn.Module):
             for s in schema.sequences
         ]
         return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies, objectives,
-                   [s.max_len for s in schema.sequences])
+                   [s.max_len for s in schema.sequences], storage)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = []

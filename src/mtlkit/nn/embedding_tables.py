@@ -7,7 +7,11 @@ names it (default ``fused``). A table is an ``nn.Module`` with
 - ``forward(ids)``: ``(B, F)`` long ids of the first ``F`` fields (per-field ids, 0 = unseen or
   missing) → ``(B, F, dim)``;
 - ``field(ids, f)``: ids of any shape, all of field ``f`` (sequence features) → ``(*ids.shape, dim)``;
-- ``num_fields`` and ``dim``.
+- ``num_fields`` and ``dim``;
+- a ``dtype`` keyword (default ``torch.float32``): the weights' storage. ``torch.bfloat16`` halves
+  the tables' memory (``model.embedding_storage: bfloat16``); lookups still return fp32, and the
+  table optimisers update rows in fp32 and round them back stochastically
+  (:mod:`mtlkit.optim.rounding`). The weights are created in that dtype, never as an fp32 table first.
 
 Registered here: ``fused`` (:class:`FusedEmbedding`: one ``nn.Embedding`` with per-field offsets,
 one gather for all fields — the fast default on CPU) and ``per_field`` (:class:`PerFieldEmbedding`:
@@ -77,7 +81,7 @@ from torch.nn import functional as F
 
 from mtlkit.registry import Registry
 
-EMBEDDING_TABLES: Registry[Callable[[Sequence[int], int], EmbeddingTable]] = Registry("embedding table")
+EMBEDDING_TABLES: Registry[Callable[..., EmbeddingTable]] = Registry("embedding table")
 
 
 class FieldRows(NamedTuple):
@@ -126,6 +130,11 @@ def sparse_weights(model: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+def as_float(rows: Tensor) -> Tensor:
+    """Looked-up rows in fp32, whatever the storage (a bf16 table's rows are upcast exactly)."""
+    return rows if rows.dtype == torch.float32 else rows.float()
+
+
 @torch.compiler.disable
 def sparse_lookup(ids: Tensor, weight: Tensor) -> Tensor:
     """``weight[ids]`` with a COO gradient. Left out of ``torch.compile`` (a graph break): Inductor
@@ -140,11 +149,11 @@ class FusedEmbedding(EmbeddingTable):
 
     offsets: Tensor
 
-    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
+    def __init__(self, cardinalities: Sequence[int], dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(int(sum(cardinalities)), dim)
+        self.table = nn.Embedding(int(sum(cardinalities)), dim, dtype=dtype)
         nn.init.normal_(self.table.weight, std=0.05)
         self.cardinalities = [int(c) for c in cardinalities]
         self.num_fields = len(cardinalities)
@@ -152,9 +161,9 @@ class FusedEmbedding(EmbeddingTable):
 
     def _lookup(self, flat: Tensor) -> Tensor:
         if self.sparse_gradients:  # COO gradient of the looked-up rows (B·F·d values)
-            return sparse_lookup(flat, self.table.weight)
+            return as_float(sparse_lookup(flat, self.table.weight))
         # index_select's backward (index_add) is ~5x cheaper on CPU than nn.Embedding's dense backward.
-        return self.table.weight.index_select(0, flat)
+        return as_float(self.table.weight.index_select(0, flat))
 
     def forward(self, ids: Tensor) -> Tensor:
         """``(B, F)`` per-field ids of the first ``F`` fields → ``(B, F, dim)`` embeddings."""
@@ -176,9 +185,9 @@ class FusedEmbedding(EmbeddingTable):
 class PerFieldEmbedding(EmbeddingTable):
     """One ``nn.Embedding`` per field (``F`` gathers per batch instead of one)."""
 
-    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
+    def __init__(self, cardinalities: Sequence[int], dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(int(c), dim) for c in cardinalities)
+        self.tables = nn.ModuleList(nn.Embedding(int(c), dim, dtype=dtype) for c in cardinalities)
         for table in cast("Iterable[nn.Embedding]", self.tables):  # torch stub: ModuleList iterates as Module
             nn.init.normal_(table.weight, std=0.05)
         self.num_fields = len(cardinalities)
@@ -186,7 +195,7 @@ class PerFieldEmbedding(EmbeddingTable):
 
     def _lookup(self, ids: Tensor, field: int) -> Tensor:
         table = self.tables[field]
-        return sparse_lookup(ids, table.weight) if self.sparse_gradients else table(ids)
+        return as_float(sparse_lookup(ids, table.weight) if self.sparse_gradients else table(ids))
 
     def forward(self, ids: Tensor) -> Tensor:
         return torch.stack([self._lookup(ids[..., f], f) for f in range(ids.shape[-1])], dim=-2)

@@ -74,7 +74,10 @@ def coalesce(grad: Tensor) -> Tensor:
         return grad.coalesce()
     ids, inverse = torch.unique(grad._indices()[0], sorted=True, return_inverse=True)
     values = grad._values()
-    rows = values.new_zeros(ids.numel(), *values.shape[1:]).index_add_(0, inverse, values)
+    # A bf16 table's rows are summed in fp32 and rounded once: a popular id may repeat hundreds of
+    # times in a batch, and a running bf16 sum would lose the later rows' low bits.
+    wide = values if values.dtype == torch.float32 else values.float()
+    rows = wide.new_zeros(ids.numel(), *values.shape[1:]).index_add_(0, inverse, wide).to(values.dtype)
     return torch.sparse_coo_tensor(ids.unsqueeze(0), rows, grad.shape, is_coalesced=True, check_invariants=False)
 
 
@@ -100,6 +103,17 @@ class TableOptimizer(torch.optim.Optimizer):
                group: dict[str, Any]) -> None:
         """Update ``param[ids]`` from the gradient rows ``grad`` (state rows ``local``)."""
         raise NotImplementedError
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As :class:`torch.optim.Optimizer`, but the per-row state keeps its saved dtype: torch casts
+        floating state to the weight's dtype, which would round a bf16 table's fp32 accumulators."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        for p, saved_id in zip(params, saved_ids):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if isinstance(value, Tensor):
+                    self.state[p][key] = value.detach().clone().to(device=p.device)
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()

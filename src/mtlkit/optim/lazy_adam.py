@@ -44,6 +44,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlkit.optim.base import TABLE_OPTIMIZERS, TableOptimizer, TableOptimizerOptions
+from mtlkit.optim.rounding import add_to_rows
 
 
 class LazyAdamOptions(TableOptimizerOptions):
@@ -58,12 +59,13 @@ class LazyAdam(TableOptimizer):
 
     def init_state(self, param: Tensor, rows: int, group: dict[str, Any]) -> dict[str, Tensor]:
         shape = (rows, param.shape[1])
-        return {"exp_avg": torch.zeros(shape, dtype=param.dtype, device=param.device),
-                "exp_avg_sq": torch.zeros(shape, dtype=param.dtype, device=param.device)}
+        return {"exp_avg": torch.zeros(shape, dtype=torch.float32, device=param.device),  # fp32 for bf16 tables too
+                "exp_avg_sq": torch.zeros(shape, dtype=torch.float32, device=param.device)}
 
     def update(self, param: Tensor, ids: Tensor, grad: Tensor, local: Tensor, state: dict[str, Any],
                group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
+        grad = grad.float()
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         # The operations, and their order, of torch.optim._functional.sparse_adam (bit-identical).
         old_avg = exp_avg.index_select(0, local)
@@ -76,7 +78,7 @@ class LazyAdam(TableOptimizer):
         denom = sq_update.add_(old_sq).sqrt_().add_(group["eps"])
         step = state["step"]
         step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        param.index_add_(0, ids, -step_size * numer.div_(denom))
+        add_to_rows(param, ids, -step_size * numer.div_(denom), step)
 
 
 __all__ = ["LazyAdam", "LazyAdamOptions"]

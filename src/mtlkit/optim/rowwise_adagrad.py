@@ -40,6 +40,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlkit.optim.base import TABLE_OPTIMIZERS, TableOptimizer, TableOptimizerOptions
+from mtlkit.optim.rounding import add_to_rows
 
 
 class RowWiseAdagradOptions(TableOptimizerOptions):
@@ -58,14 +59,14 @@ class RowWiseAdagrad(TableOptimizer):
 
     def update(self, param: Tensor, ids: Tensor, grad: Tensor, local: Tensor, state: dict[str, Any],
                group: dict[str, Any]) -> None:
-        if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param.index_select(0, ids)
-        accumulator = state["sum"]
         g = grad.float()
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * param.index_select(0, ids).float()
+        accumulator = state["sum"]
         total = accumulator.index_select(0, local) + g.pow(2).mean(1)
         accumulator.index_copy_(0, local, total)
         scale = total.sqrt().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
-        param.index_add_(0, ids, (g * scale.unsqueeze(1)).to(param.dtype))
+        add_to_rows(param, ids, g * scale.unsqueeze(1), state["step"])
 
 
 __all__ = ["RowWiseAdagrad", "RowWiseAdagradOptions"]

@@ -29,6 +29,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlkit.optim.base import TABLE_OPTIMIZERS, TableOptimizer, TableOptimizerOptions
+from mtlkit.optim.rounding import add_to_rows
 
 
 class RowSGDOptions(TableOptimizerOptions):
@@ -43,8 +44,8 @@ class RowSGD(TableOptimizer):
     def update(self, param: Tensor, ids: Tensor, grad: Tensor, local: Tensor, state: dict[str, Any],
                group: dict[str, Any]) -> None:
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param.index_select(0, ids)
-        param.index_add_(0, ids, grad, alpha=-group["lr"])
+            grad = grad.float() + group["weight_decay"] * param.index_select(0, ids).float()
+        add_to_rows(param, ids, grad, state["step"], alpha=-group["lr"])
 
 
 __all__ = ["RowSGD", "RowSGDOptions"]
