@@ -336,9 +336,21 @@ def test_stem_forward_mixes_every_experts_output():
     x = torch.randn(5, layout.input_dim)
     level = bb.levels[0]
     h = x[:, bb.input_columns]
-    experts, weights = level.experts(h[:, level.expert_group]), level.gates(h[:, :2] + h[:, 2:3])
+    experts = level.experts(h[:, [0, 1, 2]])  # expert a reads input a, expert b input b, the shared one the shared input
+    weights = level.gates(h[:, :2] + h[:, 2:3])
     torch.testing.assert_close(bb(x)["b"], (weights[:, 1, :, None] * experts).sum(1))  # all forward
     assert h[:, 1, :2].equal(x[:, 4:6]) and h[:, 2, :2].equal(x[:, 0:2])  # b reads copy 2, shared copy 0
+
+
+@pytest.mark.parametrize(("m", "s", "group"), [(1, 1, [0, 1, 2]), (2, 1, [0, 0, 1, 1, 2]), (2, 3, [0, 0, 1, 1, 2, 2, 2]), (1, 2, [0, 1, 2, 2])])
+def test_stem_experts_read_their_owners_inputs(m, s, group):
+    layout = InputLayout(["u"], [4], embedding_dim=2, numeric_dim=1, copies=3)
+    bb = STEM.create(layout.input_dim, ["a", "b"], STEM.Options(expert_hidden=[3], experts_per_task=m, shared_experts=s), layout)
+    h = torch.randn(4, 3, 7, requires_grad=True)  # (batch, task a / task b / shared input, width)
+    got = bb.levels[0]._expert_inputs(h)
+    assert torch.equal(got, h[:, group])
+    got.sum().backward()  # every input's gradient counts each expert that reads it
+    assert h.grad[0, :, 0].tolist() == [float(group.count(i)) for i in range(3)]
 
 
 def test_stem_works_with_sparse_table_gradients(data):
