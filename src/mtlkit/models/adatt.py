@@ -89,7 +89,7 @@ class FusionLevel(nn.Module):
         if h.dim() == 2:
             expert_in, gate_in = h, h
         else:
-            expert_in = h[:, self.expert_group]
+            expert_in = h.index_select(1, self.expert_group)
             gate_in = h[:, : self.n_gates]
         experts = self.experts(expert_in)
         weights = self.gates(gate_in)  # (B, G, E)

@@ -118,11 +118,11 @@ class GatedLevel(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``h``: ``(B, inputs, width)`` → fused ``(B, gates, d)`` and each gate's weights over the experts it sees."""
-        expert_in = h[:, self.sources]
+        expert_in = h.index_select(1, self.sources)
         if self.feature_gates is not None:
             expert_in = self.feature_gates(expert_in)
         experts = self.experts(expert_in)  # (B, E, d)
-        gate_in = h[:, self.gate_sources]  # (B, G, width)
+        gate_in = h.index_select(1, self.gate_sources)  # (B, G, width)
         if len(self.gates) == 1:
             per_gate = list(self.gates[0](gate_in).unbind(1))
         else:

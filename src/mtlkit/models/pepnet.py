@@ -119,7 +119,7 @@ class PEPNet(Backbone):
         """EPNet's ``δ_domain``, ``(B, input_dim)``; ones without EPNet."""
         if self.epnet is None:
             return torch.ones_like(x)
-        return self.epnet(torch.cat([x[:, self.domain_columns], x.detach()], dim=1))
+        return self.epnet(torch.cat([x.index_select(1, self.domain_columns), x.detach()], dim=1))
 
     def layer_scales(self, x: Tensor, o_ep: Tensor | None = None) -> list[Tensor]:
         """PPNet's ``δ^(l)_task`` for each tower layer's input, ``(B, tasks, width_l)``; empty without PPNet."""
@@ -127,7 +127,7 @@ class PEPNet(Backbone):
             return []
         if o_ep is None:
             o_ep = self.domain_scale(x) * x
-        z = torch.cat([x[:, self.prior_columns], o_ep.detach()], dim=1)
+        z = torch.cat([x.index_select(1, self.prior_columns), o_ep.detach()], dim=1)
         return [gate(z).view(x.shape[0], self.n_tasks, w) for gate, w in zip(self.ppnet, self.widths[:-1])]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -78,7 +78,7 @@ class ExtractionLevel(nn.Module):
             first, *logits = shared_input_linears(h, [self.experts.first_layer, *(g.linear for g in gates)])
             experts = self.experts.from_first_layer(first)  # (B, E, d)
         else:
-            experts = self.experts(h[:, self.expert_group])
+            experts = self.experts(h.index_select(1, self.expert_group))
             logits = [self.task_gates.linear(h[:, : self.n_tasks])]
             if self.shared_gate is not None:
                 logits.append(self.shared_gate.linear(h[:, self.n_tasks]))
