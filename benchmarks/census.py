@@ -22,7 +22,7 @@ difference against it, seed by seed, with a 95% bootstrap interval and a verdict
 ``mtlkit study``).
 
 Writes ``census_group<G>[_<tag>].csv`` (one row per run, tuning runs included and marked) and
-``census_group<G>[_<tag>]_summary.json`` to --out. ``--resume`` keeps the runs already in that CSV
+``census_group<G>[_<tag>]_summary.json`` and the tables as ``census_group<G>[_<tag>].md`` to --out. ``--resume`` keeps the runs already in that CSV
 (same backbone, options, balancer, seed and tuning role) and runs only the missing ones, so a sweep
 killed half-way, or extended from 3 to 5 seeds, repeats nothing:
 
@@ -266,6 +266,21 @@ def main() -> None:
     if "single_task" in args.backbones:
         console.print(paired_table(final, args, names, summary))
     (args.out / f"{stem}_summary.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"{stem}.md").write_text(markdown(summary, names, args))
+
+
+def markdown(summary: dict, names: list[str], args) -> str:
+    """The two tables as Markdown (``census_group<G>[_<tag>].md``), for a README or a report."""
+    lines = [f"Test AUC, mean ± std over {args.seeds} seeds; paired difference against single_task: mean [95% bootstrap interval].", "",
+             "| backbone | " + " | ".join(names) + " | " + " | ".join(f"{n} vs single_task" for n in names) + " | s / run |",
+             "|---|" + "---|" * (2 * len(names) + 1)]
+    for key, row in summary.items():
+        cells = [f"{row[n]['mean']:.4f} ± {row[n]['std']:.4f}" for n in names]
+        paired = row.get("vs_single_task", {})
+        cells += [f"{paired[n]['mean']:+.4f} [{paired[n]['low']:+.4f}, {paired[n]['high']:+.4f}] {paired[n]['verdict']}"
+                  if n in paired else "—" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def paired_table(final: list[dict], args, names: list[str], summary: dict) -> Table:
