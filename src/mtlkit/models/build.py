@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 
 from mtlkit.data.schema import FittedSchema
 from mtlkit.errors import ConfigError
@@ -28,6 +29,7 @@ from mtlkit.models.multitask import IndependentTaskModels, MultiTaskModel
 from mtlkit.models.relations import TaskRelations
 from mtlkit.models.shallow_tower import ShallowTower, ShallowTowerSpec
 from mtlkit.nn import EMBEDDING_TABLES, TabularEncoder
+from mtlkit.nn.embedding_tables import embedding_tables
 from mtlkit.optim.build import table_field_names
 from mtlkit.optim.rounding import STORAGE_DTYPES
 from mtlkit.optim.spec import AUTO, AUTO_SPARSE_ROWS, EmbeddingOptimizerSpec, check_fields
@@ -116,10 +118,12 @@ def _check_spec(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
                 raise ConfigError(f"model.fusion.weights: task {name!r} is multiclass and has no scalar prediction")
 
 
-def _check_storage(spec: ModelSpec, encoder: TabularEncoder) -> None:
+def _check_storage(spec: ModelSpec, model: nn.Module) -> None:
     """Reduced-precision tables need a row-wise table optimiser: a dense optimiser would add its
-    updates in bf16, rounding to nearest, and lose every step under 2⁻⁹ of a weight."""
-    rows = sum(rows.stop - rows.start for rows in encoder.embedding.field_rows()) if encoder.embedding is not None else 0
+    updates in bf16, rounding to nearest, and lose every step under 2⁻⁹ of a weight. ``auto`` is
+    resolved as :func:`mtlkit.optim.build_table_optimizers` resolves it, on all the model's tables."""
+    weights = {id(r.weight): r.weight for table in embedding_tables(model) for r in table.field_rows()}
+    rows = sum(w.shape[0] for w in weights.values())
     if spec.embedding_optimizer.for_rows(rows).dense:
         why = ("'auto' picks dense Adam for tables of at most "
                f"{AUTO_SPARSE_ROWS:,} rows (these have {rows:,})") if spec.embedding_optimizer.name == AUTO else "it is 'dense'"
@@ -139,8 +143,6 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
         layout = input_layout(spec, schema, len(model_tasks))
         encoder = TabularEncoder.from_schema(schema, spec.embedding_dim, spec.embedding_table, layout.copies, objectives,
                                              STORAGE_DTYPES[spec.embedding_storage])
-        if spec.embedding_storage != "float32":
-            _check_storage(spec, encoder)
         backbone = backbone_cls.create(encoder.output_dim, [t.name for t in model_tasks], options, layout)
         shallow = None
         if spec.shallow_tower is not None:
@@ -151,6 +153,7 @@ def build_model(spec: ModelSpec, schema: FittedSchema, tasks: Sequence[Task]) ->
         return MultiTaskModel(encoder, backbone, model_tasks, spec.tower, spec.tower_dropout,
                               spec.relations, shallow, spec.fusion, spec.tower_batch_norm)
 
-    if backbone_cls.independent_tasks:
-        return IndependentTaskModels({t.name: assemble([t]) for t in tasks}, spec.fusion)
-    return assemble(tasks)
+    model = IndependentTaskModels({t.name: assemble([t]) for t in tasks}, spec.fusion) if backbone_cls.independent_tasks else assemble(tasks)
+    if spec.embedding_storage != "float32":
+        _check_storage(spec, model)
+    return model
