@@ -121,12 +121,12 @@ def test_auto_is_judged_on_all_the_tables_of_a_model_of_independent_tasks():
     from mtlkit.optim import build_optimizers
 
     spec = ModelSpec(backbone="single_task", options={"hidden": [4]}, embedding_dim=2, embedding_storage="bfloat16")
-    model = build_model(spec, _schema(15_000), TASKS)  # two models of 30,004 rows: 60,008 in all, over auto's 50,000
+    model = build_model(spec, _schema(15_000), TASKS)  # two models of 30,006 rows: 60,012 in all, over auto's 50,000
     tables = build_optimizers(model, spec.embedding_optimizer, lr=1e-3).tables
     trained = {id(p) for o in tables for g in o.param_groups for p in g["params"]}
     assert {type(o).__name__ for o in tables} == {"RowWiseAdagrad"}
     assert trained == {id(m.encoder.embedding.table.weight) for m in model.per_task.values()}
-    with pytest.raises(ConfigError, match="these have 40,008"):
+    with pytest.raises(ConfigError, match="these have 40,012"):
         build_model(spec, _schema(10_000), TASKS)
 
 
