@@ -219,6 +219,26 @@ def test_home_self_gate_adds_a_sigmoid_residual_of_the_units_own_experts():
         torch.testing.assert_close(fused[:, g], mixed + residual.sum(1))
 
 
+@pytest.mark.parametrize("fixes", [True, False])
+def test_home_reads_a_shared_input_once_with_the_result_of_one_copy_per_expert(fixes):
+    """The meta level's experts and gates all read x: taken as (B, width) once, not copied per expert."""
+    torch.manual_seed(0)
+    switches = {} if fixes else {"expert_norm": False, "hierarchy_mask": False, "feature_gates": False, "self_gates": False}
+    bb = HoME(6, ["a", "b", "c"], HoME.Options(task_groups=[["a", "b"], ["c"]], expert_hidden=[5], shared_experts=2, **switches))
+    with torch.no_grad():
+        for p in bb.parameters():
+            p.normal_(0, 0.3)  # feature gates start at exactly 1: move them so they matter
+    assert bb.meta._one_expert_source == 0 and bb.task_level._one_expert_source is None
+    x = torch.randn(4, 6, requires_grad=True)
+    shared = torch.cat(list(bb(x).values()), 1)
+    (g_shared,) = torch.autograd.grad(shared.square().sum(), x)
+    bb.meta._one_expert_source = bb.meta._one_gate_source = None  # one copy of x per expert and per gate
+    copied = torch.cat(list(bb(x).values()), 1)
+    (g_copied,) = torch.autograd.grad(copied.square().sum(), x)
+    torch.testing.assert_close(shared, copied)
+    torch.testing.assert_close(g_shared, g_copied)
+
+
 def test_home_bad_task_groups_are_a_config_error():
     with pytest.raises(ConfigError, match="model.options.task_groups"):
         HoME(6, TASKS3, HoME.Options(task_groups=[["a"], ["b", "z"]]))
