@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -321,7 +323,7 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
             "data": {"train": str(nlp / "stsb" / "sts-train.tsv"), "validation": str(nlp / "stsb" / "sts-dev.tsv"), "test": str(nlp / "stsb" / "sts-test.tsv"),
                      "format": "sts", "max_rows": {"train": 48, "validation": 16, "test": 16}}}
     base = {"encoder": {"name": str(root)}, "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None}, "tasks": [sst2, stsb]}
-    study = {"name": "glue", "base": base, "seeds": [0, 1, 2], "metrics": {"sst2": "accuracy", "stsb": "loss"},
+    study = {"name": "glue", "base": base, "seeds": [0, 1, 2], "metrics": {"sst2": "accuracy", "stsb": "pearson"},
              "arms": [{"name": "shared"}], "search": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "tuning": {"trials": 1}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -331,6 +333,14 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
     results = run_study(path, tmp_path / "out", workers=1, progress=False, threads=1, on_status=lambda _: None)
     assert set(results["arms"]["shared"]["comparisons"]) == {"sst2", "stsb"}
     assert len(results["arms"]["single_task"]["test"]["sst2"]) == 3
+
+
+def test_nlp_metric_directions_are_known_before_any_nlp_import():
+    """A study file names NLP metrics (GLUE's f1 and pearson, perplexity) before mtlkit.nlp is imported."""
+    code = ("import sys; from mtlkit.study.spec import MetricSpec; assert 'mtlkit.nlp.metrics' not in sys.modules; "
+            "print(*(MetricSpec(name=n).direction for n in ('f1', 'pearson', 'perplexity', 'auc')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["maximize", "maximize", "minimize", "maximize"]
 
 
 def test_affinity_runs_through_embeddings_and_restores_the_weights(tmp_path):

@@ -88,7 +88,9 @@ class MetricSpec(BaseModel):
         if self.direction is None:
             from mtlkit.metrics import METRICS
 
-            higher = True if self.name == "loss" else None
+            if self.name != "loss" and self.name not in METRICS:
+                import mtlkit.nlp.kinds  # noqa: F401  registers the NLP kinds' metrics (f1, pearson, span F1, …)
+            higher = None
             if self.name == "loss":
                 higher = False
             elif self.name in METRICS:
