@@ -107,6 +107,20 @@ def test_seeds_needed_normal_approximation():
     assert seeds_needed(0.5, 0.1, power=0.9) == math.ceil(((1.959964 + 1.281552) * 5) ** 2)
 
 
+def test_tuning_objective_weighs_an_error_by_its_relative_change_not_its_units():
+    """Watch time RMSE in seconds next to AUCs: 2 AUC points must outweigh a 1.3 % larger RMSE."""
+    from mtlkit.study.spec import MetricSpec
+    from mtlkit.study.tuning import objective
+
+    metrics = {"click": MetricSpec(name="auc"), "watch_time": MetricSpec(name="rmse")}
+    better_auc = {"click": {"auc": 0.77}, "watch_time": {"rmse": 7.6}}
+    better_rmse = {"click": {"auc": 0.75}, "watch_time": {"rmse": 7.5}}
+    assert objective(better_auc, ["click", "watch_time"], metrics) > objective(better_rmse, ["click", "watch_time"], metrics)
+    scaled = {"click": {"auc": 0.75}, "watch_time": {"rmse": 75.0}}  # the same model with labels in tenths of a second
+    assert objective(scaled, ["click", "watch_time"], metrics) - objective(better_rmse, ["click", "watch_time"], metrics) == pytest.approx(-math.log(10) / 2)
+    assert math.isfinite(objective({"watch_time": {"rmse": 0.0}}, ["watch_time"], metrics))
+
+
 def test_delta_m_per_seed():
     dm = delta_m_per_seed({"a": [0.95, 0.9], "b": [0.9, 1.0]}, {"a": [0.94, 0.9], "b": [1.0, 1.0]}, {"a": True, "b": False})
     assert round(dm[0], 3) == 5.532 and dm[1] == 0.0

@@ -8,7 +8,11 @@ after every epoch (:class:`TrialReporter`, a trainer callback), and the median p
 when it is below the median of earlier trials at the same epoch.
 
 The objective of an arm is the mean over the tasks it is judged on of each task's study metric,
-signed so that higher is better. The budget counts finished trials (complete or pruned); a trial
+signed so that higher is better, on one scale: a score (AUC, accuracy, F1, Pearson: maximised,
+bounded) counts as it is, an error (RMSE, log loss, loss: minimised, positive, in the label's
+units) as ``−log(error)``, whose change is the error's relative change. Without the log a watch
+time RMSE of 7.5 seconds would outweigh every AUC in the mean and the tuning would follow it alone.
+The budget counts finished trials (complete or pruned); a trial
 interrupted by Ctrl-C is marked failed by Optuna and one killed outright is found by its stopped
 heartbeat and retried with the same parameters, so running the same command again continues
 without repeating finished trials.
@@ -16,8 +20,10 @@ without repeating finished trials.
 Example:
     >>> from mtlkit.study.spec import MetricSpec
     >>> metrics = {"a": MetricSpec(name="auc"), "b": MetricSpec(name="rmse")}
-    >>> objective({"a": {"auc": 0.8}, "b": {"rmse": 0.4}}, ["a", "b"], metrics)
-    0.2
+    >>> objective({"a": {"auc": 0.8}, "b": {"rmse": 0.4}}, ["a", "b"], metrics)  # (0.8 − log 0.4) / 2
+    0.858145365937
+    >>> round(objective({"b": {"rmse": 0.44}}, ["b"], metrics) - objective({"b": {"rmse": 0.4}}, ["b"], metrics), 4)  # 10 % worse
+    -0.0953
 """
 
 from __future__ import annotations
@@ -39,13 +45,18 @@ if TYPE_CHECKING:
     from mtlkit.study.arms import Arm, Study
 
 
+# Part of the arm fingerprint of studies with an error metric: trials scored on another scale are not resumed.
+OBJECTIVE_SCALE = "errors as -log"
+_TINY_ERROR = 1e-12  # an error of exactly 0 (a perfectly fitted toy) stays finite
+
+
 def objective(results: Mapping[str, Mapping[str, float]], judged: Sequence[str], metrics: Mapping[str, MetricSpec]) -> float:
-    """Mean over ``judged`` tasks of their metric, negated where lower is better (higher is better)."""
+    """Mean over ``judged`` tasks of their metric, higher is better: scores as they are, errors as ``−log``."""
     values = []
     for task in judged:
         metric = metrics[task]
         value = float(results[task][metric.name])
-        values.append(value if metric.higher_is_better else -value)
+        values.append(value if metric.higher_is_better else -math.log(max(value, _TINY_ERROR)))
     return round(sum(values) / len(values), 12)
 
 
@@ -128,8 +139,11 @@ def study_fingerprint(study: Study, arm: Arm) -> str:
     """What an arm's finished trials depend on: its config and space, its metrics, tuning seed and epochs."""
     import hashlib
 
-    body = json.dumps({"arm": arm.fingerprint(), "metrics": {t: study.metrics[t].model_dump() for t in arm.judged},
-                       "seed": study.spec.seeds[0], "epochs": study.spec.tuning.epochs}, sort_keys=True)
+    fields: dict[str, Any] = {"arm": arm.fingerprint(), "metrics": {t: study.metrics[t].model_dump() for t in arm.judged},
+                              "seed": study.spec.seeds[0], "epochs": study.spec.tuning.epochs}
+    if any(not study.metrics[t].higher_is_better for t in arm.judged):
+        fields["objective"] = OBJECTIVE_SCALE  # studies of scores only keep the fingerprint they had before the scale
+    body = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -149,7 +163,7 @@ def arm_study(study: Study, arm: Arm, storage: Any, worker: int = 0) -> optuna.S
         found.set_user_attr("search", {k: v.model_dump() for k, v in arm.search.items()})
     elif stored != fingerprint:
         done = len(finished(found))
-        raise ConfigError(f"{study.source}: arm {arm.name!r} changed (config, search space, metrics, seeds[0] or tuning.epochs) since its "
+        raise ConfigError(f"{study.source}: arm {arm.name!r} changed (config, search space, metrics, seeds[0], tuning.epochs or the objective's scale) since its "
                           f"{done} finished trials in {name!r}: restore the study file, or give a new --out (or tuning.storage) for a new study; "
                           "the finished trials are kept")
     return found
