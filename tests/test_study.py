@@ -270,6 +270,27 @@ def test_report_is_self_contained_and_holds_the_verdicts(finished_study):
     assert len(parser.tables["best"]) == 1 + 3
 
 
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(finished_study, tmp_path):
+    """The report in Debian's Chromium (networking off): a screenshot, no console message, and the
+    rendered verdict table equal to results.json (tools/render_report.py); a page that logs an error fails.
+
+    Needs ``apt-get install chromium``, so it is deselected by default: ``python -m pytest -m browser``.
+    """
+    _, out, _ = finished_study
+    tool = Path(__file__).resolve().parents[1] / "tools" / "render_report.py"
+    shot = tmp_path / "report.png"
+    done = subprocess.run([sys.executable, str(tool), str(out / "report.html"), "--screenshot", str(shot)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "console messages: 0" in done.stdout and "verdict rows" in done.stdout
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    broken = tmp_path / "broken" / "report.html"  # the same page with one console error: the check must fail
+    broken.parent.mkdir()
+    broken.write_text((out / "report.html").read_text().replace("</body>", "<script>console.error('broken')</script></body>"))
+    failed = subprocess.run([sys.executable, str(tool), str(broken)], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and "PROBLEM: console" in failed.stdout
+
+
 def test_mlflow_local_store_holds_params_epochs_and_report(finished_study):
     from mlflow.tracking import MlflowClient
 

@@ -2,8 +2,9 @@
 
     python tools/render_report.py runs/study_planted/report.html --screenshot runs/study_planted/report.png
 
-Needs a ``chromium`` binary (Debian: ``apt-get install chromium``); not part of the test suite,
-which parses the report with ``html.parser`` instead. Exit code 1 when the page logs a console
+Needs a ``chromium`` binary (Debian: ``apt-get install chromium``). The test suite parses the report
+with ``html.parser``; ``python -m pytest -m browser`` also runs this tool on a study it trains
+(``tests/test_study.py::test_report_renders_in_headless_chromium``). Exit code 1 when the page logs a console
 error or a failed request, or when the rendered verdict table differs from ``results.json``
 beside the report. The report holds no scripts and no network resources, so Chromium runs with
 networking off (``--host-resolver-rules``) to prove it needs none.
