@@ -163,9 +163,9 @@ def arm_study(study: Study, arm: Arm, storage: Any, worker: int = 0) -> optuna.S
         found.set_user_attr("search", {k: v.model_dump() for k, v in arm.search.items()})
     elif stored != fingerprint:
         done = len(finished(found))
-        raise ConfigError(f"{study.source}: arm {arm.name!r} changed (config, search space, metrics, seeds[0], tuning.epochs or the objective's scale) since its "
-                          f"{done} finished trials in {name!r}: restore the study file, or give a new --out (or tuning.storage) for a new study; "
-                          "the finished trials are kept")
+        raise ConfigError(f"{study.source}: arm {arm.name!r} changed (config, search space, metrics, seeds[0], tuning.epochs or the "
+                          f"objective's scale) since its {done} finished trials in {name!r}: restore the study file, or give a new --out "
+                          "(or tuning.storage) for a new study; the finished trials are kept")
     return found
 
 
