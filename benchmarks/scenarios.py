@@ -1,4 +1,4 @@
-"""Multi-scenario backbones on a synthetic multi-scenario log: STAR vs MetaHeac vs MMoE, per-scenario AUC.
+"""Multi-scenario backbones on a synthetic multi-scenario log: STAR vs MetaHeac vs PEPNet vs HoME vs MMoE, per-scenario AUC.
 
 The generator (:func:`multi_scenario_log`, documented there) draws AliExpress-like impressions
 from ``--scenarios`` countries of unequal size (the last ones small, where sharing matters). Click
@@ -43,6 +43,9 @@ BACKBONES = {
     "mmoe": {"experts": 4, "expert_hidden": [64]},
     "star": {"hidden": [64, 32], "auxiliary": [16]},
     "metaheac": {"experts": 4, "expert_hidden": [64], "critics": 3, "critic_hidden": [32]},
+    # PEPNet: EPNet's gate reads the country, PPNet's the user and item ids (the paper's domain / prior sides)
+    "pepnet": {"hidden": [64], "domain_features": ["country"], "prior_features": ["user", "item"], "gate_hidden": 32},
+    "home": {"expert_hidden": [64], "shared_experts": 2, "experts_per_task": 1},
 }
 
 
