@@ -218,10 +218,12 @@ def test_study_tunes_every_arm_equally_and_scores_test_once(finished_study):
             run = out / trial["run_dir"]
             assert (run / "config.yaml").exists()
             assert not (run / "test_metrics.json").exists()
+            assert (run / "best.pt").exists() and not (run / "last.pt").exists()  # finished or pruned: no resume point kept
         for seed in (0, 1, 2):
             final = out / "finals" / arm / f"seed-{seed}"
             summary = json.loads((final / "summary.json").read_text())
             assert summary["test"] is not None
+            assert (final / "best.pt").exists() and not (final / "last.pt").exists()
             assert results["arms"][arm]["test"][results["arms"][arm]["judged"][0]][seed] == summary["test"][results["arms"][arm]["judged"][0]]["rmse"]
     assert set(results["arms"]["related"]["test"]) == set(RELATED)
     assert set(results["arms"]["all_four"]["versus"]["related"]) == set(RELATED)
@@ -359,7 +361,8 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
                      "format": "sts", "max_rows": {"train": 48, "validation": 16, "test": 16}}}
     base = {"encoder": {"name": str(root)}, "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "patience": None}, "tasks": [sst2, stsb]}
     study = {"name": "glue", "base": base, "seeds": [0, 1, 2], "metrics": {"sst2": "accuracy", "stsb": "pearson"},
-             "arms": [{"name": "shared"}], "search": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "tuning": {"trials": 1}}
+             "arms": [{"name": "shared"}], "search": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "tuning": {"trials": 1},
+             "keep_last_checkpoints": True}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     loaded = load_study(path)
@@ -368,6 +371,7 @@ def test_nlp_study_falls_out_of_the_pipeline(tmp_path):
     results = run_study(path, tmp_path / "out", workers=1, progress=False, threads=1, on_status=lambda _: None)
     assert set(results["arms"]["shared"]["comparisons"]) == {"sst2", "stsb"}
     assert len(results["arms"]["single_task"]["test"]["sst2"]) == 3
+    assert (tmp_path / "out" / "finals" / "shared" / "seed-0" / "last.pt").exists()  # keep_last_checkpoints: true
 
 
 def test_nlp_metric_directions_are_known_before_any_nlp_import():

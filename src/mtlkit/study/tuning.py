@@ -230,7 +230,23 @@ _PREPARED: dict[str, Any] = {}  # per process: the data each arm reads, read onc
 
 
 def train_arm(study: Study, arm: Arm, config: Any, run_dir: Path, callbacks: Sequence[Callback], with_test: bool) -> dict[str, Any]:
-    """Train one run of ``arm``; tuning runs (``with_test=False``) never see the test split."""
+    """Train one run of ``arm``; tuning runs (``with_test=False``) never see the test split.
+
+    A run that ends (complete, or pruned: never resumed either) drops its resume checkpoint
+    (:attr:`StudySpec.keep_last_checkpoints`); an interrupted one keeps it and resumes.
+    """
+    import optuna
+
+    try:
+        summary = _train(study, config, run_dir, callbacks, with_test)
+    except optuna.TrialPruned:
+        _drop_resume_checkpoint(study, run_dir)
+        raise
+    _drop_resume_checkpoint(study, run_dir)
+    return summary
+
+
+def _train(study: Study, config: Any, run_dir: Path, callbacks: Sequence[Callback], with_test: bool) -> dict[str, Any]:
     if study.is_nlp:
         from mtlkit.nlp.run import train_nlp_run
 
@@ -244,6 +260,12 @@ def train_arm(study: Study, arm: Arm, config: Any, run_dir: Path, callbacks: Seq
     if not with_test:
         prepared = replace(prepared, test=None)
     return train_run(config, run_dir, overwrite=False, progress=False, callbacks=callbacks, prepared=prepared)
+
+
+def _drop_resume_checkpoint(study: Study, run_dir: Path) -> None:
+    """A finished run needs no resume point: drop last.pt unless the study keeps it (best.pt stays)."""
+    if not study.spec.keep_last_checkpoints:
+        (run_dir / "last.pt").unlink(missing_ok=True)
 
 
 def run_trial(study: Study, arm: Arm, trial: optuna.Trial, out: Path) -> float:
