@@ -88,15 +88,14 @@ class MetricSpec(BaseModel):
         if self.direction is None:
             from mtlkit.metrics import METRICS
 
-            if self.name != "loss" and self.name not in METRICS:
-                import mtlkit.nlp.kinds  # noqa: F401  registers the NLP kinds' metrics (f1, pearson, span F1, …)
-            higher = None
             if self.name == "loss":
                 higher = False
-            elif self.name in METRICS:
-                higher = METRICS.get(self.name).higher_is_better
             else:
-                raise ValueError(f"unknown metric {self.name!r}: give `direction` (maximize or minimize) or one of {', '.join(METRICS.names())}")
+                if self.name not in METRICS:
+                    import mtlkit.nlp.kinds  # noqa: F401  registers the NLP kinds' metrics (f1, pearson, span F1, …)
+                if self.name not in METRICS:
+                    raise ValueError(f"unknown metric {self.name!r}: give `direction` (maximize or minimize) or one of {', '.join(METRICS.names())}")
+                higher = METRICS.get(self.name).higher_is_better
             object.__setattr__(self, "direction", "maximize" if higher else "minimize")
         return self
 
