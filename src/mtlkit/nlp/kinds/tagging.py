@@ -135,8 +135,10 @@ class TaggingTask(NLPTask):
         try:
             return [index[t] for t in tags]
         except KeyError as e:
+            # Typically a rare tag outside the training rows (a subsample): the label set was read from them.
             raise DataError(f"{source or 'tagging data'}: tag {e.args[0]!r} is not one of task {self.name!r}'s "
-                            f"labels {self.labels}") from None
+                            f"labels {self.labels} (list the whole tag set in the task's `labels:` when "
+                            "the training rows do not show every tag)") from None
 
     def featurize(self, examples: Sequence[TaggedSentence], tokenizer: Any) -> EncodedTable:
         require_fast(tokenizer, self.name)
