@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,13 +45,70 @@ EXPERIMENTS = ("rtd", "stages", "pos")
 STAGE_METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "stsb": "pearson"}
 
 
-def last_epoch_of_stage(metrics_csv: Path, epoch: int) -> dict[str, float]:
-    """The validation columns of ``metrics.csv`` at 1-based ``epoch``."""
+def validation_at_epoch(metrics_csv: Path, epoch: int) -> dict[str, float]:
+    """The validation columns of a run's ``metrics.csv`` at 1-based ``epoch`` (``"sst2/accuracy"`` → value)."""
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
             if int(row["epoch"]) == epoch:
                 return {k[len("val/") :]: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
     raise ValueError(f"{metrics_csv}: no epoch {epoch}")
+
+
+Train = Callable[[list[dict], int, str, dict, Path], dict]  # (tasks, epochs, monitor, sampling, run_dir) → summary
+
+
+def rtd_records(seed: int, args: argparse.Namespace, defs: dict[str, dict], train: Train) -> list[dict]:
+    """Each target alone and with a replaced-token task over its own training texts."""
+    records = []
+    for target in ("sst2", "rte"):
+        rtd = {"name": "rtd", "kind": "replaced_token", "probability": 0.15, "loss_weight": args.rtd_weight,
+               "max_length": defs[target]["max_length"], "data": {"from_tasks": [target]}}
+        for arm, tasks in ((target, [defs[target]]), (f"{target} + rtd", [defs[target], rtd])):
+            s = train(tasks, args.epochs, f"{target}/accuracy", {"strategy": "round"}, args.out / f"seed{seed}" / arm.replace(" + ", "_"))
+            records.append({"seed": seed, "target": target, "arm": arm, "test accuracy": s["test"][target]["accuracy"],
+                            "validation accuracy": s["validation"][target]["accuracy"], "best epoch": s["best_epoch"].get("model"),
+                            "wall_seconds": s.get("wall_seconds")})
+    return records
+
+
+def stages_records(seed: int, args: argparse.Namespace, defs: dict[str, dict], train: Train) -> list[dict]:
+    """SST-2 + MRPC, then RTE + STS-B: replay 0 (sequential) against ``--replay`` (continual)."""
+    first, second = ["sst2", "mrpc"], ["rte", "stsb"]
+    e1, e2 = args.stage_epochs
+    records = []
+    for arm, replay in (("sequential", 0.0), ("continual", args.replay)):
+        sampling = {"strategy": "stages", "stages": [{"tasks": first, "epochs": e1}, {"tasks": second, "epochs": e2, "replay": replay}]}
+        run_dir = args.out / f"seed{seed}" / arm
+        s = train([defs[t] for t in first + second], e1 + e2, "loss", sampling, run_dir)
+        after_first, at_end = validation_at_epoch(run_dir / "metrics.csv", e1), validation_at_epoch(run_dir / "metrics.csv", e1 + e2)
+        record = {"seed": seed, "arm": arm, "best epoch": s["best_epoch"].get("model"), "wall_seconds": s.get("wall_seconds")}
+        for t in first:
+            m = f"{t}/{STAGE_METRIC[t]}"
+            record.update({f"{m} val after stage 1": after_first[m], f"{m} val at end": at_end[m], f"{m} forgetting": after_first[m] - at_end[m]})
+        record.update({f"{t}/{STAGE_METRIC[t]} test": s["test"][t][STAGE_METRIC[t]] for t in first + second})
+        records.append(record)
+    return records
+
+
+def pos_records(seed: int, args: argparse.Namespace, data: Path, train: Train) -> list[dict]:
+    """WNUT-17 NER alone and with silver POS tagging (``scheme: labels``) on the same training sentences."""
+    wnut = data / "wnut17"
+    ner = {"name": "ner", "kind": "tagging", "max_length": 96,
+           "data": {"train": str(wnut / "wnut17train.conll"), "validation": str(wnut / "emerging.dev.conll"),
+                    "test": str(wnut / "emerging.test.annotated"), "format": "conll", "max_rows": {"train": args.ner_rows}}}
+    # the whole file's tag set: a subsample need not show every rare tag its validation split holds
+    tagset = sorted({line.split("\t")[1] for line in args.pos_file.read_text(encoding="utf-8").splitlines() if line.strip()})
+    pos = {"name": "pos", "kind": "tagging", "scheme": "labels", "labels": tagset, "max_length": 96, "loss_weight": args.pos_weight,
+           "data": {"train": str(args.pos_file.resolve()), "format": "conll", "options": {"tag_column": 1},
+                    "split": {"validation": 0.1, "seed": 0}, "max_rows": {"train": args.ner_rows}}}
+    records = []
+    for arm, tasks in (("ner", [ner]), ("ner + pos", [ner, pos])):
+        s = train(tasks, args.epochs, "ner/entity_f1", {"strategy": "round"}, args.out / f"seed{seed}" / arm.replace(" + ", "_"))
+        records.append({"seed": seed, "arm": arm, "test entity F1": s["test"]["ner"]["entity_f1"],
+                        "validation entity F1": s["validation"]["ner"]["entity_f1"],
+                        "POS validation token accuracy (silver)": s["validation"].get("pos", {}).get("token_accuracy"),
+                        "best epoch": s["best_epoch"].get("model"), "wall_seconds": s.get("wall_seconds")})
+    return records
 
 
 def main() -> None:
@@ -91,118 +149,25 @@ def main() -> None:
     defs = task_defs(data, dict(zip(("sst2", "rte", "mrpc", "stsb"), args.rows)), args.eval_rows)
     print(f"CPU: {cpu_model()}; experiment {args.experiment}; seeds {args.seeds}", flush=True)
 
-    def config(seed: int, tasks: list[dict], epochs: int, monitor: str, sampling: dict) -> dict:
-        return {
-            "seed": seed,
-            "encoder": {"name": args.encoder, "pooling": args.pooling},
-            "balancer": {"name": "fixed"},
-            "sampling": sampling,
-            "train": {
-                "epochs": epochs,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "head_lr": args.head_lr,
-                "warmup_steps": 30,
-                "monitor": monitor,
-                "patience": None,
-                "threads": args.threads,
-                "precision": args.precision,
-            },
-            "tasks": tasks,
-        }
+    def train(seed: int) -> Train:
+        def run(tasks: list[dict], epochs: int, monitor: str, sampling: dict, run_dir: Path) -> dict:
+            config = {"seed": seed, "encoder": {"name": args.encoder, "pooling": args.pooling}, "balancer": {"name": "fixed"},
+                      "sampling": sampling,
+                      "train": {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "head_lr": args.head_lr, "warmup_steps": 30,
+                                "monitor": monitor, "patience": None, "threads": args.threads, "precision": args.precision},
+                      "tasks": tasks}
+            return run_config(config, run_dir, Path.cwd())
+
+        return run
 
     records: list[dict] = []
     for seed in args.seeds:
         if args.experiment == "rtd":
-            for target in ("sst2", "rte"):
-                rtd = {
-                    "name": "rtd",
-                    "kind": "replaced_token",
-                    "probability": 0.15,
-                    "loss_weight": args.rtd_weight,
-                    "max_length": defs[target]["max_length"],
-                    "data": {"from_tasks": [target]},
-                }
-                for arm, tasks in ((target, [defs[target]]), (f"{target} + rtd", [defs[target], rtd])):
-                    s = run_config(
-                        config(seed, tasks, args.epochs, f"{target}/accuracy", {"strategy": "round"}),
-                        args.out / f"seed{seed}" / arm.replace(" + ", "_"),
-                        Path.cwd(),
-                    )
-                    records.append(
-                        {
-                            "seed": seed,
-                            "target": target,
-                            "arm": arm,
-                            "test accuracy": s["test"][target]["accuracy"],
-                            "validation accuracy": s["validation"][target]["accuracy"],
-                            "best epoch": s["best_epoch"].get("model"),
-                            "wall_seconds": s.get("wall_seconds"),
-                        }
-                    )
+            records += rtd_records(seed, args, defs, train(seed))
         elif args.experiment == "stages":
-            first, second = ["sst2", "mrpc"], ["rte", "stsb"]
-            e1, e2 = args.stage_epochs
-            for arm, replay in (("sequential", 0.0), ("continual", args.replay)):
-                sampling = {"strategy": "stages", "stages": [{"tasks": first, "epochs": e1}, {"tasks": second, "epochs": e2, "replay": replay}]}
-                run_dir = args.out / f"seed{seed}" / arm
-                s = run_config(config(seed, [defs[t] for t in first + second], e1 + e2, "loss", sampling), run_dir, Path.cwd())
-                after_first, at_end = last_epoch_of_stage(run_dir / "metrics.csv", e1), last_epoch_of_stage(run_dir / "metrics.csv", e1 + e2)
-                record = {"seed": seed, "arm": arm, "best epoch": s["best_epoch"].get("model"), "wall_seconds": s.get("wall_seconds")}
-                for t in first:
-                    m = f"{t}/{STAGE_METRIC[t]}"
-                    record[f"{m} val after stage 1"] = after_first[m]
-                    record[f"{m} val at end"] = at_end[m]
-                    record[f"{m} forgetting"] = after_first[m] - at_end[m]
-                for t in first + second:
-                    record[f"{t}/{STAGE_METRIC[t]} test"] = s["test"][t][STAGE_METRIC[t]]
-                records.append(record)
+            records += stages_records(seed, args, defs, train(seed))
         else:
-            wnut = data / "wnut17"
-            ner = {
-                "name": "ner",
-                "kind": "tagging",
-                "max_length": 96,
-                "data": {
-                    "train": str(wnut / "wnut17train.conll"),
-                    "validation": str(wnut / "emerging.dev.conll"),
-                    "test": str(wnut / "emerging.test.annotated"),
-                    "format": "conll",
-                    "max_rows": {"train": args.ner_rows},
-                },
-            }
-            # the whole file's tag set: a subsample need not show every rare tag its validation split holds
-            tagset = sorted({line.split("\t")[1] for line in args.pos_file.read_text(encoding="utf-8").splitlines() if line.strip()})
-            pos = {
-                "name": "pos",
-                "kind": "tagging",
-                "scheme": "labels",
-                "labels": tagset,
-                "max_length": 96,
-                "loss_weight": args.pos_weight,
-                "data": {
-                    "train": str(args.pos_file.resolve()),
-                    "format": "conll",
-                    "options": {"tag_column": 1},
-                    "split": {"validation": 0.1, "seed": 0},
-                    "max_rows": {"train": args.ner_rows},
-                },
-            }
-            for arm, tasks in (("ner", [ner]), ("ner + pos", [ner, pos])):
-                s = run_config(
-                    config(seed, tasks, args.epochs, "ner/entity_f1", {"strategy": "round"}), args.out / f"seed{seed}" / arm.replace(" + ", "_"), Path.cwd()
-                )
-                records.append(
-                    {
-                        "seed": seed,
-                        "arm": arm,
-                        "test entity F1": s["test"]["ner"]["entity_f1"],
-                        "validation entity F1": s["validation"]["ner"]["entity_f1"],
-                        "POS validation token accuracy (silver)": s["validation"].get("pos", {}).get("token_accuracy"),
-                        "best epoch": s["best_epoch"].get("model"),
-                        "wall_seconds": s.get("wall_seconds"),
-                    }
-                )
+            records += pos_records(seed, args, data, train(seed))
         write_csv(args.out / f"nlp_aux_{args.experiment}.csv", records, list(dict.fromkeys(k for r in records for k in r)))
 
     arms = list(dict.fromkeys(r["arm"] for r in records))
@@ -220,7 +185,7 @@ def main() -> None:
         )
     table = markdown_table(["arm", "seeds", *metrics, "s / run"], rows)
     footer = (
-        f"MiniLM ({args.pooling} pooling); lr {args.lr} (heads {args.head_lr}); batch {args.batch_size}; "
+        f"{args.encoder} ({args.pooling} pooling); lr {args.lr} (heads {args.head_lr}); batch {args.batch_size}; "
         + {
             "rtd": f"training rows SST-2 {args.rows[0]}, RTE {args.rows[1]}; {args.epochs} epochs; RTD weight {args.rtd_weight}",
             "stages": f"rows {args.rows}; stage epochs {args.stage_epochs}; replay {args.replay}",
