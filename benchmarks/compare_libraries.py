@@ -36,7 +36,9 @@ Common configuration (all libraries)
 How each library is fed and timed (training epochs only; no data loading, preprocessing,
 validation or test evaluation inside the timed region)
     mtlkit: ``build_model(ModelSpec(...))`` and ``Trainer.fit`` with ``TrainSpec(epochs, 1024,
-    lr=1e-3, progress=False, patience=None)`` on ``EncodedTable.batches(shuffle=True)``; the time
+    lr=1e-3, progress=False, patience=None, precision="fp32")`` on ``EncodedTable.batches(shuffle=True)``
+    (fp32 like the peers and the matmul peak: mtlkit's default ``auto`` trains in bf16 on a CPU with
+    AVX512-BF16 or AMX, about twice as fast; ``--precision auto`` measures that); the time
     is ``FitResult.train_seconds`` (the per-epoch validation pass that ``fit`` always runs is
     excluded; it is given a 1,000-row validation slice) and the test AUC is of the weights after
     the last epoch (``fit`` restores the best validation epoch; a callback keeps the last one
@@ -134,6 +136,7 @@ def common_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "train_rows": args.train_rows,
         "batch_norm": args.batch_norm,
+        "precision": args.precision,
     }
 
 
@@ -362,7 +365,7 @@ def worker_mtlkit(args: argparse.Namespace, cfg: dict) -> None:
     train, test = table("train"), table("test")
     validation = table("validation", rows=1000)  # fit always validates; that pass is not timed
     keep = KeepLastEpoch()
-    spec = TrainSpec(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], progress=False,
+    spec = TrainSpec(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], progress=False, precision=cfg["precision"],
                      patience=None, threads=cfg["threads"])
     trainer = Trainer(model, tasks, build_balancer(BalancerSpec(), tasks), spec, callbacks=[keep])
     cpu0 = cpu_seconds()
@@ -835,6 +838,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "auto"], default="fp32",
+                        help="mtlkit's train.precision (the peers and the matmul peak are fp32; auto: bf16 where native)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved rounds (seed, seed+1, ...); the table shows each row's fastest round")
@@ -876,6 +881,10 @@ def main() -> None:
         return
 
     cfg = common_config(args)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from machine import cpu_description
+
+    print(f"CPU: {cpu_description()}")
     with tempfile.TemporaryDirectory(prefix="mtlkit-compare-") as tmp:
         data_dir = args.data_dir or tmp
         Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -890,7 +899,7 @@ def main() -> None:
         print(f"config: batch {cfg['batch_size']}, Adam lr {cfg['lr']}, {cfg['epochs']} epoch(s), {cfg['threads']} threads; "
               f"MMoE {cfg['experts']} experts x {cfg['expert_hidden']}; PLE {cfg['ple_levels']} levels x "
               f"({cfg['ple_specific']} per task + {cfg['ple_shared']} shared) x {cfg['expert_hidden']}; "
-              f"shared-bottom {cfg['bottom']}; towers {cfg['tower']}", flush=True)
+              f"shared-bottom {cfg['bottom']}; towers {cfg['tower']}; mtlkit precision {cfg['precision']} (peers fp32)", flush=True)
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         if load > 0.5:

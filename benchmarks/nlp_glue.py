@@ -187,7 +187,11 @@ def main() -> None:
                       f"{statistics.mean(v['wall'] for (a, _), v in per_seed.items() if a == arm):.0f}"]
                      for arm in dict.fromkeys(a for a, _ in per_seed)]
         table += "\n\n" + markdown_table(["arm", "trained parameters", "best.pt MiB", "wall s (per seed)"], cost_rows)
-    footer += f"; eval rows {args.eval_rows or 'GLUE splits'}; threads {args.threads}; CPU {cpu_model()}"
+    # what train.precision resolved to in this report's runs (auto: bf16 where the CPU runs it natively)
+    precisions = {json.loads(f.read_text()).get("precision", "fp32") for seed in args.seeds
+                  for f in (args.out / f"seed{seed}").glob("*/summary.json")}
+    footer += (f"; eval rows {args.eval_rows or 'GLUE splits'}; threads {args.threads}; "
+               f"precision {'/'.join(sorted(precisions)) or args.precision}; CPU {cpu_model()}")
     report(args.out / "nlp_glue.md", table, footer)
 
 
