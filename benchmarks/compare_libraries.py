@@ -825,8 +825,9 @@ def print_targets(rows: dict, input_dim: int, cfg: dict, peak: float | None, mat
           f"(before the models and after each round; 1 thread: {singles})")
     if peak:
         share = mine["gflops"] / peak
-        print(f"target achieved GFLOP/s >= 60% of matmul peak: {mine['gflops']:.1f} / {peak:.1f} = {100 * share:.1f}% "
-              f"-> {'met' if share >= 0.6 else 'MISSED'}")
+        verdict = ("not judged: mtlkit's precision is not fp32" if cfg["precision"] != "fp32"  # bf16 GEMMs outrun the fp32 peak
+                   else "met" if share >= 0.6 else "MISSED")
+        print(f"target achieved GFLOP/s >= 60% of matmul peak: {mine['gflops']:.1f} / {peak:.1f} = {100 * share:.1f}% -> {verdict}")
 
 
 def main() -> None:
