@@ -118,6 +118,13 @@ def main() -> None:
                           "monitor": monitor, "patience": None, "threads": args.threads, "precision": args.precision},
                 "tasks": [defs[t] for t in tasks], **extra}
 
+    precisions: set[str] = set()  # what train.precision resolved to (auto: bf16 where the CPU runs it natively)
+
+    def run(raw: dict, directory: Path) -> dict:
+        summary = run_config(raw, directory, Path.cwd())
+        precisions.add(summary.get("precision", "fp32"))
+        return summary
+
     records: list[dict] = []
     costs: list[dict] = []  # per seed and arm: trained parameters, best.pt bytes, wall seconds (sums over the arm's runs)
 
@@ -128,18 +135,18 @@ def main() -> None:
         print(f"seed {seed}", flush=True)
         if "single" in args.arms:
             for task in args.tasks:
-                s = run_config(config(seed, [task], args.epochs, SELECT[task]), args.out / f"seed{seed}" / f"single_{task}", Path.cwd())
+                s = run(config(seed, [task], args.epochs, SELECT[task]), args.out / f"seed{seed}" / f"single_{task}")
                 records += [{"seed": seed, "arm": "single", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
                 walls["single"] = walls.get("single", 0.0) + s.get("wall_seconds", 0.0)
                 cost(seed, "single", args.out / f"seed{seed}" / f"single_{task}", s)
         if "mtdnn" in args.arms:
             mtl_dir = args.out / f"seed{seed}" / "mtl"
-            s = run_config(config(seed, args.tasks, args.epochs - args.finetune_epochs, "loss"), mtl_dir, Path.cwd())
+            s = run(config(seed, args.tasks, args.epochs - args.finetune_epochs, "loss"), mtl_dir)
             records += [{"seed": seed, "arm": "mtl", "task": t, "metric": m, "value": s["test"][t][m]} for t in args.tasks for m in METRICS[t]]
             walls["mtdnn"] = walls.get("mtdnn", 0.0) + s.get("wall_seconds", 0.0)
             for task in args.tasks:
-                s = run_config(config(seed, [task], args.finetune_epochs, SELECT[task], init_from=str(mtl_dir.resolve())),
-                               args.out / f"seed{seed}" / f"mtdnn_{task}", Path.cwd())
+                s = run(config(seed, [task], args.finetune_epochs, SELECT[task], init_from=str(mtl_dir.resolve())),
+                        args.out / f"seed{seed}" / f"mtdnn_{task}")
                 records += [{"seed": seed, "arm": "mtdnn", "task": task, "metric": m, "value": s["test"][task][m]} for m in METRICS[task]]
                 walls["mtdnn"] += s.get("wall_seconds", 0.0)
         if "lora" in args.arms:
@@ -147,7 +154,7 @@ def main() -> None:
             raw = config(seed, args.tasks, args.epochs, "loss")
             raw["encoder"].update(adapters="lora", r=args.lora_r, alpha=2 * args.lora_r)
             raw["train"]["lr"] = args.lora_lr
-            s = run_config(raw, lora_dir, Path.cwd())
+            s = run(raw, lora_dir)
             records += [{"seed": seed, "arm": "lora", "task": t, "metric": m, "value": s["test"][t][m]} for t in args.tasks for m in METRICS[t]]
             walls["lora"] = walls.get("lora", 0.0) + s.get("wall_seconds", 0.0)
             cost(seed, "lora", lora_dir, s)
@@ -159,7 +166,7 @@ def main() -> None:
                           f"best.pt {(directory / 'best.pt').stat().st_size / 2**20:.1f} MiB; {summary.get('wall_seconds', 0):.0f} s", flush=True)
         if "full" in args.arms:
             full_dir = args.out / f"seed{seed}" / "full"
-            s = run_config(config(seed, args.tasks, args.epochs, "loss"), full_dir, Path.cwd())
+            s = run(config(seed, args.tasks, args.epochs, "loss"), full_dir)
             records += [{"seed": seed, "arm": "full", "task": t, "metric": m, "value": s["test"][t][m]} for t in args.tasks for m in METRICS[t]]
             walls["full"] = walls.get("full", 0.0) + s.get("wall_seconds", 0.0)
             cost(seed, "full", full_dir, s)
@@ -187,9 +194,6 @@ def main() -> None:
                       f"{statistics.mean(v['wall'] for (a, _), v in per_seed.items() if a == arm):.0f}"]
                      for arm in dict.fromkeys(a for a, _ in per_seed)]
         table += "\n\n" + markdown_table(["arm", "trained parameters", "best.pt MiB", "wall s (per seed)"], cost_rows)
-    # what train.precision resolved to in this report's runs (auto: bf16 where the CPU runs it natively)
-    precisions = {json.loads(f.read_text()).get("precision", "fp32") for seed in args.seeds
-                  for f in (args.out / f"seed{seed}").glob("*/summary.json")}
     footer += (f"; eval rows {args.eval_rows or 'GLUE splits'}; threads {args.threads}; "
                f"precision {'/'.join(sorted(precisions)) or args.precision}; CPU {cpu_model()}")
     report(args.out / "nlp_glue.md", table, footer)
