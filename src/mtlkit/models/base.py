@@ -45,6 +45,11 @@ class Backbone(nn.Module):
         self.options = options
         self.output_dim = input_dim
 
+    #: Columns of ``x`` that no gradient is wanted for (the raw numeric features), set by the model
+    #: before each forward; a backbone's first layer may then skip their input gradient
+    #: (:func:`mtlkit.nn.input_affine.input_affine`). None: differentiate every column.
+    constant_input: slice | None = None
+
     #: The tensor every task reads, kept at each forward with gradients by backbones that have one
     #: (MoE expert outputs); representation-level balancers (MGDA-UB) differentiate it.
     last_shared_features: Tensor | None = None

@@ -77,7 +77,8 @@ class MixtureOfExperts(Backbone):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.bottom(x)
-        first, logits = shared_input_linears(h, [self.experts.first_layer, self.gates.linear])
+        constant = self.constant_input if isinstance(self.bottom, nn.Identity) else None
+        first, logits = shared_input_linears(h, [self.experts.first_layer, self.gates.linear], constant)
         experts = self.experts.from_first_layer(first)
         if torch.is_grad_enabled():  # what every task reads: the representation MGDA-UB differentiates
             self.last_shared_features = experts

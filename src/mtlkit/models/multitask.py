@@ -154,6 +154,7 @@ class MultiTaskModel(TrainableModel):
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
         encoded = self.encoder(inputs)
+        self.backbone.constant_input = self._constant_columns(inputs)
         reps = self.backbone.run(encoded, inputs)
         if self.keep_shared_features and torch.is_grad_enabled():
             # The backbone's own shared tensor if it names one (e.g. MoE expert outputs), else the
@@ -163,6 +164,15 @@ class MultiTaskModel(TrainableModel):
             self.last_shared_features = shared if shared is not None else (
                 next(iter(distinct.values())) if len(distinct) == 1 else encoded)
         return reps
+
+    def _constant_columns(self, inputs: Mapping[str, Tensor]) -> slice | None:
+        """The encoder output's numeric columns when nothing will differentiate them: not when the
+        numeric inputs require a gradient (attributions) nor when MGDA-UB may differentiate the
+        encoder output itself (``keep_shared_features``)."""
+        numeric = inputs.get("numeric")
+        if numeric is None or numeric.requires_grad or self.keep_shared_features or not isinstance(self.encoder, TabularEncoder):
+            return None
+        return self.encoder.numeric_columns
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         reps = self._reversed(self.representations(inputs))

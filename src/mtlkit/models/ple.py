@@ -71,11 +71,12 @@ class ExtractionLevel(nn.Module):
         self.register_buffer("task_experts", torch.tensor(seen, dtype=torch.long).view(n_tasks, -1), persistent=False)
         self.output_dim = self.experts.output_dim
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """→ fused ``(B, K or K+1, d)``, task gate weights ``(B, K, n)``, shared gate weights ``(B, 1, E)``."""
+    def forward(self, h: Tensor, constant: slice | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """→ fused ``(B, K or K+1, d)``, task gate weights ``(B, K, n)``, shared gate weights ``(B, 1, E)``.
+        ``constant``: level 1's input columns that need no gradient (see :class:`~mtlkit.models.base.Backbone`)."""
         gates = [self.task_gates] + ([self.shared_gate] if self.shared_gate is not None else [])
         if h.dim() == 2:  # level 1: experts and gates read the same input, one GEMM for all
-            first, *logits = shared_input_linears(h, [self.experts.first_layer, *(g.linear for g in gates)])
+            first, *logits = shared_input_linears(h, [self.experts.first_layer, *(g.linear for g in gates)], constant)
             experts = self.experts.from_first_layer(first)  # (B, E, d)
         else:
             experts = self.experts(h.index_select(1, self.expert_group))
@@ -111,7 +112,7 @@ class PLE(Backbone):
     def _run(self, x: Tensor, collect: dict[str, Tensor] | None = None) -> Tensor:
         h = x
         for j, level in enumerate(self.levels, start=1):
-            h, task_w, shared_w = level(h)
+            h, task_w, shared_w = level(h, self.constant_input if j == 1 else None)
             if collect is not None:
                 collect.update({f"level{j}/{name}": task_w[:, t] for t, name in enumerate(self.task_names)})
                 if shared_w is not None:

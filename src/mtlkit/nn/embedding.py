@@ -108,6 +108,9 @@ class TabularEncoder(nn.Module):
         self.objective_heads = nn.ModuleDict(heads)
         self._auxiliary: dict[str, Tensor] = {}
         self.output_dim = (len(cardinalities) * copies + len(self.sequences)) * embedding_dim + numeric_dim
+        start = len(cardinalities) * copies * embedding_dim
+        #: The output's numeric columns (after every embedding copy, before the pooled sequences).
+        self.numeric_columns = slice(start, start + numeric_dim)
 
     def auxiliary_tasks(self) -> list[AuxiliaryTask]:
         """DIEN's auxiliary loss per ``dien`` sequence with α > 0 (weight α), then the objectives."""

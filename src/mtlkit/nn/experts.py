@@ -25,6 +25,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
+from mtlkit.nn.input_affine import input_affine
 from mtlkit.nn.mlp import BatchNorm
 
 # Parameter-free activations only: a learned PReLU would be shared across experts.
@@ -128,7 +129,7 @@ class ExpertBank(nn.Module):
         return y
 
 
-def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear]) -> list[Tensor]:
+def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear], constant: slice | None = None) -> list[Tensor]:
     """``[layer(x) for layer in layers]`` for one ``(B, in)`` input that every layer reads, as one GEMM.
 
     An MoE's experts and its gates read the same input (MMoE, Ma et al. 2018, Eq. 6–8; PLE's first
@@ -136,6 +137,7 @@ def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear]) -> list[Ten
     matmul rate, and the backward adds their ``(B, in)`` input gradients. Side by side, the gates are
     ``G·E`` more columns of the experts' ``(in, E·H)`` GEMM: one ``addmm`` forward, two backward.
     The weights are concatenated per call (a copy of ``in × columns`` values, small next to the GEMM).
+    ``constant``: columns of ``x`` that need no input gradient (:func:`mtlkit.nn.input_affine.input_affine`).
 
     Example:
         >>> import torch
@@ -147,12 +149,12 @@ def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear]) -> list[Ten
     """
     if x.dim() != 2:
         raise ValueError(f"shared_input_linears needs one (B, in) input, got {tuple(x.shape)}")
-    if len(layers) == 1:
+    if len(layers) == 1 and constant is None:
         return [layers[0](x)]
-    weight = torch.cat([layer.flat_weight() for layer in layers], dim=1)
-    bias = torch.cat([layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
-                      for layer in layers])
-    y = torch.addmm(bias, x, weight)
+    weight = torch.cat([layer.flat_weight() for layer in layers], dim=1) if len(layers) > 1 else layers[0].flat_weight()
+    biases = [layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
+              for layer in layers]
+    y = input_affine(x, weight, torch.cat(biases) if len(biases) > 1 else biases[0], constant)
     parts = y.split([layer.n * layer.out_features for layer in layers], dim=1)
     return [part.view(x.shape[0], layer.n, layer.out_features) for part, layer in zip(parts, layers)]
 
