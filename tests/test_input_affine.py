@@ -46,6 +46,18 @@ def test_without_bias_and_without_an_input_gradient():
     assert torch.allclose(weight.grad, x.t() @ torch.ones(6, 5), atol=1e-6)
 
 
+def test_a_linear_weight_passed_transposed_gets_its_gradient_in_its_own_layout():
+    x, _, bias = _operands()
+    linear = torch.nn.Linear(11, 5)
+    input_affine(x, linear.weight.t(), linear.bias, slice(8, 11)).pow(2).sum().backward()
+    ours, ours_x = linear.weight.grad.clone(), x.grad.clone()
+    linear.weight.grad, x.grad = None, None
+    linear(x).pow(2).sum().backward()
+    assert ours.is_contiguous() and ours.shape == (5, 11)
+    assert torch.allclose(ours, linear.weight.grad, atol=1e-5)
+    assert torch.allclose(ours_x[:, :8], x.grad[:, :8], atol=1e-5)
+
+
 def test_double_backward_matches_the_reference():
     """create_graph=True (a penalty on a gradient) differentiates the backward itself."""
     x, weight, bias = _operands()
@@ -101,7 +113,8 @@ def _census_like_model(backbone: str, options: dict, seed: int = 0):
 
 @pytest.mark.parametrize("backbone,options", [("mmoe", {"experts": 3, "expert_hidden": [8]}),
                                               ("omoe", {"experts": 3, "expert_hidden": [8]}),
-                                              ("ple", {"levels": 2, "experts_per_task": 1, "shared_experts": 1, "expert_hidden": [8]})])
+                                              ("ple", {"levels": 2, "experts_per_task": 1, "shared_experts": 1, "expert_hidden": [8]}),
+                                              ("shared_bottom", {"hidden": [8, 6]})])
 def test_models_train_the_same_with_and_without_the_skipped_numeric_gradient(backbone, options):
     model, inputs = _census_like_model(backbone, options)
     model.train()

@@ -39,5 +39,5 @@ class SharedBottom(Backbone):
         self.output_dim = self.bottom.output_dim
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        shared = self.bottom(x)
+        shared = self.bottom(x, self.constant_input)
         return {name: shared for name in self.task_names}

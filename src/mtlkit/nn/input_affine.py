@@ -39,6 +39,7 @@ from torch import Tensor
 def input_affine(x: Tensor, weight: Tensor, bias: Tensor | None, constant: slice | None = None) -> Tensor:
     """``bias + x @ weight`` for ``x`` ``(B, in)`` and ``weight`` ``(in, out)``; no gradient flows into
     ``x[:, constant]`` (a block of columns that nothing upstream differentiates: raw numeric features).
+    An ``nn.Linear`` passes ``linear.weight.t()``; its gradient then comes back in ``(out, in)`` layout.
 
     ``constant=None`` (or an empty block) is exactly ``torch.addmm``. Under autocast the three
     operands are cast as autocast casts ``addmm``'s (the casts stay in the graph, so gradients reach
@@ -56,6 +57,11 @@ def input_affine(x: Tensor, weight: Tensor, bias: Tensor | None, constant: slice
         with torch.autocast(device, enabled=False):
             return _InputAffine.apply(x, weight, bias, start, stop)
     return _InputAffine.apply(x, weight, bias, start, stop)
+
+
+def _transposed(weight: Tensor) -> bool:
+    """``weight`` is the transpose of a contiguous matrix (``linear.weight.t()``)."""
+    return weight.dim() == 2 and weight.stride(0) == 1 and weight.stride(1) == weight.shape[0] and weight.shape[0] > 1
 
 
 def _trains(x: Tensor, weight: Tensor) -> bool:
@@ -87,7 +93,9 @@ class _InputAffine(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_x = _input_gradient(grad, weight, *ctx.block) if needs_x else None
-        grad_weight = x.t() @ grad if needs_weight else None
+        grad_weight = None
+        if needs_weight:  # in the weight's own layout: an nn.Linear weight passed as ``weight.t()`` gets (out, in)
+            grad_weight = (grad.t() @ x).t() if _transposed(weight) else x.t() @ grad
         grad_bias = grad.sum(0) if needs_bias else None
         return grad_x, grad_weight, grad_bias, None, None
 

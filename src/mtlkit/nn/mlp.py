@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mtlkit.nn.input_affine import input_affine
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
 
 
@@ -51,5 +53,14 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.output_dim = width
 
-    def forward(self, x: Tensor) -> Tensor:  # nn.Sequential semantics
-        return super().forward(x)
+    def forward(self, x: Tensor, constant: slice | None = None) -> Tensor:
+        """nn.Sequential semantics; ``constant``: input columns that need no gradient (see
+        :func:`mtlkit.nn.input_affine.input_affine`), used by the first ``Linear``."""
+        if constant is None or not len(self):
+            return super().forward(x)
+        first, *rest = self
+        assert isinstance(first, nn.Linear)
+        x = input_affine(x, first.weight.t(), first.bias, constant)
+        for layer in rest:
+            x = layer(x)
+        return x
