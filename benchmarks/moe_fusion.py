@@ -1,5 +1,6 @@
-"""What fusing an MoE's small ops buys: one GEMM for the experts' first layer and all gates, and
-the towers of all tasks as one batched matmul (issue 14, item 6), step time side by side.
+"""What fusing an MoE's small ops buys: one GEMM for the experts' first layer and all gates, the
+towers of all tasks as one batched matmul, and no input gradient for the numeric columns (issue 14,
+item 6), step time side by side.
 
 The model is compare_libraries.py's census MMoE (32 categorical fields of the census vocabulary
 sizes embedded in 16 dims + 7 numeric = 519 inputs, 8 experts of [64], towers [32], batch 1024,
@@ -7,11 +8,16 @@ fused Adam) with ``--tasks`` binary tasks (census group 1 has 2; more show how t
 Inputs and labels are random draws of the census shapes: a step's cost does not depend on the
 values. Three variants of the same model (same weights) are timed in interleaved rounds:
 
-* ``apart``: experts and gates as separate maps, then each task's tower on its own (mtlkit before);
+* ``apart``: experts and gates as separate maps, then each task's tower on its own;
 * ``fused gates``: :func:`mtlkit.nn.experts.shared_input_linears`, towers one by one;
-* ``fused + stacked towers``: also :mod:`mtlkit.models.stacked_heads` (mtlkit's default now);
+* ``fused + stacked towers``: also :mod:`mtlkit.models.stacked_heads`;
+* ``+ no numeric input gradient``: also :func:`mtlkit.nn.input_affine.input_affine` (mtlkit's
+  default now): the first layer's backward computes the input gradient of the 512 embedding columns
+  only, not of all 519 (the 7 numeric columns are data), so its GEMM's output is 512 wide;
 * ``the same under torch.compile``: that model's forward compiled (``train.compile: true``; the
   compilation happens in the warm-up round, untimed).
+
+The first three variants compute the full input gradient (mtlkit before ``input_affine``).
 
 Each row: the median and the fastest round's median ms per training step (forward, loss,
 backward, fused Adam), samples/s, the ratio to ``apart`` and the achieved GFLOP/s against the
@@ -43,7 +49,8 @@ from mtlkit.tasks import Task
 
 CENSUS_CARDINALITIES = [10, 53, 48, 18, 4, 25, 16, 6, 11, 3, 4, 7, 9, 7, 7, 52, 39, 9, 11, 10, 11, 4, 5, 6, 44, 44, 44, 6, 4, 4, 4, 3]
 NUMERIC = 7
-VARIANTS = ["apart", "fused gates", "fused + stacked towers", "the same under torch.compile"]
+VARIANTS = ["apart", "fused gates", "fused + stacked towers", "+ no numeric input gradient", "the same under torch.compile"]
+FULL_INPUT_GRADIENT = VARIANTS[:3]
 
 
 def _apart(self: MixtureOfExperts, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -59,10 +66,13 @@ def variant(model: MultiTaskModel, name: str) -> Iterator[None]:
     model._stacked = stacked and name in VARIANTS[2:]
     if name == "apart":
         MixtureOfExperts.forward = _apart  # type: ignore[method-assign]  # the benchmark's "before", restored below
+    if name in FULL_INPUT_GRADIENT:  # the numeric columns differentiated like the rest (an instance attribute, deleted below)
+        model._constant_columns = lambda inputs: None  # type: ignore[method-assign]
     try:
         yield
     finally:
         model._stacked, MixtureOfExperts.forward = stacked, forward  # type: ignore[method-assign]
+        model.__dict__.pop("_constant_columns", None)
 
 
 def census_like(tasks: list[Task]) -> tuple[MultiTaskModel, FittedSchema]:
@@ -103,7 +113,7 @@ def measure(n_tasks: int, args: argparse.Namespace) -> None:
     def step(i: int, name: str) -> float:
         inputs, targets = batches[i % len(batches)]
         start = clock()
-        logits = (compiled if name == VARIANTS[3] else model)(inputs)
+        logits = (compiled if name == VARIANTS[-1] else model)(inputs)
         loss = sum(t.compute_loss(logits[t.name], targets[t.name], None, None) for t in tasks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]  # a sum of tensors

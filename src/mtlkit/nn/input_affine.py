@@ -4,11 +4,14 @@ A backbone's input ``x = [embeddings | numeric | pooled sequences]`` (see
 :mod:`mtlkit.models.layout`) is differentiated only to reach the embedding tables: the numeric
 columns are data. Autograd cannot know that, so the first layer's backward computes the full
 ``∂L/∂x = g Wᵀ``, ``B × in`` with ``in`` the whole input width — and an odd width such as census's
-``32·16 + 7 = 519`` columns makes that GEMM's output unaligned: on a 2-core AMD EPYC,
-``(1024, 528) × (528, 519)`` took 3.5 ms where the 512 embedding columns alone took 3.0 ms
-(2 threads; 8.1 vs 6.9 ms at 1 thread). :func:`input_affine` computes ``bias + x W`` like
-``torch.addmm`` and, given the ``constant`` column block, writes the input gradient of the other
-columns straight into their place in the gradient buffer (the block itself gets zeros).
+``32·16 + 7 = 519`` columns makes that GEMM's output unaligned: alone, on a 2-core AMD EPYC,
+``(1024, 528) × (528, 519)`` took 3.5 ms where the 512 embedding columns took 3.0–3.1 ms (2 threads;
+8.1 vs 6.9 ms at 1 thread). :func:`input_affine` computes ``bias + x W`` like ``torch.addmm`` and,
+given the ``constant`` column block, writes the input gradient of the other columns straight into
+their place in the gradient buffer (the block itself gets zeros). Inside a whole training step the
+gain is smaller than the GEMM alone suggests (``benchmarks/moe_fusion.py``, census MMoE, 1 thread,
+20 rounds: 28.5 against 29.0 ms per step, fastest rounds 25.8 against 26.8 ms; at 2 threads within
+the machine's noise).
 
 The fast backward writes into a preallocated buffer, which neither a differentiable backward
 (``create_graph=True``) nor a vmapped one (``is_grads_batched``, functorch) can follow; both get
