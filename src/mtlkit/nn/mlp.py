@@ -23,9 +23,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tan
 
 class BatchNorm(nn.BatchNorm1d):
     """``BatchNorm1d`` that normalises a training batch of one row with its running statistics
-    (a one-row batch has no variance: plain BatchNorm raises on it), and the batch statistics otherwise."""
+    (a one-row batch has no variance: plain BatchNorm raises on it), and the batch statistics otherwise.
+
+    A strided input (an MoE's expert columns, a view into the one GEMM they share with the gates) is
+    made contiguous first: torch's CPU batch-norm kernels take a slow path for it, forward and
+    backward of a (1024, 512) view with row stride 528 took 5.1 ms against 1.1 ms with the copy
+    (2 threads, AMD EPYC)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous()
         if self.training and x.shape[0] == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
