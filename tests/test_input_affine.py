@@ -156,3 +156,11 @@ def test_traced_graph_has_no_python_op():
     graph = str(traced.inlined_graph)
     assert "PythonOp" not in graph and "aten::addmm" in graph
     assert torch.allclose(traced(inputs["categorical"], inputs["numeric"])[0], module(inputs["categorical"], inputs["numeric"])[0])
+
+
+def test_runs_on_the_meta_device():
+    """The memory estimate (mtlkit.sizing) runs the model on meta tensors, where autocast has no state."""
+    with torch.device("meta"):
+        x, weight, bias = (torch.empty(4, 6, requires_grad=True), torch.empty(6, 3, requires_grad=True),
+                           torch.empty(3, requires_grad=True))
+    assert input_affine(x, weight, bias, slice(4, 6)).shape == (4, 3)

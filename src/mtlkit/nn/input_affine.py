@@ -53,7 +53,7 @@ def input_affine(x: Tensor, weight: Tensor, bias: Tensor | None, constant: slice
         # nothing to skip (inference), or a graph being captured (export, torch.compile): plain aten ops
         return x @ weight if bias is None else torch.addmm(bias, x, weight)
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):  # (not on meta: sizing estimates)
         dtype = torch.get_autocast_dtype(device)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
