@@ -141,6 +141,7 @@ def test_the_model_skips_the_numeric_columns_only_when_nothing_differentiates_th
     assert model._constant_columns({**inputs, "numeric": numeric}) is None
     model(dict(inputs, numeric=numeric))["click"].sum().backward()
     assert numeric.grad is not None and numeric.grad.abs().sum() > 0
+    assert model.backbone.constant_input is None  # set for the model's call only, not left behind
     model.keep_shared_features = True  # MGDA-UB may differentiate the encoder output itself
     assert model._constant_columns(inputs) is None
 

@@ -155,7 +155,10 @@ class MultiTaskModel(TrainableModel):
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
         encoded = self.encoder(inputs)
         self.backbone.constant_input = self._constant_columns(inputs)
-        reps = self.backbone.run(encoded, inputs)
+        try:
+            reps = self.backbone.run(encoded, inputs)
+        finally:  # only for this call: a direct call of the backbone differentiates every column
+            self.backbone.constant_input = None
         if self.keep_shared_features and torch.is_grad_enabled():
             # The backbone's own shared tensor if it names one (e.g. MoE expert outputs), else the
             # one tensor all tasks read (shared-bottom), else the encoder output.
