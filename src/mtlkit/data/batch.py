@@ -34,7 +34,7 @@ from torch import Tensor
 
 
 def _take(columns: dict[str, Tensor], index: Tensor | slice) -> dict[str, Tensor]:
-    if isinstance(index, Tensor) and index.dim() == 1 and not index.is_floating_point() and index.dtype != torch.bool:
+    if isinstance(index, Tensor) and index.dim() == 1 and index.dtype in (torch.int64, torch.int32):
         # a row gather: index_select is ~3x faster than advanced indexing for a 1024-row batch
         return {name: column.index_select(0, index) for name, column in columns.items()}
     return {name: column[index] for name, column in columns.items()}

@@ -151,10 +151,10 @@ def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear], constant: s
         raise ValueError(f"shared_input_linears needs one (B, in) input, got {tuple(x.shape)}")
     if len(layers) == 1 and constant is None:
         return [layers[0](x)]
-    weight = torch.cat([layer.flat_weight() for layer in layers], dim=1) if len(layers) > 1 else layers[0].flat_weight()
-    biases = [layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
-              for layer in layers]
-    y = input_affine(x, weight, torch.cat(biases) if len(biases) > 1 else biases[0], constant)
+    weight = torch.cat([layer.flat_weight() for layer in layers], dim=1)
+    bias = torch.cat([layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
+                      for layer in layers])
+    y = input_affine(x, weight, bias, constant)
     parts = y.split([layer.n * layer.out_features for layer in layers], dim=1)
     return [part.view(x.shape[0], layer.n, layer.out_features) for part, layer in zip(parts, layers)]
 
