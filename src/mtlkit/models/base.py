@@ -70,6 +70,11 @@ class Backbone(nn.Module):
         """How many embeddings of each categorical field the encoder makes (STEM: one per task + shared)."""
         return 1
 
+    def takes_factored_input(self) -> bool:
+        """Whether ``forward`` accepts a :class:`~mtlkit.nn.vocabulary_affine.FactoredInput` for ``x``
+        (its only use of ``x`` is one affine map: MoE experts and gates, a shared bottom's first layer)."""
+        return False
+
     def run(self, x: Tensor, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The model's call: ``x`` plus the raw batch ``inputs`` (scenario ids) for backbones that read them."""
         return self(x)

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from mtlkit.models.base import BACKBONES, Backbone, BackboneOptions
 from mtlkit.nn.experts import ExpertBank, mix, shared_input_linears
 from mtlkit.nn.gates import Gates
+from mtlkit.nn.mlp import MLP
+from mtlkit.nn.vocabulary_affine import FactoredInput
 
 
 class ExpertGateOptions(BackboneOptions):
@@ -75,7 +77,10 @@ class MixtureOfExperts(Backbone):
     def _make_gate_names(self) -> list[str]:
         return list(self.task_names)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def takes_factored_input(self) -> bool:
+        return isinstance(self.bottom, nn.Identity) or (isinstance(self.bottom, MLP) and self.bottom.takes_factored_input())
+
+    def forward(self, x: Tensor | FactoredInput) -> dict[str, Tensor]:
         h = self.bottom(x)
         constant = self.constant_input if isinstance(self.bottom, nn.Identity) else None
         first, logits = shared_input_linears(h, [self.experts.first_layer, self.gates.linear], constant)

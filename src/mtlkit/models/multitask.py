@@ -38,6 +38,7 @@ from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.models.stacked_heads import stackable, stacked_heads
 from mtlkit.nn import MLP, TabularEncoder
 from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
+from mtlkit.nn.vocabulary_affine import FactoredInput
 from mtlkit.protocols import AuxiliaryTask, TrainableModel
 from mtlkit.tasks import Task, TaskKind
 
@@ -153,6 +154,9 @@ class MultiTaskModel(TrainableModel):
 
     def representations(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The backbone's per-task representations (what MGDA-UB-style methods differentiate)."""
+        factored = self._factored_input(inputs)
+        if factored is not None:  # small fields in vocabulary space: the encoder output never exists whole
+            return self.backbone.run(factored, inputs)  # type: ignore[arg-type]
         encoded = self.encoder(inputs)
         self.backbone.constant_input = self._constant_columns(inputs)
         try:
@@ -167,6 +171,23 @@ class MultiTaskModel(TrainableModel):
             self.last_shared_features = shared if shared is not None else (
                 next(iter(distinct.values())) if len(distinct) == 1 else encoded)
         return reps
+
+    def _factored_input(self, inputs: Mapping[str, Tensor]) -> FactoredInput | None:
+        """The encoder output as a :class:`~mtlkit.nn.vocabulary_affine.FactoredInput` when the backbone's
+        first layer takes one and nothing else reads the output: a training step (or inference without
+        gradients), not MGDA-UB's shared-feature mode, not while a graph is captured (export,
+        ``torch.compile``), not under autocast (bf16 GEMMs the usual way are as fast, and the same numbers
+        as a compiled or exported model's)."""
+        if not isinstance(self.encoder, TabularEncoder) or not self.backbone.takes_factored_input() or self.keep_shared_features:
+            return None
+        if torch.is_grad_enabled() and not self.training:  # eval with gradients: attributions read the encoder output
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return None
+        device = inputs["categorical"].device.type if "categorical" in inputs else "cpu"
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            return None
+        return self.encoder.factored(inputs, constant_numeric=self._constant_columns(inputs) is not None)
 
     def _constant_columns(self, inputs: Mapping[str, Tensor]) -> slice | None:
         """The encoder output's numeric columns when nothing will differentiate them: not when the

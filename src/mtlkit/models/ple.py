@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mtlkit.models.base import BACKBONES, Backbone
 from mtlkit.models.mmoe import ExpertGateOptions, make_gates
 from mtlkit.nn.experts import ExpertBank, mix, shared_input_linears
+from mtlkit.nn.vocabulary_affine import FactoredInput
 
 
 class CGCOptions(ExpertGateOptions):
@@ -71,11 +72,11 @@ class ExtractionLevel(nn.Module):
         self.register_buffer("task_experts", torch.tensor(seen, dtype=torch.long).view(n_tasks, -1), persistent=False)
         self.output_dim = self.experts.output_dim
 
-    def forward(self, h: Tensor, constant: slice | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def forward(self, h: Tensor | FactoredInput, constant: slice | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """→ fused ``(B, K or K+1, d)``, task gate weights ``(B, K, n)``, shared gate weights ``(B, 1, E)``.
         ``constant``: level 1's input columns that need no gradient (see :class:`~mtlkit.models.base.Backbone`)."""
         gates = [self.task_gates] + ([self.shared_gate] if self.shared_gate is not None else [])
-        if h.dim() == 2:  # level 1: experts and gates read the same input, one GEMM for all
+        if isinstance(h, FactoredInput) or h.dim() == 2:  # level 1: experts and gates read the same input, one GEMM for all
             first, *logits = shared_input_linears(h, [self.experts.first_layer, *(g.linear for g in gates)], constant)
             experts = self.experts.from_first_layer(first)  # (B, E, d)
         else:
@@ -84,9 +85,9 @@ class ExtractionLevel(nn.Module):
             if self.shared_gate is not None:
                 logits.append(self.shared_gate.linear(h[:, self.n_tasks]))
         task_w = self.task_gates.from_logits(logits[0])  # (B, K, n)
-        index = self.task_experts.expand(h.shape[0], -1, -1)
+        index = self.task_experts.expand(task_w.shape[0], -1, -1)
         # Place each task's weights over the whole bank (zeros elsewhere): one bmm mixes all gates.
-        weights = task_w.new_zeros(h.shape[0], self.n_tasks, self.n_experts).scatter(2, index, task_w)
+        weights = task_w.new_zeros(task_w.shape[0], self.n_tasks, self.n_experts).scatter(2, index, task_w)
         shared_w = None
         if self.shared_gate is not None:
             shared_w = self.shared_gate.from_logits(logits[1])  # (B, 1, E)
@@ -109,17 +110,23 @@ class PLE(Backbone):
         )
         self.output_dim = width
 
-    def _run(self, x: Tensor, collect: dict[str, Tensor] | None = None) -> Tensor:
-        h = x
+    def takes_factored_input(self) -> bool:
+        return True
+
+    def _run(self, x: Tensor | FactoredInput, collect: dict[str, Tensor] | None = None) -> Tensor:
+        h: Tensor | FactoredInput = x
+        fused = None
         for j, level in enumerate(self.levels, start=1):
-            h, task_w, shared_w = level(h, self.constant_input if j == 1 else None)
+            fused, task_w, shared_w = level(h, self.constant_input if j == 1 else None)
+            h = fused
             if collect is not None:
                 collect.update({f"level{j}/{name}": task_w[:, t] for t, name in enumerate(self.task_names)})
                 if shared_w is not None:
                     collect[f"level{j}/shared"] = shared_w[:, 0]
-        return h
+        assert fused is not None  # at least one level
+        return fused
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor | FactoredInput) -> dict[str, Tensor]:
         h = self._run(x)
         return {name: h[:, t] for t, name in enumerate(self.task_names)}
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mtlkit.models.base import BACKBONES, Backbone, BackboneOptions
 from mtlkit.nn import MLP
+from mtlkit.nn.vocabulary_affine import FactoredInput
 
 
 class MLPOptions(BackboneOptions):
@@ -38,6 +39,9 @@ class SharedBottom(Backbone):
         self.bottom = MLP(input_dim, options.hidden, options.activation, options.dropout, options.batch_norm)
         self.output_dim = self.bottom.output_dim
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def takes_factored_input(self) -> bool:
+        return self.bottom.takes_factored_input()
+
+    def forward(self, x: Tensor | FactoredInput) -> dict[str, Tensor]:
         shared = self.bottom(x, self.constant_input)
         return {name: shared for name in self.task_names}

@@ -13,6 +13,11 @@ the same id in the history train one row, from both uses), else from rows of the
 KDD 2018, Eq. 3) or :mod:`mtlkit.nn.dien` (DIEN, Zhou et al., AAAI 2019) and appended after the
 numeric columns. ``inputs["bias"]`` is never read here.
 
+For a backbone whose first layer is one affine map (MoE experts and gates, a shared bottom),
+:meth:`TabularEncoder.factored` hands over the fields whose vocabulary is small next to the batch
+as ids, so that the map computes their share in vocabulary space (:mod:`mtlkit.nn.vocabulary_affine`)
+and the full encoder output is never built.
+
 Self-supervised losses computed from the inputs — DIEN's auxiliary loss (Eq. 1) and the sequence
 objectives of :mod:`mtlkit.nn.sequence_objectives` (``objectives``) — are computed in training
 mode only and handed out by :meth:`TabularEncoder.auxiliary_losses`, one auxiliary task each
@@ -32,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,9 +46,10 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.nn.dien import DienPooling, sample_negatives
-from mtlkit.nn.embedding_tables import EMBEDDING_TABLES
+from mtlkit.nn.embedding_tables import EMBEDDING_TABLES, FusedEmbedding
 from mtlkit.nn.sequence import DinAttention, ObjectiveField, SequenceField, masked_pool
 from mtlkit.nn.sequence_objectives import SequenceObjective
+from mtlkit.nn.vocabulary_affine import BATCH_TO_VOCABULARY_RATIO, FactoredInput, VocabularyPlan
 from mtlkit.protocols import AuxiliaryTask
 
 if TYPE_CHECKING:
@@ -111,6 +118,7 @@ class TabularEncoder(nn.Module):
         start = len(cardinalities) * copies * embedding_dim
         #: The output's numeric columns (after every embedding copy, before the pooled sequences).
         self.numeric_columns = slice(start, start + numeric_dim)
+        self._plans: dict[tuple[tuple[int, ...], torch.device], tuple[VocabularyPlan, Tensor, Tensor]] = {}
 
     def auxiliary_tasks(self) -> list[AuxiliaryTask]:
         """DIEN's auxiliary loss per ``dien`` sequence with α > 0 (weight α), then the objectives."""
@@ -141,6 +149,46 @@ class TabularEncoder(nn.Module):
         ]
         return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies, objectives,
                    [s.max_len for s in schema.sequences], storage)
+
+    def factored(self, inputs: Mapping[str, Tensor], constant_numeric: bool = False,
+                 ratio: float = BATCH_TO_VOCABULARY_RATIO) -> FactoredInput | None:
+        """The output for a backbone whose first affine map reads it factored: the fields whose
+        vocabulary is small next to the batch stay ids, their columns computed in vocabulary space
+        (:mod:`mtlkit.nn.vocabulary_affine`). None when no field qualifies or the layout does not
+        allow it: sequences, embedding copies, a table with sparse gradients, not fp32, or not ``fused``.
+        ``constant_numeric``: the numeric columns need no input gradient; ``ratio``: a field qualifies
+        when its rows times ``ratio`` are at most the batch's (0: every field, for benchmarks)."""
+        table = self.embedding
+        if (not isinstance(table, FusedEmbedding) or table.sparse_gradients or table.table.weight.dtype != torch.float32
+                or self.copies != 1 or self.sequences or not self.num_categorical):
+            return None
+        ids = inputs["categorical"]
+        batch = ids.shape[0]
+        fields = tuple(f for f, rows in enumerate(table.cardinalities[: self.num_categorical])
+                       if rows * ratio <= batch)
+        if not fields:
+            return None
+        key = (fields, ids.device)
+        if key not in self._plans:
+            self._plans[key] = self._plan(table, fields, ids.device)
+        plan, kept, dense_columns = self._plans[key]
+        parts = [table.fields(ids.index_select(1, kept), kept).flatten(1)] if len(kept) else []
+        if self.numeric_dim:
+            parts.append(inputs["numeric"])
+        dense = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) if parts else ids.new_zeros(batch, 0, dtype=torch.float32)
+        numeric_start = len(kept) * table.dim
+        constant = slice(numeric_start, numeric_start + self.numeric_dim) if constant_numeric and self.numeric_dim else None
+        return FactoredInput(plan, table.table.weight, ids, dense, dense_columns, self.output_dim, constant)
+
+    def _plan(self, table: FusedEmbedding, fields: tuple[int, ...], device: torch.device) -> tuple[VocabularyPlan, Tensor, Tensor]:
+        """The vocabulary plan of ``fields``, the other fields and the columns of ``x`` they and the numerics fill."""
+        d = table.dim
+        offsets = [0, *itertools.accumulate(table.cardinalities)]  # from Python ints: the table may live on meta
+        plan = VocabularyPlan.build(table.cardinalities, offsets, fields, [f * d for f in fields], d)
+        kept = [f for f in range(self.num_categorical) if f not in fields]
+        columns = [c for f in kept for c in range(f * d, (f + 1) * d)] + list(range(self.numeric_columns.start, self.numeric_columns.stop))
+        return (plan.to(device), torch.tensor(kept, dtype=torch.long, device=device),
+                torch.tensor(columns, dtype=torch.long, device=device))
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         parts = []

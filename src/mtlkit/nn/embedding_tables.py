@@ -175,6 +175,11 @@ class FusedEmbedding(EmbeddingTable):
         rows = self._lookup((ids + self.offsets[field]).reshape(-1))
         return rows.view(*ids.shape, self.dim)
 
+    def fields(self, ids: Tensor, fields: Tensor) -> Tensor:
+        """``(B, len(fields))`` per-field ids of the fields ``fields`` (a long tensor) → ``(B, len(fields), dim)``."""
+        rows = self._lookup((ids + self.offsets.index_select(0, fields)).reshape(-1))
+        return rows.view(*ids.shape, self.dim)
+
     def field_rows(self) -> list[FieldRows]:
         starts = [0, *itertools.accumulate(self.cardinalities)]
         return [FieldRows(self.table.weight, a, b)  # type: ignore[arg-type]  # torch stub: nn.Embedding.weight is declared Tensor, it is a Parameter

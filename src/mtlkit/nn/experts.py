@@ -25,8 +25,8 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from mtlkit.nn.input_affine import input_affine
 from mtlkit.nn.mlp import BatchNorm
+from mtlkit.nn.vocabulary_affine import FactoredInput, first_affine
 
 # Parameter-free activations only: a learned PReLU would be shared across experts.
 EXPERT_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -129,7 +129,7 @@ class ExpertBank(nn.Module):
         return y
 
 
-def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear], constant: slice | None = None) -> list[Tensor]:
+def shared_input_linears(x: Tensor | FactoredInput, layers: Sequence[BatchedLinear], constant: slice | None = None) -> list[Tensor]:
     """``[layer(x) for layer in layers]`` for one ``(B, in)`` input that every layer reads, as one GEMM.
 
     An MoE's experts and its gates read the same input (MMoE, Ma et al. 2018, Eq. 6–8; PLE's first
@@ -137,7 +137,8 @@ def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear], constant: s
     matmul rate, and the backward adds their ``(B, in)`` input gradients. Side by side, the gates are
     ``G·E`` more columns of the experts' ``(in, E·H)`` GEMM: one ``addmm`` forward, two backward.
     The weights are concatenated per call (a copy of ``in × columns`` values, small next to the GEMM).
-    ``constant``: columns of ``x`` that need no input gradient (:func:`mtlkit.nn.input_affine.input_affine`).
+    ``constant``: columns of ``x`` that need no input gradient (:func:`mtlkit.nn.input_affine.input_affine`);
+    ``x`` may be a :class:`~mtlkit.nn.vocabulary_affine.FactoredInput` (small fields in vocabulary space).
 
     Example:
         >>> import torch
@@ -147,16 +148,16 @@ def shared_input_linears(x: Tensor, layers: Sequence[BatchedLinear], constant: s
         >>> e.shape, g.shape, bool(torch.allclose(g, gates(x), atol=1e-6))
         (torch.Size([3, 4, 8]), torch.Size([3, 2, 4]), True)
     """
-    if x.dim() != 2:
+    if not isinstance(x, FactoredInput) and x.dim() != 2:
         raise ValueError(f"shared_input_linears needs one (B, in) input, got {tuple(x.shape)}")
-    if len(layers) == 1 and constant is None:
+    if len(layers) == 1 and constant is None and not isinstance(x, FactoredInput):
         return [layers[0](x)]
     weight = torch.cat([layer.flat_weight() for layer in layers], dim=1)
     bias = torch.cat([layer.bias.reshape(-1) if layer.bias is not None else layer.weight.new_zeros(layer.n * layer.out_features)
                       for layer in layers])
-    y = input_affine(x, weight, bias, constant)
+    y = first_affine(x, weight, bias, constant)
     parts = y.split([layer.n * layer.out_features for layer in layers], dim=1)
-    return [part.view(x.shape[0], layer.n, layer.out_features) for part, layer in zip(parts, layers)]
+    return [part.view(y.shape[0], layer.n, layer.out_features) for part, layer in zip(parts, layers)]
 
 
 def mix(weights: Tensor, experts: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mtlkit.nn.input_affine import input_affine
+from mtlkit.nn.vocabulary_affine import FactoredInput, first_affine
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
 
@@ -59,14 +59,19 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.output_dim = width
 
-    def forward(self, x: Tensor, constant: slice | None = None) -> Tensor:
+    def takes_factored_input(self) -> bool:
+        """Whether the first layer is a ``Linear`` (what reads a factored input)."""
+        return len(self) > 0 and isinstance(self[0], nn.Linear)
+
+    def forward(self, x: Tensor | FactoredInput, constant: slice | None = None) -> Tensor:
         """nn.Sequential semantics; ``constant``: input columns that need no gradient (see
-        :func:`mtlkit.nn.input_affine.input_affine`), used by the first ``Linear``."""
-        if constant is None or not len(self):
+        :func:`mtlkit.nn.input_affine.input_affine`), used by the first ``Linear``, which also reads
+        a :class:`~mtlkit.nn.vocabulary_affine.FactoredInput` (:meth:`takes_factored_input`)."""
+        if not isinstance(x, FactoredInput) and (constant is None or not len(self)):
             return super().forward(x)
         first, *rest = self
         assert isinstance(first, nn.Linear)
-        x = input_affine(x, first.weight.t(), first.bias, constant)
+        h = first_affine(x, first.weight.t(), first.bias, constant)
         for layer in rest:
-            x = layer(x)
-        return x
+            h = layer(h)
+        return h
