@@ -12,13 +12,14 @@ fields alike) at a fixed batch and times one forward + backward of the map from 
 * ``vocabulary space``: every field through :class:`~mtlkit.nn.vocabulary_affine.FactoredInput`
   (forced, whatever ``V``);
 * ``mtlkit's choice``: what the model does by default, vocabulary space for a field when
-  ``4·V <= B`` (:data:`~mtlkit.nn.vocabulary_affine.BATCH_TO_VOCABULARY_RATIO`).
+  :func:`~mtlkit.nn.vocabulary_affine.qualifies` (``d >= 16`` and ``V <= B·d/128``).
 
 Also the forward alone (inference) for the first two. The shape defaults to census MMoE's: 32
 fields, ``d = 16``, 7 numeric columns, 8 experts of 64 + 2 gates of 8 = 528 output columns, batch 1024.
 
     python benchmarks/vocabulary_affine.py
     python benchmarks/vocabulary_affine.py --threads 1 --rows 16 64 256 1024
+    python benchmarks/vocabulary_affine.py --dim 32 --rows 8 32 64 128 256
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from machine import cpu_description
 
 from mtlkit.nn import TabularEncoder
 from mtlkit.nn.input_affine import input_affine
-from mtlkit.nn.vocabulary_affine import BATCH_TO_VOCABULARY_RATIO
+from mtlkit.nn.vocabulary_affine import qualifies
 
 
 def timed(fn, clock, repeats: int, rounds: int) -> tuple[float, float]:
@@ -63,8 +64,8 @@ def measure(rows: int, args: argparse.Namespace, clock) -> dict[str, tuple[float
         if backward:
             y.backward(upstream)
 
-    def factored(ratio: float, backward: bool = True) -> None:
-        x = encoder.factored(inputs, constant_numeric=True, ratio=ratio)
+    def factored(every_field: bool, backward: bool = True) -> None:
+        x = encoder.factored(inputs, constant_numeric=True, every_field=every_field)
         y = x.affine(weight, bias) if x is not None else input_affine(encoder(inputs), weight, bias, encoder.numeric_columns)
         if backward:
             y.backward(upstream)
@@ -74,12 +75,12 @@ def measure(rows: int, args: argparse.Namespace, clock) -> dict[str, tuple[float
             p.grad = None
 
     out: dict[str, tuple[float, float]] = {}
-    for name, fn in (("usual", usual), ("vocabulary space", lambda: factored(0.0)),
-                     ("mtlkit's choice", lambda: factored(BATCH_TO_VOCABULARY_RATIO))):
+    for name, fn in (("usual", usual), ("vocabulary space", lambda: factored(True)),
+                     ("mtlkit's choice", lambda: factored(False))):
         out[name] = timed(lambda fn=fn: (fn(), clear()), clock, args.repeats, args.rounds)
     with torch.no_grad():
         out["usual, forward"] = timed(lambda: usual(False), clock, args.repeats, args.rounds)
-        out["vocabulary space, forward"] = timed(lambda: factored(0.0, False), clock, args.repeats, args.rounds)
+        out["vocabulary space, forward"] = timed(lambda: factored(True, False), clock, args.repeats, args.rounds)
     return out
 
 
@@ -105,7 +106,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for rows in args.rows:
         r = measure(rows, args, clock)
-        chosen = "vocabulary" if rows * BATCH_TO_VOCABULARY_RATIO <= args.batch_size else "usual"
+        chosen = "vocabulary" if qualifies(rows, args.batch_size, args.dim) else "usual"
         default = r["mtlkit's choice"][0]
         print(f"| {rows:,} | {r['usual'][0]:.2f} ({r['usual'][1]:.2f}) | {r['vocabulary space'][0]:.2f} "
               f"({r['vocabulary space'][1]:.2f}) | {r['usual'][0] / r['vocabulary space'][0]:.2f}x | "

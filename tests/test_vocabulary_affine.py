@@ -16,8 +16,9 @@ from mtlkit.tasks import Task
 TASKS = [Task(name="click", kind="binary"), Task(name="like", kind="binary")]
 
 
-def _model(backbone: str, options: dict, batch: int = 64, seed: int = 0):
-    """Fields a (3 values), b (5) and u (40): with a batch of 64, a and b qualify (4·|V| <= 64), u does not."""
+def _model(backbone: str, options: dict, batch: int = 64, seed: int = 0, dim: int = 16):
+    """Fields a (3 values), b (5) and u (40), plus the unseen row each: with a batch of 64 and 16 dims,
+    a and b qualify (rows <= 64·16/128 = 8), u does not."""
     import pyarrow as pa
 
     schema = SchemaSpec(categorical=[CategoricalFeature(name="a"), CategoricalFeature(name="u"), CategoricalFeature(name="b")],
@@ -28,7 +29,7 @@ def _model(backbone: str, options: dict, batch: int = 64, seed: int = 0):
                       "n2": [0.5 * (i % 7) for i in range(rows)]})
     fitted = schema.fit(table)
     torch.manual_seed(seed)
-    model = build_model(ModelSpec(backbone=backbone, options=options, embedding_dim=4, tower=[4]), fitted, TASKS)
+    model = build_model(ModelSpec(backbone=backbone, options=options, embedding_dim=dim, tower=[4]), fitted, TASKS)
     g = torch.Generator().manual_seed(1)
     cards = fitted.cardinalities
     ids = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in cards], dim=1)
@@ -58,7 +59,7 @@ def test_the_model_trains_the_same_through_vocabulary_space(backbone, options):
     plain = _plain(model)
     factored = model._factored_input(inputs)
     assert isinstance(factored, FactoredInput) and factored.plan.fields == (0, 2)  # a, b; not u (41 rows)
-    assert factored.constant == slice(4, 6)  # u's 4 columns kept dense, then the 2 raw numerics
+    assert factored.constant == slice(16, 18)  # u's 16 columns kept dense, then the 2 raw numerics
     out, ref = model(inputs), plain(inputs)
     for name in ref:
         assert torch.allclose(out[name], ref[name], atol=1e-6)
@@ -82,7 +83,7 @@ def test_inference_without_gradients_reads_vocabulary_space_and_agrees():
 def test_the_usual_path_where_vocabulary_space_does_not_apply():
     model, inputs = _model("mmoe", {"experts": 2, "expert_hidden": [8]})
     one_row = {k: v[:1] for k, v in inputs.items()}
-    assert model._factored_input(one_row) is None  # no vocabulary is a quarter of one row
+    assert model._factored_input(one_row) is None  # no vocabulary is small next to one row
     assert model(one_row)["click"].shape == (1,)
     model.eval()
     assert model._factored_input(inputs) is None  # eval with gradients: an attribution reads the encoder output
@@ -94,6 +95,8 @@ def test_the_usual_path_where_vocabulary_space_does_not_apply():
     model.keep_shared_features = False
     model.encoder.embedding.set_sparse_gradients(True)  # row-wise table optimisers: COO gradients of touched rows
     assert model._factored_input(inputs) is None
+    narrow, _ = _model("mmoe", {"experts": 2, "expert_hidden": [8]}, dim=8)
+    assert narrow._factored_input(inputs) is None  # 8-wide embeddings: the sums would cost what the GEMM saves
     other, _ = _model("cross_stitch", {})
     assert not other.backbone.takes_factored_input() and other._factored_input(inputs) is None
 

@@ -49,7 +49,7 @@ from mtlkit.nn.dien import DienPooling, sample_negatives
 from mtlkit.nn.embedding_tables import EMBEDDING_TABLES, FusedEmbedding
 from mtlkit.nn.sequence import DinAttention, ObjectiveField, SequenceField, masked_pool
 from mtlkit.nn.sequence_objectives import SequenceObjective
-from mtlkit.nn.vocabulary_affine import BATCH_TO_VOCABULARY_RATIO, FactoredInput, VocabularyPlan
+from mtlkit.nn.vocabulary_affine import FactoredInput, VocabularyPlan, qualifies
 from mtlkit.protocols import AuxiliaryTask
 
 if TYPE_CHECKING:
@@ -150,14 +150,13 @@ class TabularEncoder(nn.Module):
         return cls(schema.cardinalities, schema.numeric_dim, embedding_dim, fields, table, copies, objectives,
                    [s.max_len for s in schema.sequences], storage)
 
-    def factored(self, inputs: Mapping[str, Tensor], constant_numeric: bool = False,
-                 ratio: float = BATCH_TO_VOCABULARY_RATIO) -> FactoredInput | None:
+    def factored(self, inputs: Mapping[str, Tensor], constant_numeric: bool = False, every_field: bool = False) -> FactoredInput | None:
         """The output for a backbone whose first affine map reads it factored: the fields whose
         vocabulary is small next to the batch stay ids, their columns computed in vocabulary space
         (:mod:`mtlkit.nn.vocabulary_affine`). None when no field qualifies or the layout does not
         allow it: sequences, embedding copies, a table with sparse gradients, not fp32, or not ``fused``.
-        ``constant_numeric``: the numeric columns need no input gradient; ``ratio``: a field qualifies
-        when its rows times ``ratio`` are at most the batch's (0: every field, for benchmarks)."""
+        ``constant_numeric``: the numeric columns need no input gradient; ``every_field``: every
+        field in vocabulary space, whatever its size (for benchmarks)."""
         table = self.embedding
         if (not isinstance(table, FusedEmbedding) or table.sparse_gradients or table.table.weight.dtype != torch.float32
                 or self.copies != 1 or self.sequences or not self.num_categorical):
@@ -165,7 +164,7 @@ class TabularEncoder(nn.Module):
         ids = inputs["categorical"]
         batch = ids.shape[0]
         fields = tuple(f for f, rows in enumerate(table.cardinalities[: self.num_categorical])
-                       if rows * ratio <= batch)
+                       if every_field or qualifies(rows, batch, table.dim))
         if not fields:
             return None
         key = (fields, ids.device)

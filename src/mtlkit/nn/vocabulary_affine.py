@@ -11,10 +11,15 @@ bag's scatter of ``∂L/∂y`` into the rows the batch used, then ``∂L/∂E_f 
 values, ``d = 16``, experts and gates 528 columns, batch 1024) the first layer's forward and
 backward drop from ~10 ms to ~4.5 ms at 2 threads (``benchmarks/vocabulary_affine.py``).
 
-A field qualifies when its vocabulary holds at most a quarter of the batch's rows, so the
-vocabulary-side GEMMs never cost more than a quarter of the batch-side ones they replace; large ID
-fields (and tables with sparse gradients) stay on the usual path. The fields' tables are padded to
-the largest qualifying vocabulary ``M`` so that all of them are one ``bmm`` (``F × M × d × out``);
+A field qualifies (:func:`qualifies`) when the embeddings are at least 16 wide and its vocabulary
+holds at most ``B·d/128`` rows (``B/8`` at ``d = 16``), where ``benchmarks/vocabulary_affine.py``
+measured the crossover: the padded vocabulary-side product ``P`` (``F × M × out`` values, written and
+read back in both passes) grows with the vocabulary, the batch-side GEMM it replaces with ``d``. First
+layer of 32 fields → 528 columns, batch 1024, 2 threads, AMD EPYC, forward + backward, usual ÷
+vocabulary space: ``d = 16``: 2.8× at 8 rows per field, 3.2× at 32, 2.0× at 128, 0.64× at 256;
+``d = 32``: 6.6×, 4.1×, 2.6×, 1.24×; ``d = 8``: 1.0–1.1× up to 64 rows; ``d = 4``: 0.4–1.1×. Large ID
+fields (and tables with sparse gradients) stay on the usual path. The qualifying fields' tables are
+padded to the largest of their vocabularies ``M`` so that all of them are one ``bmm``;
 padding rows are never looked up, so they get no gradient.
 
 fp32 only: under autocast the model keeps the usual path. There the batch-side GEMMs run in bf16 at
@@ -46,8 +51,14 @@ from torch.nn import functional as F
 
 from mtlkit.nn.input_affine import input_affine
 
-#: A field is computed in vocabulary space when ``rows · RATIO <= batch rows``.
-BATCH_TO_VOCABULARY_RATIO = 4
+#: Narrower embeddings gain nothing: the ``embedding_bag`` sum then costs what the GEMM saves.
+MIN_DIM = 16
+
+
+def qualifies(rows: int, batch: int, dim: int) -> bool:
+    """Whether a field of ``rows`` values is cheaper in vocabulary space for ``batch`` rows of
+    ``dim``-wide embeddings: ``dim >= 16`` and ``rows <= batch·dim/128`` (the measured crossover)."""
+    return dim >= MIN_DIM and rows * 128 <= batch * dim
 
 
 @dataclass(frozen=True)
@@ -145,4 +156,4 @@ def first_affine(x: Tensor | FactoredInput, weight: Tensor, bias: Tensor | None,
     return input_affine(x, weight, bias, constant)
 
 
-__all__ = ["BATCH_TO_VOCABULARY_RATIO", "FactoredInput", "VocabularyPlan", "first_affine"]
+__all__ = ["MIN_DIM", "FactoredInput", "VocabularyPlan", "first_affine", "qualifies"]
