@@ -27,7 +27,8 @@ first four compute the first layer over the encoder output (mtlkit before vocabu
 
 Each row: the median and the fastest round's median ms per training step (forward, loss,
 backward, fused Adam), samples/s, the ratio to ``apart`` and the achieved GFLOP/s against the
-1024x1024 fp32 matmul peak measured in the same process (FLOPs as compare_libraries.py counts them).
+1024x1024 fp32 matmul peak measured in the same process (FLOPs as compare_libraries.py counts them: the
+architecture's, so the vocabulary-space row, which executes far fewer, reads as architecture work per second).
 With ``--threads 1`` the step times are the thread's CPU time, which other processes on a shared
 machine do not inflate; with more threads, wall-clock time.
 
