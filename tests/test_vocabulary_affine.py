@@ -11,6 +11,7 @@ from mtlkit.balancing import BalancerSpec, build_balancer
 from mtlkit.data.schema import CategoricalFeature, NumericFeature, SchemaSpec
 from mtlkit.models import ModelSpec, build_model
 from mtlkit.nn.vocabulary_affine import FactoredInput, VocabularyPlan
+from mtlkit.optim import EmbeddingOptimizerSpec, build_optimizers
 from mtlkit.tasks import Task
 
 TASKS = [Task(name="click", kind="binary"), Task(name="like", kind="binary")]
@@ -93,8 +94,6 @@ def test_the_usual_path_where_vocabulary_space_does_not_apply():
     model.keep_shared_features = True  # MGDA-UB differentiates the encoder output
     assert model._factored_input(inputs) is None
     model.keep_shared_features = False
-    model.encoder.embedding.set_sparse_gradients(True)  # row-wise table optimisers: COO gradients of touched rows
-    assert model._factored_input(inputs) is None
     narrow, _ = _model("mmoe", {"experts": 2, "expert_hidden": [8]}, dim=8)
     assert narrow._factored_input(inputs) is None  # 8-wide embeddings: the sums would cost what the GEMM saves
     other, _ = _model("cross_stitch", {})
@@ -160,3 +159,33 @@ def test_the_memory_estimate_runs_through_vocabulary_space_on_meta():
         out = meta_model(meta_inputs)
     assert out["click"].shape == (64,) and out["click"].device.type == "meta"
 
+
+
+@pytest.mark.parametrize("balancer", ["fixed", "pcgrad"])
+def test_a_sparse_table_gets_the_rows_the_batch_looked_up_and_steps_the_same(balancer):
+    """Row-wise optimisers: the gradient holds exactly the looked-up rows (lazy Adam steps every row it holds)."""
+    model, inputs = _model("mmoe", {"experts": 2, "expert_hidden": [8]})
+    plain = _plain(model)
+    targets = {t.name: torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(5)).float() for t in TASKS}
+    weights, grads = [], []
+    for m in (model, plain):
+        optimizers = build_optimizers(m, EmbeddingOptimizerSpec(name="lazy_adam", lr=0.1), lr=1e-2)
+        assert m.encoder.embedding.sparse_gradients
+        if m is model:
+            factored = m._factored_input(inputs)
+            assert factored is not None and factored.sparse
+        logits = m(inputs)
+        losses = {t.name: torch.nn.functional.binary_cross_entropy_with_logits(logits[t.name], targets[t.name]) for t in TASKS}
+        optimizers.zero_grad()
+        build_balancer(BalancerSpec(name=balancer), TASKS).backward(losses, m)
+        grad = m.encoder.embedding.table.weight.grad
+        assert grad.is_sparse
+        grads.append(grad.coalesce())
+        optimizers.step()
+        weights.append({k: v.clone() for k, v in m.state_dict().items()})
+    offsets = model.encoder.embedding.offsets
+    looked_up = torch.unique(inputs["categorical"] + offsets)
+    assert torch.equal(grads[0].indices()[0], looked_up) and torch.equal(grads[1].indices()[0], looked_up)
+    torch.testing.assert_close(grads[0].values(), grads[1].values(), rtol=1e-4, atol=1e-6)
+    for key in weights[1]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-6)

@@ -154,11 +154,11 @@ class TabularEncoder(nn.Module):
         """The output for a backbone whose first affine map reads it factored: the fields whose
         vocabulary is small next to the batch stay ids, their columns computed in vocabulary space
         (:mod:`mtlkit.nn.vocabulary_affine`). None when no field qualifies or the layout does not
-        allow it: sequences, embedding copies, a table with sparse gradients, not fp32, or not ``fused``.
+        allow it: sequences, embedding copies, a table not in fp32, or not ``fused``.
         ``constant_numeric``: the numeric columns need no input gradient; ``every_field``: every
         field in vocabulary space, whatever its size (for benchmarks)."""
         table = self.embedding
-        if (not isinstance(table, FusedEmbedding) or table.sparse_gradients or table.table.weight.dtype != torch.float32
+        if (not isinstance(table, FusedEmbedding) or table.table.weight.dtype != torch.float32
                 or self.copies != 1 or self.sequences or not self.num_categorical):
             return None
         ids = inputs["categorical"]
@@ -177,7 +177,7 @@ class TabularEncoder(nn.Module):
         dense = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) if parts else ids.new_zeros(batch, 0, dtype=torch.float32)
         numeric_start = len(kept) * table.dim
         constant = slice(numeric_start, numeric_start + self.numeric_dim) if constant_numeric and self.numeric_dim else None
-        return FactoredInput(plan, table.table.weight, ids, dense, dense_columns, self.output_dim, constant)
+        return FactoredInput(plan, table.table.weight, ids, dense, dense_columns, self.output_dim, constant, table.sparse_gradients)
 
     def _plan(self, table: FusedEmbedding, fields: tuple[int, ...], device: torch.device) -> tuple[VocabularyPlan, Tensor, Tensor]:
         """The vocabulary plan of ``fields``, the other fields and the columns of ``x`` they and the numerics fill."""

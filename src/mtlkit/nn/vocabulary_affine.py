@@ -18,7 +18,8 @@ read back in both passes) grows with the vocabulary, the batch-side GEMM it repl
 layer of 32 fields → 528 columns, batch 1024, 2 threads, AMD EPYC, forward + backward, usual ÷
 vocabulary space: ``d = 16``: 2.8× at 8 rows per field, 3.2× at 32, 2.0× at 128, 0.64× at 256;
 ``d = 32``: 6.6×, 4.1×, 2.6×, 1.24×; ``d = 8``: 1.0–1.1× up to 64 rows; ``d = 4``: 0.4–1.1×. Large ID
-fields (and tables with sparse gradients) stay on the usual path. The qualifying fields' tables are
+fields stay on the usual path. With a table in sparse-gradient mode (row-wise optimisers), the
+small fields' gradient is a COO tensor over the rows the batch looked up, as the usual lookup gives. The qualifying fields' tables are
 padded to the largest of their vocabularies ``M`` so that all of them are one ``bmm``;
 padding rows are never looked up, so they get no gradient.
 
@@ -49,6 +50,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from mtlkit.nn.embedding_tables import sparse_lookup
 from mtlkit.nn.input_affine import input_affine
 
 #: Narrower embeddings gain nothing: the ``embedding_bag`` sum then costs what the GEMM saves.
@@ -120,6 +122,7 @@ class FactoredInput:
     dense_columns: Tensor
     width: int
     constant: slice | None = None
+    sparse: bool = False  # the table's weight takes COO gradients of the rows looked up (row-wise optimisers)
 
     @property
     def shape(self) -> torch.Size:
@@ -134,9 +137,9 @@ class FactoredInput:
             per_field = weight[start : start + len(plan.fields) * plan.dim]
         else:
             per_field = weight.index_select(0, plan.weight_rows)
-        projected = torch.bmm(self.table.index_select(0, plan.rows).view(len(plan.fields), plan.width, plan.dim),
-                              per_field.reshape(len(plan.fields), plan.dim, out))  # P_f = E_f W_f, (F, M, out)
         ids = self.ids.index_select(1, plan.field_index) + plan.shift
+        projected = torch.bmm(self._padded_rows(ids).view(len(plan.fields), plan.width, plan.dim),
+                              per_field.reshape(len(plan.fields), plan.dim, out))  # P_f = E_f W_f, (F, M, out)
         y = F.embedding_bag(ids, projected.view(-1, out), mode="sum")  # Σ_f P_f[id_f]
         if bias is not None:
             y = y + bias
@@ -146,6 +149,19 @@ class FactoredInput:
         if self.dense.requires_grad:
             return y + input_affine(self.dense, dense_weight, None, self.constant)
         return torch.addmm(y, self.dense, dense_weight)
+
+
+    def _padded_rows(self, ids: Tensor) -> Tensor:
+        """The plan's table rows in the padded layout, ``(F·M, d)``. A sparse table's gradient must
+        hold the rows the batch looked up and no others (lazy Adam steps every row its gradient
+        holds), so only those are gathered, sparsely, and the rest of the layout is zeros."""
+        if not self.sparse:
+            return self.table.index_select(0, self.plan.rows)
+        used = torch.zeros(self.plan.rows.shape[0], dtype=torch.bool, device=ids.device)
+        used[ids.reshape(-1)] = True
+        positions = used.nonzero().squeeze(1)
+        rows = sparse_lookup(self.plan.rows.index_select(0, positions), self.table)
+        return rows.new_zeros(self.plan.rows.shape[0], self.plan.dim).index_copy(0, positions, rows)
 
 
 def first_affine(x: Tensor | FactoredInput, weight: Tensor, bias: Tensor | None, constant: slice | None = None) -> Tensor:
