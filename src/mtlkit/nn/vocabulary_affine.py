@@ -3,7 +3,7 @@
 The first layer of an MoE or a shared bottom reads ``x = [e_1 | … | e_F | dense]`` with
 ``e_f = E_f[id_f]`` a ``d``-wide embedding row, so ``x W = Σ_f E_f[id_f] W_f + dense·W_dense``
 with ``W_f`` the ``d`` rows of ``W`` that field ``f``'s columns meet. For a field whose vocabulary
-is smaller than the batch, ``P_f = E_f W_f`` (``|V_f| × out``) is cheaper to compute than the
+is much smaller than the batch, ``P_f = E_f W_f`` (``|V_f| × out``) is cheaper to compute than the
 batch's ``B × d × out`` share of the GEMM, and ``Σ_f P_f[id_f]`` is one ``embedding_bag`` sum —
 the same numbers up to the order of float additions, and the same gradients: ``∂L/∂P_f`` is the
 bag's scatter of ``∂L/∂y`` into the rows the batch used, then ``∂L/∂E_f = (∂L/∂P_f) W_fᵀ`` and
