@@ -189,3 +189,45 @@ def test_a_sparse_table_gets_the_rows_the_batch_looked_up_and_steps_the_same(bal
     torch.testing.assert_close(grads[0].values(), grads[1].values(), rtol=1e-4, atol=1e-6)
     for key in weights[1]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone,options,pooling", [("mmoe", {"experts": 2, "expert_hidden": [8]}, "din"),
+                                                      ("shared_bottom", {"hidden": [8]}, "din"),
+                                                      ("mmoe", {"experts": 2, "expert_hidden": [8]}, "dien")])
+def test_sequence_features_pool_as_usual_next_to_vocabulary_space(backbone, options, pooling):
+    """DIN/DIEN attend against their target field's embeddings, looked up on their own when that field is in vocabulary space."""
+    import pyarrow as pa
+
+    from mtlkit.data.schema import SequenceFeature
+
+    rows = 96
+    table = pa.table({"a": [f"a{i % 3}" for i in range(rows)], "item": [f"i{i % 5}" for i in range(rows)],
+                      "u": [f"u{i % 40}" for i in range(rows)], "n1": [float(i % 11) for i in range(rows)],
+                      "hist": [f"i{(i + 1) % 5}|i{(i + 3) % 5}" if i % 4 else "" for i in range(rows)],
+                      "tags": [f"t{i % 7}|t{(i * 3) % 7}" for i in range(rows)]})
+    schema = SchemaSpec(categorical=[CategoricalFeature(name="a"), CategoricalFeature(name="item"), CategoricalFeature(name="u")],
+                        numeric=[NumericFeature(name="n1")],
+                        sequences=[SequenceFeature(name="hist", max_len=3, separator="|", share_vocabulary_with="item",
+                                                   pooling=pooling, target="item"),
+                                   SequenceFeature(name="tags", max_len=2, separator="|", pooling="mean")])
+    fitted = schema.fit(table)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone=backbone, options=options, embedding_dim=16, tower=[4]), fitted, TASKS)
+    inputs = fitted.encode(table, [], with_targets=False).inputs
+    plain = _plain(model)
+    factored = model._factored_input(inputs)
+    assert factored is not None and factored.plan.fields == (0, 1)  # a and item; u (41 rows) stays dense
+    assert factored.dense.shape[1] == 16 + 1 + 2 * 16  # u, n1, then the two pooled sequences
+    torch.manual_seed(1)  # DIEN's negative samples: the same draws for both
+    out, aux = model(inputs), model.auxiliary_losses()
+    torch.manual_seed(1)
+    ref, ref_aux = plain(inputs), plain.auxiliary_losses()
+    assert aux.keys() == ref_aux.keys() and (pooling == "din") == (not aux)
+    for name in ref:
+        assert torch.allclose(out[name], ref[name], atol=1e-6)
+    (out["click"].sum() + sum(aux.values())).backward()
+    (ref["click"].sum() + sum(ref_aux.values())).backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name

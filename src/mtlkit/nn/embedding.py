@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -153,13 +153,14 @@ class TabularEncoder(nn.Module):
     def factored(self, inputs: Mapping[str, Tensor], constant_numeric: bool = False, every_field: bool = False) -> FactoredInput | None:
         """The output for a backbone whose first affine map reads it factored: the fields whose
         vocabulary is small next to the batch stay ids, their columns computed in vocabulary space
-        (:mod:`mtlkit.nn.vocabulary_affine`). None when no field qualifies or the layout does not
-        allow it: sequences, embedding copies, a table not in fp32, or not ``fused``.
+        (:mod:`mtlkit.nn.vocabulary_affine`); the other fields, the numeric columns and the pooled
+        sequences as usual. None when no field qualifies or the layout does not allow it: embedding
+        copies, a table not in fp32, or not ``fused``.
         ``constant_numeric``: the numeric columns need no input gradient; ``every_field``: every
         field in vocabulary space, whatever its size (for benchmarks)."""
         table = self.embedding
         if (not isinstance(table, FusedEmbedding) or table.table.weight.dtype != torch.float32
-                or self.copies != 1 or self.sequences or not self.num_categorical):
+                or self.copies != 1 or not self.num_categorical):
             return None
         ids = inputs["categorical"]
         batch = ids.shape[0]
@@ -174,6 +175,8 @@ class TabularEncoder(nn.Module):
         parts = [table.fields(ids.index_select(1, kept), kept).flatten(1)] if len(kept) else []
         if self.numeric_dim:
             parts.append(inputs["numeric"])
+        # DIN/DIEN attend against a categorical field's embeddings: looked up on their own, (B, D)
+        parts += self._sequence_parts(inputs, lambda field: table.field(ids[:, field], field))
         dense = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) if parts else ids.new_zeros(batch, 0, dtype=torch.float32)
         numeric_start = len(kept) * table.dim
         constant = slice(numeric_start, numeric_start + self.numeric_dim) if constant_numeric and self.numeric_dim else None
@@ -185,7 +188,7 @@ class TabularEncoder(nn.Module):
         offsets = [0, *itertools.accumulate(table.cardinalities)]  # from Python ints: the table may live on meta
         plan = VocabularyPlan.build(table.cardinalities, offsets, fields, [f * d for f in fields], d)
         kept = [f for f in range(self.num_categorical) if f not in fields]
-        columns = [c for f in kept for c in range(f * d, (f + 1) * d)] + list(range(self.numeric_columns.start, self.numeric_columns.stop))
+        columns = [c for f in kept for c in range(f * d, (f + 1) * d)] + list(range(self.numeric_columns.start, self.output_dim))
         return (plan.to(device), torch.tensor(kept, dtype=torch.long, device=device),
                 torch.tensor(columns, dtype=torch.long, device=device))
 
@@ -200,20 +203,32 @@ class TabularEncoder(nn.Module):
             parts.append(all_copies.flatten(1))
         if self.numeric_dim:
             parts.append(inputs["numeric"])
+
+        def target(field: int) -> Tensor:
+            assert categorical is not None  # a din/dien sequence names a categorical field
+            return categorical[:, field]
+
+        parts += self._sequence_parts(inputs, target)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _sequence_parts(self, inputs: Mapping[str, Tensor], target: Callable[[int], Tensor]) -> list[Tensor]:
+        """The pooled sequence columns, in order (``target(f)``: categorical field ``f``'s ``(B, D)``
+        embeddings, what DIN/DIEN attend against); in training, the auxiliary losses as a side effect."""
+        parts: list[Tensor] = []
         auxiliary = self.training and torch.is_grad_enabled()
         for i, (seq, field) in enumerate(zip(self.sequences, self._sequence_fields)):
             ids = inputs[seq.key]
             assert self.embedding is not None
             history, mask = self.embedding.field(ids, field), ids != 0
             if seq.pooling == "din":
-                assert categorical is not None and seq.target is not None
-                parts.append(self.attention[str(i)](history, categorical[:, seq.target], mask))
+                assert seq.target is not None
+                parts.append(self.attention[str(i)](history, target(seq.target), mask))
             elif seq.pooling == "dien":
-                assert categorical is not None and seq.target is not None
+                assert seq.target is not None
                 negatives = None
                 if auxiliary and seq.aux_weight > 0:
                     negatives = self.embedding.field(sample_negatives(ids, self._cardinalities[field], seq.negatives), field)  # type: ignore[arg-type]
-                pooled, aux = self.attention[str(i)](history, categorical[:, seq.target], mask, negatives)
+                pooled, aux = self.attention[str(i)](history, target(seq.target), mask, negatives)
                 parts.append(pooled)
                 if aux is not None:
                     self._auxiliary[f"dien:{seq.key.removeprefix('seq:')}"] = aux
@@ -226,4 +241,4 @@ class TabularEncoder(nn.Module):
                 assert table is not None
                 self._auxiliary[objective.name] = self.objective_heads[objective.name](
                     inputs[self.sequences[objective.sequence].key], lambda ids, f=field, t=table: t.field(ids, f), self._cardinalities[field])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return parts
