@@ -137,7 +137,7 @@ def test_plan_layout_and_an_nn_linear_weight():
     table = torch.randn(9, 2, requires_grad=True)
     ids = torch.tensor([[2, 1, 3], [0, 0, 0]])
     dense = table[ids[:, 1] + 3]  # field 1 looked up as usual: x's columns 2-3
-    x = FactoredInput(plan, table, ids, dense, torch.tensor([2, 3]), width=6)
+    x = FactoredInput(plan, table, ids, dense, torch.tensor([2, 3]))
     linear = torch.nn.Linear(6, 3)
     y = x.affine(linear.weight.t(), linear.bias)
     full = torch.cat([table[ids[:, 0]], dense, table[ids[:, 2] + 5]], dim=1)

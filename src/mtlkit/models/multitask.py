@@ -38,6 +38,7 @@ from mtlkit.models.shallow_tower import ShallowTower
 from mtlkit.models.stacked_heads import stackable, stacked_heads
 from mtlkit.nn import MLP, TabularEncoder
 from mtlkit.nn.gradient_reversal import reverse_gradient, scheduled_lambda
+from mtlkit.nn.input_affine import autocast_active
 from mtlkit.nn.vocabulary_affine import FactoredInput
 from mtlkit.protocols import AuxiliaryTask, TrainableModel
 from mtlkit.tasks import Task, TaskKind
@@ -185,7 +186,7 @@ class MultiTaskModel(TrainableModel):
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return None
         device = inputs["categorical"].device.type if "categorical" in inputs else "cpu"
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        if autocast_active(device):
             return None
         return self.encoder.factored(inputs, constant_numeric=self._constant_columns(inputs) is not None)
 

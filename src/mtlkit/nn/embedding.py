@@ -118,6 +118,8 @@ class TabularEncoder(nn.Module):
         start = len(cardinalities) * copies * embedding_dim
         #: The output's numeric columns (after every embedding copy, before the pooled sequences).
         self.numeric_columns = slice(start, start + numeric_dim)
+        # Per batch size, the fields in vocabulary space (decided once, not per step); per field set, its plan.
+        self._qualifying: dict[tuple[int, bool], tuple[int, ...]] = {}
         self._plans: dict[tuple[tuple[int, ...], torch.device], tuple[VocabularyPlan, Tensor, Tensor]] = {}
 
     def auxiliary_tasks(self) -> list[AuxiliaryTask]:
@@ -164,8 +166,10 @@ class TabularEncoder(nn.Module):
             return None
         ids = inputs["categorical"]
         batch = ids.shape[0]
-        fields = tuple(f for f, rows in enumerate(table.cardinalities[: self.num_categorical])
-                       if every_field or qualifies(rows, batch, table.dim))
+        fields = self._qualifying.get((batch, every_field))
+        if fields is None:
+            fields = self._qualifying[(batch, every_field)] = tuple(
+                f for f, rows in enumerate(table.cardinalities[: self.num_categorical]) if every_field or qualifies(rows, batch, table.dim))
         if not fields:
             return None
         key = (fields, ids.device)
@@ -180,7 +184,7 @@ class TabularEncoder(nn.Module):
         dense = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) if parts else ids.new_zeros(batch, 0, dtype=torch.float32)
         numeric_start = len(kept) * table.dim
         constant = slice(numeric_start, numeric_start + self.numeric_dim) if constant_numeric and self.numeric_dim else None
-        return FactoredInput(plan, table.table.weight, ids, dense, dense_columns, self.output_dim, constant, table.sparse_gradients)
+        return FactoredInput(plan, table.table.weight, ids, dense, dense_columns, constant, table.sparse_gradients)
 
     def _plan(self, table: FusedEmbedding, fields: tuple[int, ...], device: torch.device) -> tuple[VocabularyPlan, Tensor, Tensor]:
         """The vocabulary plan of ``fields``, the other fields and the columns of ``x`` they and the numerics fill."""

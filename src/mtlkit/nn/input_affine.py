@@ -53,13 +53,19 @@ def input_affine(x: Tensor, weight: Tensor, bias: Tensor | None, constant: slice
         # nothing to skip (inference), or a graph being captured (export, torch.compile): plain aten ops
         return x @ weight if bias is None else torch.addmm(bias, x, weight)
     device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):  # (not on meta: sizing estimates)
+    if autocast_active(device):
         dtype = torch.get_autocast_dtype(device)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
         with torch.autocast(device, enabled=False):
             return _InputAffine.apply(x, weight, bias, start, stop)
     return _InputAffine.apply(x, weight, bias, start, stop)
+
+
+def autocast_active(device: str) -> bool:
+    """Whether autocast is on for ``device`` (a device type without autocast, e.g. ``meta`` in the
+    memory estimates of :mod:`mtlkit.sizing`, has none to ask)."""
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def _transposed(weight: Tensor) -> bool:
@@ -118,4 +124,4 @@ def _input_gradient(grad: Tensor, weight: Tensor, start: int, stop: int) -> Tens
     return out
 
 
-__all__ = ["input_affine"]
+__all__ = ["autocast_active", "input_affine"]

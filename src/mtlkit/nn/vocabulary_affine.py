@@ -34,7 +34,7 @@ Example:
     >>> ids = torch.tensor([[0, 1], [2, 3], [1, 0]])              # per-field ids
     >>> plan = VocabularyPlan.build([3, 4], [0, 3], fields=[0, 1], columns=[0, 2], dim=2)
     >>> numeric = torch.randn(3, 1)
-    >>> x = FactoredInput(plan, table, ids, numeric, dense_columns=torch.tensor([4]), width=5)
+    >>> x = FactoredInput(plan, table, ids, numeric, dense_columns=torch.tensor([4]))
     >>> weight, bias = torch.randn(5, 3), torch.randn(3)
     >>> dense_x = torch.cat([table[ids[:, 0]], table[ids[:, 1] + 3], numeric], dim=1)
     >>> bool(torch.allclose(x.affine(weight, bias), torch.addmm(bias, dense_x, weight), atol=1e-6))
@@ -107,7 +107,7 @@ class VocabularyPlan:
 
 @dataclass
 class FactoredInput:
-    """A backbone input ``x`` (``(B, width)``) whose plan's field columns are never materialised.
+    """A backbone input ``x`` whose plan's field columns are never materialised.
 
     ``table``: the embedding weight ``(R, d)``; ``ids``: ``(B, F_all)`` per-field ids of every
     categorical field; ``dense``: ``x``'s other columns, in order, at ``dense_columns`` of ``x``;
@@ -120,16 +120,11 @@ class FactoredInput:
     ids: Tensor
     dense: Tensor
     dense_columns: Tensor
-    width: int
     constant: slice | None = None
     sparse: bool = False  # the table's weight takes COO gradients of the rows looked up (row-wise optimisers)
 
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.ids.shape[0], self.width))
-
     def affine(self, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """``bias + x @ weight`` for ``weight`` ``(width, out)`` (an ``nn.Linear`` passes ``weight.t()``)."""
+        """``bias + x @ weight`` for ``weight`` ``(in, out)``, ``in`` the width of ``x`` (an ``nn.Linear`` passes ``weight.t()``)."""
         plan = self.plan
         out = weight.shape[1]
         if plan.contiguous_columns:
