@@ -4,7 +4,8 @@ item 6), step time side by side.
 
 The model is compare_libraries.py's census MMoE (32 categorical fields of the census vocabulary
 sizes embedded in 16 dims + 7 numeric = 519 inputs, 8 experts of [64], towers [32], batch 1024,
-fused Adam) with ``--tasks`` binary tasks (census group 1 has 2; more show how the towers scale).
+the trainer's optimisers: fused Adam, and ``--embedding-optimizer``'s for the table) with ``--tasks``
+binary tasks (census group 1 has 2; more show how the towers scale).
 Inputs and labels are random draws of the census shapes: a step's cost does not depend on the
 values. Three variants of the same model (same weights) are timed in interleaved rounds:
 
@@ -34,6 +35,8 @@ machine do not inflate; with more threads, wall-clock time.
 
     python benchmarks/moe_fusion.py                     # 2 threads, 2 tasks
     python benchmarks/moe_fusion.py --threads 1 --tasks 2 6
+    python benchmarks/moe_fusion.py --precision fp32 bf16      # vocabulary space in fp32 next to bf16 autocast
+    python benchmarks/moe_fusion.py --embedding-optimizer rowwise_adagrad   # sparse table gradients
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from mtlkit.data.schema import FittedCategorical, FittedNumeric, FittedSchema
 from mtlkit.models import ModelSpec, MultiTaskModel, build_model
 from mtlkit.models.mmoe import MixtureOfExperts
 from mtlkit.nn.experts import mix
+from mtlkit.optim import EmbeddingOptimizerSpec, build_optimizers
 from mtlkit.tasks import Task
 
 CENSUS_CARDINALITIES = [10, 53, 48, 18, 4, 25, 16, 6, 11, 3, 4, 7, 9, 7, 7, 52, 39, 9, 11, 10, 11, 4, 5, 6, 44, 44, 44, 6, 4, 4, 4, 3]
@@ -108,11 +112,13 @@ def matmul_peak(clock) -> float:
     return 2 * 1024**3 / best / 1e9
 
 
-def measure(n_tasks: int, args: argparse.Namespace) -> None:
+def measure(n_tasks: int, precision: str, args: argparse.Namespace) -> None:
     tasks = [Task(name=f"task{i}", kind="binary") for i in range(n_tasks)]
     model, schema = census_like(tasks)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    # the trainer's optimisers: fused Adam for the dense parameters, the table's own (none for ``dense``)
+    optimizer = build_optimizers(model, EmbeddingOptimizerSpec(name=args.embedding_optimizer), lr=1e-3)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     g = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(8):
@@ -125,8 +131,9 @@ def measure(n_tasks: int, args: argparse.Namespace) -> None:
     def step(i: int, name: str) -> float:
         inputs, targets = batches[i % len(batches)]
         start = clock()
-        logits = (compiled if name == VARIANTS[-1] else model)(inputs)
-        loss = sum(t.compute_loss(logits[t.name], targets[t.name], None, None) for t in tasks)
+        with autocast:
+            logits = (compiled if name == VARIANTS[-1] else model)(inputs)
+            loss = sum(t.compute_loss(logits[t.name], targets[t.name], None, None) for t in tasks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]  # a sum of tensors
         optimizer.step()
@@ -143,7 +150,8 @@ def measure(n_tasks: int, args: argparse.Namespace) -> None:
     flops = 6 * forward_macs("mmoe", len(CENSUS_CARDINALITIES) * 16 + NUMERIC,
                              {"experts": 8, "expert_hidden": [64], "tower": [32]}, n_tasks) * args.batch_size
     base = statistics.median(rounds["apart"])
-    print(f"\n{n_tasks} tasks, batch {args.batch_size}, {args.threads} thread(s); 1024x1024 fp32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"\n{n_tasks} tasks, {precision}, embedding tables: {args.embedding_optimizer}, batch {args.batch_size}, "
+          f"{args.threads} thread(s); 1024x1024 fp32 matmul peak {peak:.1f} GFLOP/s")
     print("| variant | ms/step (median of rounds) | fastest round | samples/s | vs apart | GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|")
     for name in VARIANTS:
@@ -158,13 +166,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2])
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="bf16: the step under CPU autocast (mtlkit's precision: auto on a BF16 CPU; vocabulary space is off there)")
+    parser.add_argument("--embedding-optimizer", default="dense",
+                        help="the table's optimiser (model.embedding_optimizer name): dense, rowwise_adagrad, lazy_adam, sgd")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=15, help="steps per variant per round")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_description()}; torch {torch.__version__}")
-    for n in args.tasks:
-        measure(n, args)
+    for precision in args.precision:
+        for n in args.tasks:
+            measure(n, precision, args)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class MultiTaskModel(TrainableModel):
         """The encoder output as a :class:`~mtlkit.nn.vocabulary_affine.FactoredInput` when the backbone's
         first layer takes one and nothing else reads the output: a training step (or inference without
         gradients), not MGDA-UB's shared-feature mode, not while a graph is captured (export,
-        ``torch.compile``), not under autocast (bf16 GEMMs the usual way are as fast, and the same numbers
+        ``torch.compile``), not under autocast (bf16 GEMMs the usual way are faster, and the same numbers
         as a compiled or exported model's)."""
         if not isinstance(self.encoder, TabularEncoder) or not self.backbone.takes_factored_input() or self.keep_shared_features:
             return None
